@@ -1,0 +1,44 @@
+/**
+ * The fan-out between hubs. Every event a hub wants its members to see goes
+ * through a {@linkcode Bus}, its own local members included, so one process
+ * and many processes behind a pub/sub engine deliver the same way: a hub
+ * publishes, and every subscribed hub (itself too) delivers to the sockets it
+ * holds. {@linkcode LocalBus} is the single-process bus.
+ *
+ * @module
+ */
+
+import type { ChatMessage, ConversationRef, Target } from "./protocol.ts";
+
+/** What travels between hubs. */
+export type BusEvent =
+  | { kind: "message"; message: ChatMessage }
+  | ({ kind: "typing"; from: string } & Target)
+  | { kind: "joined" | "left"; room: string; user: string }
+  | ({ kind: "read"; user: string; id: number } & ConversationRef)
+  | { kind: "presence"; user: string; online: boolean };
+
+/** A subscriber to a {@linkcode Bus}. */
+export type BusHandler = (event: BusEvent) => void;
+
+/** A fan-out channel shared by every hub of one chat. */
+export interface Bus {
+  /** Sends an event to every subscriber, the publisher's own included. */
+  publish(event: BusEvent): void;
+  /** Adds a subscriber; disposing the result removes it. */
+  subscribe(handler: BusHandler): Disposable;
+}
+
+/** The bus of a single process: delivery is a synchronous call. */
+export class LocalBus implements Bus {
+  #handlers = new Set<BusHandler>();
+
+  publish(event: BusEvent): void {
+    for (const handler of this.#handlers) handler(event);
+  }
+
+  subscribe(handler: BusHandler): Disposable {
+    this.#handlers.add(handler);
+    return { [Symbol.dispose]: () => void this.#handlers.delete(handler) };
+  }
+}

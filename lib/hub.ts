@@ -1,0 +1,613 @@
+/**
+ * `ChatHub`: the rooms, the members and the routing of frames. It knows
+ * frames and peers, not sockets or Deno: a connection is a {@linkcode Peer}
+ * (send, close, bufferedAmount), storage is a {@linkcode ChatStore}, and
+ * fan-out between processes is a {@linkcode Bus}. That keeps it testable
+ * with plain objects and lets another transport or backplane plug in.
+ *
+ * The order of things for a message: parse → authorise → store (durable) →
+ * publish on the bus → every hub delivers to its local members. Nobody, the
+ * sender included, sees a message before it is stored, and the sender's own
+ * copy is its acknowledgement.
+ *
+ * @module
+ */
+
+import { type Bus, type BusEvent, LocalBus } from "./bus.ts";
+import {
+  type ChatMessage,
+  type ConversationRef,
+  type ErrorCode,
+  LOBBY,
+  parseClientFrame,
+  parseLegacyFrame,
+  type ServerFrame,
+  toLegacy,
+  toLegacyError,
+} from "./protocol.ts";
+import { type ChatStore, type ConversationKey, dmKey, roomKey, StoreError } from "./store.ts";
+
+/** A connection as the hub sees it: the smallest part of a WebSocket it needs. */
+export interface Peer {
+  /** Sends one text frame. */
+  send(data: string): void;
+  /** Closes the connection with a code and a reason. */
+  close(code?: number, reason?: string): void;
+  /** Bytes queued for sending and not yet written to the network. */
+  readonly bufferedAmount: number;
+}
+
+/** Close codes the hub uses. */
+export const CloseCode = {
+  /** The server is shutting down; reconnect. */
+  GoingAway: 1001,
+  /** A frame above `maxFrameBytes`. */
+  TooBig: 1009,
+  /** The store failed while the connection was opening. */
+  InternalError: 1011,
+  /** The client fell behind by more than `maxBufferedBytes`; reconnect and catch up. */
+  SlowConsumer: 4000,
+} as const;
+
+/** Limits the hub enforces; see `Settings` for what each means. */
+export interface HubLimits {
+  /** The largest frame a client may send, in bytes; above it the connection closes with 1009. */
+  maxFrameBytes: number;
+  /** The longest message text, in UTF-16 code units; above it an error frame `too_large`. */
+  maxTextLength: number;
+  /** The most bytes queued for one client before it is disconnected as a slow consumer. */
+  maxBufferedBytes: number;
+}
+
+/** Options of {@linkcode ChatHub}. */
+export interface ChatHubOptions {
+  /** Where messages, members and read state are kept. */
+  store: ChatStore;
+  /** The fan-out between hubs; a {@linkcode LocalBus} when absent. */
+  bus?: Bus;
+  /** The limits to enforce. */
+  limits: HubLimits;
+}
+
+/** Options of {@linkcode ChatHub.connect}. */
+export interface ConnectOptions {
+  /** The (validated, normalised) username. */
+  user: string;
+  /** Whether the client speaks the original page's protocol rather than `chat.v1`. */
+  legacy?: boolean;
+}
+
+/** Counters for `/healthz`. */
+export interface HubStats {
+  /** Open connections. */
+  connections: number;
+  /** Distinct users with at least one open connection. */
+  usersOnline: number;
+}
+
+type ErrorFrame = Extract<ServerFrame, { type: "error" }>;
+
+function errorFrame(code: ErrorCode, message: string, ref?: string): ErrorFrame {
+  return ref === undefined
+    ? { type: "error", code, message }
+    : { type: "error", code, message, ref };
+}
+
+const encoder = new TextEncoder();
+
+/** UTF-8 size of a string, computed only when the cheap bounds cannot decide. */
+function exceedsBytes(data: string, max: number): boolean {
+  if (data.length > max) return true;
+  if (data.length * 3 <= max) return false;
+  return encoder.encode(data).length > max;
+}
+
+/** One frame encoded lazily, once per shape, however many recipients it has. */
+class Outgoing {
+  #frame: ServerFrame;
+  #legacy: () => string | undefined;
+  #v1?: string;
+  #legacyText?: string | null;
+
+  constructor(frame: ServerFrame, legacy: () => string | undefined = () => undefined) {
+    this.#frame = frame;
+    this.#legacy = legacy;
+  }
+
+  get v1(): string {
+    return this.#v1 ??= JSON.stringify(this.#frame);
+  }
+
+  get legacy(): string | undefined {
+    if (this.#legacyText === undefined) this.#legacyText = this.#legacy() ?? null;
+    return this.#legacyText ?? undefined;
+  }
+}
+
+/**
+ * One client connection inside the hub. Frames are handled in the order they
+ * arrive; the adapter calls {@linkcode Connection.receive} and
+ * {@linkcode Connection.close} and nothing else.
+ */
+export class Connection {
+  /** The user this connection belongs to. */
+  readonly user: string;
+  /** Whether it speaks the original page's protocol. */
+  readonly legacy: boolean;
+  /** Resolves once the welcome is sent (or the connection closed first). */
+  readonly ready: Promise<void>;
+  #hub: ChatHub;
+  #peer: Peer;
+  #chain: Promise<void>;
+  #closed = false;
+
+  /** @internal Made by {@linkcode ChatHub.connect}. */
+  constructor(
+    hub: ChatHub,
+    peer: Peer,
+    options: ConnectOptions,
+    open: (conn: Connection) => Promise<void>,
+  ) {
+    this.#hub = hub;
+    this.#peer = peer;
+    this.user = options.user;
+    this.legacy = options.legacy ?? false;
+    // Later frames wait for the welcome, so they are handled in arrival order after it.
+    this.ready = Promise.resolve().then(() => open(this));
+    this.#chain = this.ready;
+  }
+
+  /** Whether {@linkcode Connection.close} has run. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Handles one frame from the client: a string for text, bytes for binary. */
+  receive(data: string | ArrayBuffer | Uint8Array | Blob): void {
+    if (this.#closed) return;
+    const limits = this.#hub.limits;
+    if (typeof data !== "string") {
+      const size = data instanceof Blob ? data.size : data.byteLength;
+      if (size > limits.maxFrameBytes) return this.#tooBig();
+      this.error(errorFrame("binary_unsupported", "send JSON text frames, not binary"));
+      return;
+    }
+    if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();
+    // Sequential: a `send` after a `join` must see the membership the join made.
+    this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
+      console.error("unexpected error handling a frame", error);
+      this.error(errorFrame("bad_frame", "the server could not handle this frame"));
+    });
+  }
+
+  #tooBig(): void {
+    this.#peer.close(
+      CloseCode.TooBig,
+      `frames are limited to ${this.#hub.limits.maxFrameBytes} bytes`,
+    );
+    this.close();
+  }
+
+  async #handle(data: string): Promise<void> {
+    if (this.#closed) return;
+    const hub = this.#hub;
+    if (this.legacy) {
+      const parsed = parseLegacyFrame(data, hub.limits);
+      if (!parsed.ok) return this.error(parsed.error);
+      const { to_user: to, msg: text } = parsed.frame;
+      if (to === undefined) return hub.send(this, { room: LOBBY, from: this.user, text });
+      return await hub.sendDm(this, { to, from: this.user, text });
+    }
+    const parsed = parseClientFrame(data, hub.limits);
+    if (!parsed.ok) return this.error(parsed.error);
+    const frame = parsed.frame;
+    switch (frame.type) {
+      case "ping":
+        return this.deliver(JSON.stringify({ type: "pong" }));
+      case "join":
+        return await hub.join(this, frame.room);
+      case "leave":
+        return await hub.leave(this, frame.room);
+      case "send":
+        if (frame.room !== undefined) {
+          return hub.send(this, {
+            room: frame.room,
+            from: this.user,
+            text: frame.text,
+            cid: frame.cid,
+          });
+        }
+        return await hub.sendDm(this, {
+          to: frame.to,
+          from: this.user,
+          text: frame.text,
+          cid: frame.cid,
+        });
+      case "typing":
+        return await hub.typing(
+          this,
+          frame.room !== undefined ? { room: frame.room } : { to: frame.to },
+        );
+      case "history":
+        // Reads need no ordering with later frames: let them run beside the chain.
+        void hub.history(this, frame).catch((error) => this.#storeError(error));
+        return;
+      case "read":
+        void hub.read(this, frame).catch((error) => this.#storeError(error));
+        return;
+    }
+  }
+
+  #storeError(error: unknown): void {
+    console.error("store read failed", error);
+    this.error(errorFrame("store_failed", "the store did not answer; try again"));
+  }
+
+  /** Sends an error frame in this connection's protocol. */
+  error(frame: ErrorFrame): void {
+    this.deliver(this.legacy ? toLegacyError(frame) : JSON.stringify(frame));
+  }
+
+  /** Sends an encoded frame, or disconnects a client that stopped reading. */
+  deliver(text: string): void {
+    if (this.#closed) return;
+    if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {
+      this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+      this.close();
+      return;
+    }
+    try {
+      this.#peer.send(text);
+    } catch {
+      // The socket closed under us; its close event will follow.
+      this.close();
+    }
+  }
+
+  /** @internal Sends a shared frame in this connection's protocol. */
+  deliverShared(out: Outgoing): void {
+    if (!this.legacy) return this.deliver(out.v1);
+    const text = out.legacy;
+    if (text !== undefined) this.deliver(text);
+  }
+
+  /** @internal Closes the peer, as the hub's shutdown does. */
+  closePeer(code: number, reason: string): void {
+    try {
+      this.#peer.close(code, reason);
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** Leaves the hub. Idempotent: a socket may report its close more than once. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#hub.remove(this);
+  }
+}
+
+/** Routes frames between the members of rooms and DMs. */
+export class ChatHub {
+  /** The limits this hub enforces. */
+  readonly limits: HubLimits;
+  #store: ChatStore;
+  #bus: Bus;
+  #subscription: Disposable;
+  /** Open, welcomed connections by user. */
+  #users = new Map<string, Set<Connection>>();
+  /** Local users by room they belong to (the lobby holds everyone). */
+  #members = new Map<string, Set<string>>();
+  /** Users known to exist: a cache in front of the store. */
+  #known = new Set<string>();
+  #connections = 0;
+  #shuttingDown = false;
+
+  /** Makes a hub over a store and a bus. */
+  constructor(options: ChatHubOptions) {
+    this.limits = options.limits;
+    this.#store = options.store;
+    this.#bus = options.bus ?? new LocalBus();
+    this.#subscription = this.#bus.subscribe((event) => this.#onEvent(event));
+  }
+
+  /** Counters for health checks. */
+  get stats(): HubStats {
+    return { connections: this.#connections, usersOnline: this.#users.size };
+  }
+
+  /** Users with at least one open connection here. */
+  online(): string[] {
+    return [...this.#users.keys()];
+  }
+
+  /**
+   * Accepts a connection for a user: records the user, loads its rooms, sends
+   * `welcome` (chat.v1 only), then starts delivering to it.
+   */
+  connect(peer: Peer, options: ConnectOptions): Connection {
+    const conn: Connection = new Connection(
+      this,
+      peer,
+      options,
+      (c) =>
+        this.#open(c).catch((error) => {
+          console.error("could not open a connection", error);
+          c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
+          c.close();
+        }),
+    );
+    this.#connections++;
+    return conn;
+  }
+
+  async #open(conn: Connection): Promise<void> {
+    const user = conn.user;
+    if (!this.#known.has(user)) {
+      await this.#store.addUser(user);
+      this.#known.add(user);
+    }
+    const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
+    const conversations = conn.legacy ? [] : await this.#store.conversations(user, rooms);
+    if (conn.closed) return;
+    if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
+    const first = !this.#users.has(user);
+    if (first) {
+      this.#users.set(user, new Set());
+      for (const room of rooms) this.#memberSet(room).add(user);
+    }
+    this.#users.get(user)!.add(conn);
+    if (!conn.legacy) {
+      conn.deliver(JSON.stringify(
+        {
+          type: "welcome",
+          user,
+          rooms: first ? rooms : this.#roomsOf(user),
+          online: this.online(),
+          conversations,
+          limits: {
+            maxTextLength: this.limits.maxTextLength,
+            maxFrameBytes: this.limits.maxFrameBytes,
+          },
+        } satisfies ServerFrame,
+      ));
+    }
+    if (first) this.#bus.publish({ kind: "presence", user, online: true });
+  }
+
+  #memberSet(room: string): Set<string> {
+    let set = this.#members.get(room);
+    if (!set) this.#members.set(room, set = new Set());
+    return set;
+  }
+
+  #roomsOf(user: string): string[] {
+    const rooms = [LOBBY];
+    for (const [room, members] of this.#members) {
+      if (room !== LOBBY && members.has(user)) rooms.push(room);
+    }
+    return rooms;
+  }
+
+  #isMember(user: string, room: string): boolean {
+    return room === LOBBY || (this.#members.get(room)?.has(user) ?? false);
+  }
+
+  async #userExists(user: string): Promise<boolean> {
+    if (this.#known.has(user)) return true;
+    if (!(await this.#store.hasUser(user))) return false;
+    this.#known.add(user);
+    return true;
+  }
+
+  /** @internal Stores a room message, then publishes it. */
+  send(
+    conn: Connection,
+    message: { room: string; from: string; text: string; cid?: string },
+  ): void {
+    if (!this.#isMember(conn.user, message.room)) {
+      return conn.error(
+        errorFrame("not_member", `join ${message.room} before sending to it`, message.cid),
+      );
+    }
+    this.#append(conn, message);
+  }
+
+  /** @internal Stores a DM to a known user, then publishes it. */
+  async sendDm(
+    conn: Connection,
+    message: { to: string; from: string; text: string; cid?: string },
+  ): Promise<void> {
+    if (!(await this.#userExists(message.to))) {
+      return conn.error(errorFrame("unknown_user", `no user is called ${message.to}`, message.cid));
+    }
+    this.#append(conn, message);
+  }
+
+  #append(
+    conn: Connection,
+    message: { room?: string; to?: string; from: string; text: string; cid?: string },
+  ): void {
+    // Not awaited: appends queue in arrival order, so a sender's messages keep
+    // their order while the next frame is already being read.
+    this.#store.append(message).then(
+      (stored) => this.#bus.publish({ kind: "message", message: stored }),
+      (error) => {
+        if (!(error instanceof StoreError)) console.error("unexpected store error", error);
+        conn.error(
+          errorFrame(
+            "store_failed",
+            "the message could not be stored; it was not sent",
+            message.cid,
+          ),
+        );
+      },
+    );
+  }
+
+  /** @internal */
+  async join(conn: Connection, room: string): Promise<void> {
+    if (room !== LOBBY) await this.#store.join(conn.user, room);
+    // Applied here too, not only when the event comes back: a `send` right
+    // after `join` on this connection must already see the membership.
+    this.#memberSet(room).add(conn.user);
+    this.#bus.publish({ kind: "joined", room, user: conn.user });
+  }
+
+  /** @internal */
+  async leave(conn: Connection, room: string): Promise<void> {
+    if (room === LOBBY) return conn.error(errorFrame("bad_frame", "everyone stays in the lobby"));
+    if (!this.#isMember(conn.user, room)) {
+      return conn.error(errorFrame("not_member", `you are not in ${room}`));
+    }
+    await this.#store.leave(conn.user, room);
+    this.#bus.publish({ kind: "left", room, user: conn.user });
+  }
+
+  /** @internal */
+  async typing(conn: Connection, where: { room: string } | { to: string }): Promise<void> {
+    if ("room" in where) {
+      if (!this.#isMember(conn.user, where.room)) {
+        return conn.error(errorFrame("not_member", `you are not in ${where.room}`));
+      }
+      return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
+    }
+    if (!(await this.#userExists(where.to))) {
+      return conn.error(errorFrame("unknown_user", `no user is called ${where.to}`));
+    }
+    this.#bus.publish({ kind: "typing", to: where.to, from: conn.user });
+  }
+
+  #conversation(conn: Connection, ref: ConversationRef): ConversationKey | undefined {
+    if (ref.room !== undefined) {
+      if (!this.#isMember(conn.user, ref.room)) {
+        conn.error(errorFrame("not_member", `join ${ref.room} to read it`));
+        return undefined;
+      }
+      return roomKey(ref.room);
+    }
+    return dmKey(conn.user, ref.with);
+  }
+
+  /** @internal */
+  async history(
+    conn: Connection,
+    frame: ConversationRef & { before?: number; limit?: number },
+  ): Promise<void> {
+    const key = this.#conversation(conn, frame);
+    if (key === undefined) return;
+    const page = await this.#store.history(key, { before: frame.before, limit: frame.limit ?? 50 });
+    const ref: ConversationRef = frame.room !== undefined
+      ? { room: frame.room }
+      : { with: frame.with };
+    conn.deliver(JSON.stringify({ type: "history", ...ref, ...page } satisfies ServerFrame));
+  }
+
+  /** @internal */
+  async read(conn: Connection, frame: ConversationRef & { id: number }): Promise<void> {
+    const key = this.#conversation(conn, frame);
+    if (key === undefined) return;
+    const id = await this.#store.markRead(conn.user, key, frame.id);
+    const ref: ConversationRef = frame.room !== undefined
+      ? { room: frame.room }
+      : { with: frame.with };
+    this.#bus.publish({ kind: "read", user: conn.user, id, ...ref });
+  }
+
+  /** @internal Called by {@linkcode Connection.close}. */
+  remove(conn: Connection): void {
+    this.#connections--;
+    const set = this.#users.get(conn.user);
+    if (!set?.delete(conn) || set.size > 0) return;
+    this.#users.delete(conn.user);
+    for (const members of this.#members.values()) members.delete(conn.user);
+    if (!this.#shuttingDown) {
+      this.#bus.publish({ kind: "presence", user: conn.user, online: false });
+    }
+  }
+
+  #each(users: Iterable<string>, fn: (conn: Connection) => void): void {
+    for (const user of users) {
+      const conns = this.#users.get(user);
+      if (conns) { for (const conn of conns) fn(conn); }
+    }
+  }
+
+  #onEvent(event: BusEvent): void {
+    switch (event.kind) {
+      case "message":
+        return this.#deliverMessage(event.message);
+      case "typing": {
+        const { from } = event;
+        if (event.room !== undefined) {
+          const out = new Outgoing({ type: "typing", room: event.room, from });
+          const members = this.#members.get(event.room) ?? [];
+          return this.#each(members, (c) => c.user !== from && !c.legacy && c.deliverShared(out));
+        }
+        const out = new Outgoing({ type: "typing", to: event.to, from });
+        return this.#each([event.to], (c) => !c.legacy && c.deliverShared(out));
+      }
+      case "joined":
+      case "left": {
+        const { room, user } = event;
+        const members = this.#memberSet(room);
+        // The joiner's other tabs (maybe on this hub) become members as well.
+        if (event.kind === "joined" && this.#users.has(user)) members.add(user);
+        const out = new Outgoing({ type: event.kind, room, user });
+        this.#each(members, (c) => !c.legacy && c.deliverShared(out));
+        if (event.kind === "left") members.delete(user);
+        return;
+      }
+      case "read": {
+        const ref: ConversationRef = event.room !== undefined
+          ? { room: event.room }
+          : { with: event.with };
+        const out = new Outgoing({ type: "read", ...ref, id: event.id });
+        return this.#each([event.user], (c) => !c.legacy && c.deliverShared(out));
+      }
+      case "presence": {
+        const out = new Outgoing({ type: "presence", user: event.user, online: event.online });
+        return this.#each(
+          this.#users.keys(),
+          (c) => c.user !== event.user && !c.legacy && c.deliverShared(out),
+        );
+      }
+    }
+  }
+
+  #deliverMessage(message: ChatMessage): void {
+    const out = new Outgoing(
+      { type: "message", ...message },
+      () => JSON.stringify(toLegacy(message)),
+    );
+    // Legacy clients get what the original would send: lobby and DMs, never their own words back.
+    const deliver = (c: Connection) => {
+      if (!c.legacy) return c.deliverShared(out);
+      if (c.user !== message.from && (message.to !== undefined || message.room === LOBBY)) {
+        c.deliverShared(out);
+      }
+    };
+    if (message.room !== undefined) {
+      const members = message.room === LOBBY
+        ? this.#users.keys()
+        : this.#members.get(message.room) ?? [];
+      return this.#each(members, deliver);
+    }
+    const users = message.to === message.from ? [message.from] : [message.from, message.to!];
+    this.#each(users, deliver);
+  }
+
+  /**
+   * Closes every connection with 1001 ("going away") so clients reconnect
+   * elsewhere, and stops the bus subscription. Stored messages are safe:
+   * the store's own close finishes pending writes.
+   */
+  shutdown(): void {
+    this.#shuttingDown = true;
+    for (const conns of this.#users.values()) {
+      for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
+    }
+    this.#subscription[Symbol.dispose]();
+  }
+}

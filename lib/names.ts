@@ -1,0 +1,43 @@
+/**
+ * Usernames and room names: one rule for both, checked where a name enters
+ * (the URL path, a frame field) so everything inside holds a valid name.
+ *
+ * @module
+ */
+
+/** The longest name, in code points after NFC normalisation. */
+export const MAX_NAME_LENGTH = 32;
+
+// Letters and digits of any script (so 小明 and Zoë work), combining marks
+// (NFC leaves some scripts decomposed), and the three separators `_ - .`.
+const NAME_PATTERN = /^[\p{L}\p{N}\p{M}_.-]+$/u;
+
+/** The result of {@linkcode parseName}: a normalised name, or why not. */
+export type NameResult = { ok: true; name: string } | { ok: false; reason: string };
+
+/**
+ * Validates and NFC-normalises a user or room name.
+ *
+ * @example
+ * ```ts
+ * parseName("小明"); // { ok: true, name: "小明" }
+ * parseName("a b"); // { ok: false, reason: "…" }
+ * ```
+ */
+export function parseName(raw: unknown): NameResult {
+  if (typeof raw !== "string") return { ok: false, reason: "a name must be a string" };
+  const name = raw.normalize("NFC");
+  const length = [...name].length;
+  if (length === 0) return { ok: false, reason: "a name must not be empty" };
+  if (length > MAX_NAME_LENGTH) {
+    return { ok: false, reason: `a name has at most ${MAX_NAME_LENGTH} characters` };
+  }
+  if (!NAME_PATTERN.test(name)) {
+    return {
+      ok: false,
+      reason: "a name may hold only letters, digits, '_', '-' and '.'",
+    };
+  }
+  if (name === "." || name === "..") return { ok: false, reason: "'.' and '..' are not names" };
+  return { ok: true, name };
+}

@@ -1,0 +1,289 @@
+/**
+ * The wire protocol: the frames of the typed `chat.v1` subprotocol, the
+ * frames of the original (legacy) page, and the one parser that turns text
+ * from a socket into a typed frame. Everything past {@linkcode parseClientFrame}
+ * is typed; nothing else inspects raw JSON.
+ *
+ * @module
+ */
+
+import { parseName } from "./names.ts";
+
+/** The subprotocol a typed client asks for in `Sec-WebSocket-Protocol`. */
+export const SUBPROTOCOL = "chat.v1";
+
+/** The room every connection belongs to, legacy ones included. */
+export const LOBBY = "lobby";
+
+/** The name legacy error frames carry in `from_user`; never a valid username. */
+export const SYSTEM_SENDER = "*";
+
+/** A conversation as a client names it: a room, or a DM with another user. */
+export type Target = { room: string; to?: undefined } | { to: string; room?: undefined };
+
+/** A conversation as `history` and `read` name it (`with` is the other party of a DM). */
+export type ConversationRef = { room: string; with?: undefined } | {
+  with: string;
+  room?: undefined;
+};
+
+/** A message as the server stores and sends it. */
+export interface ChatMessage {
+  /** Position in its conversation: strictly increasing from 1, never reused. */
+  id: number;
+  /** The room, for a room message. */
+  room?: string;
+  /** The recipient, for a DM. */
+  to?: string;
+  /** The sender; always set by the server. */
+  from: string;
+  /** The text, at most `maxTextLength` characters. */
+  text: string;
+  /** When the server accepted it, in milliseconds since the epoch. */
+  ts: number;
+  /** The sender's own id for the message, echoed so it can match its acknowledgement. */
+  cid?: string;
+}
+
+/** Frames a `chat.v1` client sends. */
+export type ClientFrame =
+  | { type: "join"; room: string }
+  | { type: "leave"; room: string }
+  | ({ type: "send"; text: string; cid?: string } & Target)
+  | ({ type: "history"; before?: number; limit?: number } & ConversationRef)
+  | ({ type: "typing" } & Target)
+  | ({ type: "read"; id: number } & ConversationRef)
+  | { type: "ping" };
+
+/** What `welcome` says about one conversation the user takes part in. */
+export type ConversationSummary = ConversationRef & {
+  /** The id of its newest message (0 when empty). */
+  last: number;
+  /** The id of the newest message this user has read. */
+  read: number;
+  /** How many messages came after `read`. */
+  unread: number;
+};
+
+/** Error codes of `{"type":"error"}` frames. */
+export type ErrorCode =
+  | "bad_frame"
+  | "unknown_type"
+  | "bad_name"
+  | "too_large"
+  | "unknown_user"
+  | "not_member"
+  | "store_failed"
+  | "binary_unsupported";
+
+/** Frames the server sends to a `chat.v1` client. */
+export type ServerFrame =
+  | {
+    type: "welcome";
+    user: string;
+    rooms: string[];
+    online: string[];
+    conversations: ConversationSummary[];
+    limits: { maxTextLength: number; maxFrameBytes: number };
+  }
+  | ({ type: "message" } & ChatMessage)
+  | { type: "joined"; room: string; user: string }
+  | { type: "left"; room: string; user: string }
+  | ({ type: "history"; messages: ChatMessage[]; more: boolean } & ConversationRef)
+  | ({ type: "typing"; from: string } & Target)
+  | ({ type: "read"; id: number } & ConversationRef)
+  | { type: "presence"; user: string; online: boolean }
+  | { type: "pong" }
+  | { type: "error"; code: ErrorCode; message: string; ref?: string };
+
+/** A frame from the original page: a DM when `to_user` is set, a lobby message otherwise. */
+export interface LegacyFrame {
+  to_user?: string;
+  msg: string;
+}
+
+/** Limits the parser enforces. */
+export interface ParseLimits {
+  /** The longest `text`/`msg`, in UTF-16 code units (what a browser's `maxlength` counts). */
+  maxTextLength: number;
+}
+
+/** A parse result: a frame, or the error frame to answer with. */
+export type Parsed<T> = { ok: true; frame: T } | {
+  ok: false;
+  error: Extract<ServerFrame, { type: "error" }>;
+};
+
+/** The longest `cid` a client may attach. */
+export const MAX_CID_LENGTH = 64;
+/** The default and the largest page of `history`. */
+export const HISTORY_DEFAULT = 50, HISTORY_MAX = 200;
+
+type Json = Record<string, unknown>;
+
+function fail<T>(code: ErrorCode, message: string, ref?: unknown): Parsed<T> {
+  const error: Extract<ServerFrame, { type: "error" }> = { type: "error", code, message };
+  if (typeof ref === "string" && ref.length <= MAX_CID_LENGTH) error.ref = ref;
+  return { ok: false, error };
+}
+
+function parseObject(text: string): Json | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  return value as Json;
+}
+
+// Own properties only: a frame's `__proto__` or `constructor` key is data, never inherited.
+function own(obj: Json, key: string): unknown {
+  return Object.hasOwn(obj, key) ? obj[key] : undefined;
+}
+
+type FieldResult<T> = { ok: true; value: T } | { ok: false; message: string };
+
+function name(obj: Json, key: string): FieldResult<string> {
+  const result = parseName(own(obj, key));
+  return result.ok
+    ? { ok: true, value: result.name }
+    : { ok: false, message: `${key}: ${result.reason}` };
+}
+
+function target(obj: Json, roomKey: "room", userKey: "to" | "with"):
+  | FieldResult<{ room: string } | { user: string }>
+  | undefined {
+  const hasRoom = own(obj, roomKey) !== undefined;
+  const hasUser = own(obj, userKey) !== undefined;
+  if (hasRoom === hasUser) return undefined;
+  if (hasRoom) {
+    const r = name(obj, roomKey);
+    return r.ok ? { ok: true, value: { room: r.value } } : r;
+  }
+  const u = name(obj, userKey);
+  return u.ok ? { ok: true, value: { user: u.value } } : u;
+}
+
+function text(obj: Json, key: string, limits: ParseLimits): FieldResult<string> | "too_large" {
+  const value = own(obj, key);
+  if (typeof value !== "string") return { ok: false, message: `${key} must be a string` };
+  if (value.length > limits.maxTextLength) return "too_large";
+  if (value.trim().length === 0) return { ok: false, message: `${key} must not be blank` };
+  return { ok: true, value };
+}
+
+function positiveInt(value: unknown): boolean {
+  return typeof value === "number" && Number.isSafeInteger(value) && value > 0;
+}
+
+/**
+ * Parses one text frame from a `chat.v1` client. Never throws: anything that
+ * is not a valid frame becomes the error frame to send back.
+ */
+export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<ClientFrame> {
+  const obj = parseObject(raw);
+  if (!obj) return fail("bad_frame", "a frame must be a JSON object");
+  const type = own(obj, "type");
+  const cid = own(obj, "cid");
+  switch (type) {
+    case "ping":
+      return { ok: true, frame: { type } };
+    case "join":
+    case "leave": {
+      const room = name(obj, "room");
+      if (!room.ok) return fail("bad_name", room.message);
+      return { ok: true, frame: { type, room: room.value } };
+    }
+    case "send":
+    case "typing": {
+      const t = target(obj, "room", "to");
+      if (!t) return fail("bad_frame", `${type} needs exactly one of room or to`, cid);
+      if (!t.ok) return fail("bad_name", t.message, cid);
+      const where: Target = "room" in t.value ? { room: t.value.room } : { to: t.value.user };
+      if (type === "typing") return { ok: true, frame: { type, ...where } };
+      if (cid !== undefined && (typeof cid !== "string" || cid.length > MAX_CID_LENGTH)) {
+        return fail("bad_frame", `cid must be a string of at most ${MAX_CID_LENGTH} characters`);
+      }
+      const body = text(obj, "text", limits);
+      if (body === "too_large") {
+        return fail("too_large", `text has at most ${limits.maxTextLength} characters`, cid);
+      }
+      if (!body.ok) return fail("bad_frame", body.message, cid);
+      const frame: ClientFrame = { type, ...where, text: body.value };
+      if (typeof cid === "string") frame.cid = cid;
+      return { ok: true, frame };
+    }
+    case "history":
+    case "read": {
+      const t = target(obj, "room", "with");
+      if (!t) return fail("bad_frame", `${type} needs exactly one of room or with`);
+      if (!t.ok) return fail("bad_name", t.message);
+      const where: ConversationRef = "room" in t.value
+        ? { room: t.value.room }
+        : { with: t.value.user };
+      if (type === "read") {
+        const id = own(obj, "id");
+        if (!positiveInt(id)) return fail("bad_frame", "id must be a positive integer");
+        return { ok: true, frame: { type, ...where, id: id as number } };
+      }
+      const before = own(obj, "before");
+      const limit = own(obj, "limit");
+      if (before !== undefined && !positiveInt(before)) {
+        return fail("bad_frame", "before must be a positive integer");
+      }
+      if (limit !== undefined && !positiveInt(limit)) {
+        return fail("bad_frame", "limit must be a positive integer");
+      }
+      const frame: ClientFrame = { type, ...where };
+      if (before !== undefined) frame.before = before as number;
+      frame.limit = Math.min((limit as number | undefined) ?? HISTORY_DEFAULT, HISTORY_MAX);
+      return { ok: true, frame };
+    }
+    default:
+      if (typeof type !== "string") return fail("bad_frame", "a frame needs a string type");
+      return fail("unknown_type", `unknown frame type: ${type.slice(0, 40)}`);
+  }
+}
+
+/** Parses one text frame from a client of the original page. Never throws. */
+export function parseLegacyFrame(raw: string, limits: ParseLimits): Parsed<LegacyFrame> {
+  const obj = parseObject(raw);
+  if (!obj) return fail("bad_frame", "a frame must be a JSON object");
+  const body = text(obj, "msg", limits);
+  if (body === "too_large") {
+    return fail("too_large", `msg has at most ${limits.maxTextLength} characters`);
+  }
+  if (!body.ok) return fail("bad_frame", body.message);
+  const to = own(obj, "to_user");
+  // The original page sends its input box as is: an empty recipient means "everyone".
+  if (to === undefined || to === null || to === "") return { ok: true, frame: { msg: body.value } };
+  const user = name(obj, "to_user");
+  if (!user.ok) return fail("bad_name", user.message);
+  return { ok: true, frame: { to_user: user.value, msg: body.value } };
+}
+
+/** The shape a legacy client receives a message in (the original's object plus extras). */
+export function toLegacy(message: ChatMessage): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    from_user: message.from,
+    msg: message.text,
+    id: message.id,
+    ts: message.ts,
+  };
+  if (message.to !== undefined) out.to_user = message.to;
+  else out.room = message.room;
+  return out;
+}
+
+/** The legacy rendering of an error: the original page shows `from_user:msg`. */
+export function toLegacyError(error: Extract<ServerFrame, { type: "error" }>): string {
+  return JSON.stringify({
+    type: "error",
+    code: error.code,
+    message: error.message,
+    from_user: SYSTEM_SENDER,
+    msg: `⚠ ${error.message}`,
+  });
+}

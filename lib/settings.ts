@@ -1,0 +1,162 @@
+/**
+ * Settings from command-line flags and environment variables, flags first.
+ * Every limit the server enforces is one of these, with its default here and
+ * its description in `--help` and the README.
+ *
+ * @module
+ */
+
+/** Everything the server can be told. */
+export interface Settings {
+  /** TCP port to listen on (`--port`, `PORT`). */
+  port: number;
+  /** Address to listen on (`--hostname`, `HOST`); `0.0.0.0` lets the local network join. */
+  hostname: string;
+  /** The Deno KV file (`--data`, `CHAT_DATA`); `:memory:` for a throwaway server. */
+  data: string;
+  /** Largest frame a client may send, in bytes (`--max-frame-bytes`, `CHAT_MAX_FRAME_BYTES`). */
+  maxFrameBytes: number;
+  /** Longest message, in characters (`--max-text-length`, `CHAT_MAX_TEXT_LENGTH`). */
+  maxTextLength: number;
+  /** Bytes queued for a client that stopped reading before it is dropped (`--max-buffered-bytes`). */
+  maxBufferedBytes: number;
+  /** Seconds without a pong before a silent client is dropped (`--idle-timeout`, `CHAT_IDLE_TIMEOUT`). */
+  idleTimeout: number;
+}
+
+interface Spec {
+  key: keyof Settings;
+  flag: string;
+  env: string;
+  kind: "int" | "string";
+  help: string;
+  min?: number;
+}
+
+const SPECS: Spec[] = [
+  {
+    key: "port",
+    flag: "port",
+    env: "PORT",
+    kind: "int",
+    min: 0,
+    help: "TCP port (0 picks a free one)",
+  },
+  { key: "hostname", flag: "hostname", env: "HOST", kind: "string", help: "address to listen on" },
+  {
+    key: "data",
+    flag: "data",
+    env: "CHAT_DATA",
+    kind: "string",
+    help: "Deno KV file that keeps users, rooms and messages; :memory: keeps nothing",
+  },
+  {
+    key: "maxFrameBytes",
+    flag: "max-frame-bytes",
+    env: "CHAT_MAX_FRAME_BYTES",
+    kind: "int",
+    min: 1024,
+    help: "largest frame a client may send; a bigger one closes the connection with 1009",
+  },
+  {
+    key: "maxTextLength",
+    flag: "max-text-length",
+    env: "CHAT_MAX_TEXT_LENGTH",
+    kind: "int",
+    min: 1,
+    help: "longest message text in characters; longer gets an error frame too_large",
+  },
+  {
+    key: "maxBufferedBytes",
+    flag: "max-buffered-bytes",
+    env: "CHAT_MAX_BUFFERED_BYTES",
+    kind: "int",
+    min: 1024,
+    help: "bytes queued for a client that stopped reading before it is closed with 4000",
+  },
+  {
+    key: "idleTimeout",
+    flag: "idle-timeout",
+    env: "CHAT_IDLE_TIMEOUT",
+    kind: "int",
+    min: 0,
+    help:
+      "seconds a client may stay silent before a ping goes unanswered and it is dropped (0: never)",
+  },
+];
+
+/** The defaults, used where neither a flag nor the environment says otherwise. */
+export const DEFAULT_SETTINGS: Readonly<Settings> = {
+  port: 8000,
+  hostname: "0.0.0.0",
+  data: "./data/chat.kv",
+  maxFrameBytes: 64 * 1024,
+  maxTextLength: 4000,
+  maxBufferedBytes: 1024 * 1024,
+  idleTimeout: 30,
+};
+
+/** The result of {@linkcode parseSettings}. */
+export type SettingsResult =
+  | { ok: true; settings: Settings }
+  | { ok: false; help: true }
+  | { ok: false; help?: false; error: string };
+
+/** The text of `--help`. */
+export function helpText(): string {
+  const rows = SPECS.map((s) =>
+    `  --${s.flag.padEnd(20)} ${s.env.padEnd(24)} ${s.help} (default: ${DEFAULT_SETTINGS[s.key]})`
+  );
+  return [
+    "chat: group and private chat in one executable",
+    "",
+    "Usage: chat [--flag value]...   (or --flag=value; flags win over environment variables)",
+    "",
+    `  ${"flag".padEnd(22)} ${"environment".padEnd(24)} meaning`,
+    ...rows,
+    "  --help                 print this and exit",
+  ].join("\n");
+}
+
+/**
+ * Reads settings from flags, then the environment, then the defaults.
+ * `env` is a lookup so callers without env permission can pass `() => undefined`.
+ */
+export function parseSettings(
+  args: readonly string[],
+  env: (name: string) => string | undefined,
+): SettingsResult {
+  const flags = new Map<string, string>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--help" || arg === "-h") return { ok: false, help: true };
+    if (!arg.startsWith("--")) return { ok: false, error: `unexpected argument: ${arg}` };
+    const eq = arg.indexOf("=");
+    const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+    if (!SPECS.some((s) => s.flag === name)) return { ok: false, error: `unknown flag: --${name}` };
+    const value = eq === -1 ? args[++i] : arg.slice(eq + 1);
+    if (value === undefined) return { ok: false, error: `--${name} needs a value` };
+    flags.set(name, value);
+  }
+  const settings: Settings = { ...DEFAULT_SETTINGS };
+  for (const spec of SPECS) {
+    const raw = flags.get(spec.flag) ?? env(spec.env);
+    if (raw === undefined || raw === "") continue;
+    if (spec.kind === "string") {
+      (settings[spec.key] as string) = raw;
+      continue;
+    }
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < (spec.min ?? 0)) {
+      return {
+        ok: false,
+        error: `--${spec.flag} (${spec.env}) must be a whole number of at least ${
+          spec.min ?? 0
+        }, not ${raw}`,
+      };
+    }
+    (settings[spec.key] as number) = n;
+  }
+  if (settings.port > 65535) return { ok: false, error: "--port must be at most 65535" };
+  return { ok: true, settings };
+}

@@ -1,0 +1,94 @@
+/**
+ * What `ChatHub` needs from durable storage, and nothing about how it is
+ * kept. {@linkcode KvStore} implements it on Deno KV; tests may hand the hub
+ * any other implementation (a failing one, say).
+ *
+ * @module
+ */
+
+import type { ChatMessage, ConversationSummary } from "./protocol.ts";
+
+/**
+ * A conversation's storage key: `r/<room>` or `d/<a>/<b>` with the two users
+ * sorted, so both parties of a DM name the same conversation. Names never hold
+ * `/`, so the key is unambiguous.
+ */
+export type ConversationKey = string;
+
+/** The key of a room's conversation. */
+export function roomKey(room: string): ConversationKey {
+  return `r/${room}`;
+}
+
+/** The key of the DM between two users, the same whichever side asks. */
+export function dmKey(a: string, b: string): ConversationKey {
+  return a < b ? `d/${a}/${b}` : `d/${b}/${a}`;
+}
+
+/** A message before the store gives it an id and a time. */
+export interface NewMessage {
+  /** The room, for a room message. */
+  room?: string;
+  /** The recipient, for a DM. */
+  to?: string;
+  /** The sender. */
+  from: string;
+  /** The text. */
+  text: string;
+  /** The sender's id for the message: a second append with the same sender and cid returns the first. */
+  cid?: string;
+}
+
+/** Options of {@linkcode ChatStore.history}. */
+export interface HistoryOptions {
+  /** Only messages with a smaller id; the newest when absent. */
+  before?: number;
+  /** How many messages at most. */
+  limit: number;
+}
+
+/** A page of history, oldest first. */
+export interface HistoryPage {
+  /** The messages, oldest first. */
+  messages: ChatMessage[];
+  /** Whether older messages exist. */
+  more: boolean;
+}
+
+/** Raised by a store that could not keep a message; the hub answers `store_failed`. */
+export class StoreError extends Error {
+  override name = "StoreError";
+}
+
+/** Durable storage for the chat. */
+export interface ChatStore {
+  /**
+   * Stores a message and resolves with it as stored (id and time set) once it
+   * is durable. Rejects with {@linkcode StoreError} when it could not be kept.
+   * A repeated `(from, cid)` resolves with the message stored the first time.
+   */
+  append(message: NewMessage): Promise<ChatMessage>;
+  /** A page of a conversation's history. */
+  history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage>;
+  /** Records that a user exists (has connected once). */
+  addUser(user: string): Promise<void>;
+  /** Whether a user has ever connected. */
+  hasUser(user: string): Promise<boolean>;
+  /** The rooms a user has joined, the lobby excluded. */
+  rooms(user: string): Promise<string[]>;
+  /** Makes a user a member of a room. */
+  join(user: string, room: string): Promise<void>;
+  /** Ends a user's membership of a room. */
+  leave(user: string, room: string): Promise<void>;
+  /** A user's conversations (the given rooms and every DM) with read state. */
+  conversations(user: string, rooms: string[]): Promise<ConversationSummary[]>;
+  /**
+   * Records that a user has read a conversation up to an id, never moving
+   * backwards; resolves with the read id now stored.
+   */
+  markRead(user: string, conversation: ConversationKey, id: number): Promise<number>;
+  /** Whether the store answers; for `/healthz`. */
+  healthy(): Promise<boolean>;
+  /** Finishes pending writes and releases the store. */
+  close(): Promise<void>;
+}

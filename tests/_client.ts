@@ -1,0 +1,122 @@
+/**
+ * A WebSocket client for tests: frames are queued as they arrive and read
+ * with {@linkcode TestClient.next}, which waits for a matching frame instead
+ * of sleeping.
+ *
+ * @module
+ */
+
+// deno-lint-ignore no-explicit-any
+export type Frame = Record<string, any>;
+
+/** Options of {@linkcode TestClient.connect}. */
+export interface ClientOptions {
+  /** `"chat.v1"` (the default) or `null` for the original page's protocol. */
+  protocol?: string | null;
+  /** How long {@linkcode TestClient.next} waits, in milliseconds. */
+  timeoutMs?: number;
+}
+
+/** A real WebSocket with a queue of parsed frames. */
+export class TestClient implements AsyncDisposable {
+  readonly socket: WebSocket;
+  /** Resolves with the close event once the socket has closed. */
+  readonly closed: Promise<CloseEvent>;
+  #frames: Frame[] = [];
+  #waiters: Array<() => void> = [];
+  #timeoutMs: number;
+
+  private constructor(socket: WebSocket, timeoutMs: number) {
+    this.socket = socket;
+    this.#timeoutMs = timeoutMs;
+    this.closed = new Promise((resolve) => {
+      socket.addEventListener("close", (e) => {
+        resolve(e);
+        this.#wake();
+      });
+    });
+    socket.addEventListener("message", (e) => {
+      this.#frames.push(typeof e.data === "string" ? JSON.parse(e.data) : { binary: e.data });
+      this.#wake();
+    });
+  }
+
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Opens a connection as `user` and waits until it is open. */
+  static async connect(
+    origin: string,
+    user: string,
+    options: ClientOptions = {},
+  ): Promise<TestClient> {
+    const url = `${origin.replace(/^http/, "ws")}/ws/${encodeURIComponent(user)}`;
+    const protocol = options.protocol === undefined ? "chat.v1" : options.protocol;
+    const socket = protocol === null ? new WebSocket(url) : new WebSocket(url, protocol);
+    const client = new TestClient(socket, options.timeoutMs ?? 5000);
+    await new Promise<void>((resolve, reject) => {
+      socket.addEventListener("open", () => resolve(), { once: true });
+      socket.addEventListener("error", () => reject(new Error(`could not connect as ${user}`)), {
+        once: true,
+      });
+    });
+    return client;
+  }
+
+  /** Opens a chat.v1 connection and waits for its welcome. */
+  static async join(origin: string, user: string): Promise<[TestClient, Frame]> {
+    const client = await TestClient.connect(origin, user);
+    const welcome = await client.next((f) => f.type === "welcome");
+    return [client, welcome];
+  }
+
+  /** Sends a frame (objects as JSON, strings and bytes as they are). */
+  send(frame: Frame | string | Uint8Array<ArrayBuffer>): void {
+    this.socket.send(
+      typeof frame === "string" || frame instanceof Uint8Array ? frame : JSON.stringify(frame),
+    );
+  }
+
+  /**
+   * Takes the first queued frame that matches (waiting for one to arrive),
+   * leaving the others queued. Rejects when the socket closes or time runs out.
+   */
+  async next(match: (frame: Frame) => boolean = () => true): Promise<Frame> {
+    const deadline = Date.now() + this.#timeoutMs;
+    for (;;) {
+      const i = this.#frames.findIndex(match);
+      if (i !== -1) return this.#frames.splice(i, 1)[0];
+      if (this.socket.readyState === WebSocket.CLOSED) {
+        throw new Error(`socket closed while waiting; queued: ${JSON.stringify(this.#frames)}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`no matching frame in time; queued: ${JSON.stringify(this.#frames)}`);
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#waiters.push(resolve);
+        timer = setTimeout(resolve, left);
+      });
+      clearTimeout(timer);
+    }
+  }
+
+  /** The frames received and not yet taken. */
+  get queued(): readonly Frame[] {
+    return this.#frames;
+  }
+
+  /** Closes the socket and waits until it is closed. */
+  async close(): Promise<CloseEvent> {
+    if (this.socket.readyState !== WebSocket.CLOSED) this.socket.close();
+    return await this.closed;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

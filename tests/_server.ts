@@ -1,0 +1,155 @@
+/**
+ * Test servers: one in this process on a free loopback port, or the real
+ * `main.ts` in a child process (for kills and restarts).
+ *
+ * @module
+ */
+
+import { fileURLToPath } from "node:url";
+import { KvStore } from "../lib/kv_store.ts";
+import { type ChatServer, startChatServer } from "../lib/server.ts";
+import { DEFAULT_SETTINGS, type Settings } from "../lib/settings.ts";
+import type { ChatStore } from "../lib/store.ts";
+
+/** A server under test. */
+export interface TestServer extends AsyncDisposable {
+  /** `http://127.0.0.1:PORT` */
+  origin: string;
+  /** The port it listens on. */
+  port: number;
+  /** Stops it and closes its store. */
+  close(): Promise<void>;
+}
+
+/** An in-process server with its hub, for tests that look inside. */
+export interface InProcessServer extends TestServer {
+  /** The running server. */
+  server: ChatServer;
+}
+
+/** Options of {@linkcode startServer}. */
+export interface StartOptions {
+  /** A KV file; `:memory:` when absent. */
+  data?: string;
+  /** Settings to change from the defaults. */
+  settings?: Partial<Settings>;
+  /** A store to use instead of opening KV (the server does not own it). */
+  store?: ChatStore;
+}
+
+/** Starts a server in this process on 127.0.0.1 and a free port. */
+export async function startServer(options: StartOptions = {}): Promise<InProcessServer> {
+  const store = options.store ?? await KvStore.open(options.data ?? ":memory:");
+  const settings: Settings = {
+    ...DEFAULT_SETTINGS,
+    data: options.data ?? ":memory:",
+    ...options.settings,
+    hostname: "127.0.0.1",
+    port: 0,
+  };
+  const server = await startChatServer({ settings, store });
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await server.shutdown();
+    if (!options.store) await store.close();
+  };
+  return {
+    origin: server.origin,
+    port: server.addr.port,
+    server,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** A server running `main.ts` in a child process. */
+export interface SpawnedServer extends TestServer {
+  /** Sends a signal (SIGKILL by default) and waits for the process to end. */
+  kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+  /** Everything the process printed so far. */
+  output(): string;
+}
+
+/** Options of {@linkcode spawnServer}. */
+export interface SpawnOptions {
+  /** The KV file. */
+  data: string;
+  /** The port; a free one when absent (keep it to restart on the same address). */
+  port?: number;
+  /** More flags for main.ts. */
+  args?: string[];
+}
+
+const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+/** Runs `main.ts` in a child process and waits until it listens. */
+export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      "--unstable-kv",
+      MAIN,
+      "--hostname",
+      "127.0.0.1",
+      "--port",
+      String(options.port ?? 0),
+      "--data",
+      options.data,
+      ...(options.args ?? []),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  let log = "";
+  const decoder = new TextDecoder();
+  let onLine: ((line: string) => void) | undefined;
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      const text = decoder.decode(chunk, { stream: true });
+      log += text;
+      onLine?.(log);
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const port = await new Promise<number>((resolve, reject) => {
+    onLine = (all) => {
+      const m = all.match(/listening on http:\/\/[^:]+:(\d+)\//);
+      if (m) resolve(Number(m[1]));
+    };
+    child.status.then((s) =>
+      reject(new Error(`server exited (${s.code}) before listening:\n${log}`))
+    );
+  });
+  onLine = undefined;
+  let status: Promise<Deno.CommandStatus> | undefined;
+  const kill = async (signal: Deno.Signal = "SIGKILL") => {
+    if (!status) {
+      try {
+        child.kill(signal);
+      } catch {
+        // Already exited.
+      }
+      status = child.status.then(async (s) => {
+        await pumps;
+        return s;
+      });
+    }
+    return await status;
+  };
+  const close = async () => void await kill("SIGKILL");
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    port,
+    kill,
+    close,
+    output: () => log,
+    [Symbol.asyncDispose]: close,
+  };
+}

@@ -1,0 +1,339 @@
+/**
+ * ChatHub with fake peers: routing, membership, acknowledgement and limits,
+ * without sockets. The store is real Deno KV in memory.
+ */
+
+import assert from "node:assert/strict";
+import { ChatHub, CloseCode, type Connection, type Peer } from "../lib/hub.ts";
+import { KvStore } from "../lib/kv_store.ts";
+import type { ChatMessage } from "../lib/protocol.ts";
+import { type ChatStore, StoreError } from "../lib/store.ts";
+
+type Frame = Record<string, unknown>;
+
+/** A peer that records what it is sent and lets the test wait for frames. */
+class FakePeer implements Peer {
+  sent: Frame[] = [];
+  closedWith: { code?: number; reason?: string } | undefined;
+  bufferedAmount = 0;
+  #waiters: Array<() => void> = [];
+
+  send(data: string): void {
+    this.sent.push(JSON.parse(data));
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  close(code?: number, reason?: string): void {
+    this.closedWith = { code, reason };
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Takes the first frame that matches, waiting until it arrives. */
+  async take(match: (f: Frame) => boolean): Promise<Frame> {
+    for (;;) {
+      const i = this.sent.findIndex(match);
+      if (i !== -1) return this.sent.splice(i, 1)[0];
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+  }
+
+  of(type: string): Frame[] {
+    return this.sent.filter((f) => f.type === type);
+  }
+}
+
+const LIMITS = { maxFrameBytes: 64 * 1024, maxTextLength: 4000, maxBufferedBytes: 1024 * 1024 };
+
+async function withHub(
+  fn: (
+    hub: ChatHub,
+    open: (user: string, legacy?: boolean) => Promise<[FakePeer, Connection]>,
+  ) => Promise<void>,
+  store?: ChatStore,
+): Promise<void> {
+  const kv = store ?? await KvStore.open(":memory:");
+  const hub = new ChatHub({ store: kv, limits: LIMITS });
+  const conns: Connection[] = [];
+  const open = async (user: string, legacy = false): Promise<[FakePeer, Connection]> => {
+    const peer = new FakePeer();
+    const conn = hub.connect(peer, { user, legacy });
+    conns.push(conn);
+    await conn.ready;
+    return [peer, conn];
+  };
+  try {
+    await fn(hub, open);
+  } finally {
+    for (const c of conns) c.close();
+    hub.shutdown();
+    await kv.close();
+  }
+}
+
+const send = (conn: Connection, frame: Frame) => conn.receive(JSON.stringify(frame));
+const isMessage = (text: string) => (f: Frame) => f.type === "message" && f.text === text;
+
+Deno.test("ChatHub welcomes a user with the lobby, who is online, and the limits", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice] = await open("alice");
+    const [bob] = await open("bob");
+    const welcome = await bob.take((f) => f.type === "welcome");
+    assert.equal(welcome.user, "bob");
+    assert.deepEqual(welcome.rooms, ["lobby"]);
+    assert.deepEqual(new Set(welcome.online as string[]), new Set(["alice", "bob"]));
+    assert.deepEqual(welcome.limits, { maxTextLength: 4000, maxFrameBytes: 64 * 1024 });
+    assert.deepEqual(await alice.take((f) => f.type === "presence"), {
+      type: "presence",
+      user: "bob",
+      online: true,
+    });
+  });
+});
+
+Deno.test("ChatHub delivers a lobby message to everyone, the sender's copy acknowledging its cid", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob] = await open("bob");
+    send(a, { type: "send", room: "lobby", text: "hello", cid: "c1" });
+    const ack = await alice.take(isMessage("hello"));
+    const got = await bob.take(isMessage("hello"));
+    assert.equal(ack.cid, "c1");
+    assert.equal(ack.id, 1);
+    assert.equal(ack.from, "alice");
+    assert.equal(ack.room, "lobby");
+    assert.deepEqual(got, ack);
+  });
+});
+
+Deno.test("ChatHub delivers a DM to every tab of the recipient and of the sender, and no one else", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice1, a1] = await open("alice");
+    const [alice2] = await open("alice");
+    const [bob1] = await open("bob");
+    const [bob2] = await open("bob");
+    const [carol] = await open("carol");
+    send(a1, { type: "send", to: "bob", text: "psst", cid: "x" });
+    for (const peer of [alice1, alice2, bob1, bob2]) {
+      const m = await peer.take(isMessage("psst"));
+      assert.equal(m.to, "bob");
+      assert.equal(m.from, "alice");
+    }
+    // A later lobby message proves carol's queue is up to date and holds no DM.
+    send(a1, { type: "send", room: "lobby", text: "after" });
+    await carol.take(isMessage("after"));
+    assert.equal(carol.of("message").length, 0);
+  });
+});
+
+Deno.test("ChatHub refuses a DM to a name never seen with unknown_user, keeping the connection", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    send(a, { type: "send", to: "nobody", text: "hi", cid: "q" });
+    const err = await alice.take((f) => f.type === "error");
+    assert.equal(err.code, "unknown_user");
+    assert.equal(err.ref, "q");
+    send(a, { type: "ping" });
+    await alice.take((f) => f.type === "pong");
+    assert.equal(alice.closedWith, undefined);
+  });
+});
+
+Deno.test("ChatHub keeps a DM for an offline user and counts it unread in their next welcome", async () => {
+  await withHub(async (_hub, open) => {
+    const [bob, b] = await open("bob");
+    b.close();
+    assert.equal(bob.closedWith, undefined);
+    const [alice, a] = await open("alice");
+    send(a, { type: "send", to: "bob", text: "while you were out" });
+    await alice.take(isMessage("while you were out"));
+    const [bob2] = await open("bob");
+    const welcome = await bob2.take((f) => f.type === "welcome");
+    assert.deepEqual(welcome.conversations, [
+      { room: "lobby", last: 0, read: 0, unread: 0 },
+      { with: "alice", last: 1, read: 0, unread: 1 },
+    ]);
+  });
+});
+
+Deno.test("ChatHub room messages reach members only, and sending to a room you are not in is refused", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob, b] = await open("bob");
+    send(a, { type: "join", room: "rust" });
+    assert.deepEqual(await alice.take((f) => f.type === "joined"), {
+      type: "joined",
+      room: "rust",
+      user: "alice",
+    });
+    send(b, { type: "send", room: "rust", text: "let me in" });
+    assert.equal((await bob.take((f) => f.type === "error")).code, "not_member");
+    send(a, { type: "send", room: "rust", text: "members only" });
+    await alice.take(isMessage("members only"));
+    send(b, { type: "join", room: "rust" });
+    await alice.take((f) => f.type === "joined" && f.user === "bob");
+    send(b, { type: "history", room: "rust" });
+    const history = await bob.take((f) => f.type === "history");
+    assert.deepEqual((history.messages as ChatMessage[]).map((m) => m.text), ["members only"]);
+    assert.equal(bob.of("message").length, 0, "bob was not a member when it was sent");
+  });
+});
+
+Deno.test("ChatHub relays typing to the others in a room, never to the typist, and stores nothing", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob] = await open("bob");
+    send(a, { type: "typing", room: "lobby" });
+    assert.deepEqual(await bob.take((f) => f.type === "typing"), {
+      type: "typing",
+      room: "lobby",
+      from: "alice",
+    });
+    send(a, { type: "history", room: "lobby" });
+    assert.deepEqual((await alice.take((f) => f.type === "history")).messages, []);
+    assert.equal(alice.of("typing").length, 0);
+  });
+});
+
+Deno.test("ChatHub pages history oldest first with more=true until the start", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    for (let i = 1; i <= 5; i++) send(a, { type: "send", room: "lobby", text: `m${i}` });
+    await alice.take(isMessage("m5"));
+    send(a, { type: "history", room: "lobby", limit: 2 });
+    const newest = await alice.take((f) => f.type === "history");
+    assert.deepEqual((newest.messages as ChatMessage[]).map((m) => m.id), [4, 5]);
+    assert.equal(newest.more, true);
+    send(a, { type: "history", room: "lobby", before: 2, limit: 2 });
+    const oldest = await alice.take((f) => f.type === "history");
+    assert.deepEqual((oldest.messages as ChatMessage[]).map((m) => m.text), ["m1"]);
+    assert.equal(oldest.more, false);
+  });
+});
+
+Deno.test("ChatHub keeps one sender's messages in order with consecutive ids", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob] = await open("bob");
+    for (let i = 0; i < 300; i++) send(a, { type: "send", room: "lobby", text: `n${i}` });
+    await alice.take(isMessage("n299"));
+    await bob.take(isMessage("n299"));
+    const seen = [...bob.of("message")];
+    assert.equal(seen.length, 299);
+    seen.forEach((m, i) => {
+      assert.equal(m.text, `n${i}`);
+      assert.equal(m.id, i + 1);
+    });
+  });
+});
+
+Deno.test("ChatHub answers bad frames with an error frame and keeps serving", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const cases: Array<[string, string]> = [
+      ["not json", "bad_frame"],
+      ["[1,2]", "bad_frame"],
+      [JSON.stringify({ type: "dance" }), "unknown_type"],
+      [JSON.stringify({ type: "send", room: "lobby" }), "bad_frame"],
+      [JSON.stringify({ type: "send", room: "lobby", text: "x".repeat(4001) }), "too_large"],
+      [JSON.stringify({ type: "join", room: "no spaces" }), "bad_name"],
+    ];
+    for (const [raw, code] of cases) {
+      a.receive(raw);
+      assert.equal((await alice.take((f) => f.type === "error")).code, code, raw.slice(0, 40));
+    }
+    a.receive(new Uint8Array([1, 2, 3]));
+    assert.equal((await alice.take((f) => f.type === "error")).code, "binary_unsupported");
+    send(a, { type: "send", room: "lobby", text: "still here" });
+    await alice.take(isMessage("still here"));
+  });
+});
+
+Deno.test("ChatHub closes a connection with 1009 for a frame over the limit", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    a.receive("x".repeat(LIMITS.maxFrameBytes + 1));
+    assert.equal(alice.closedWith?.code, CloseCode.TooBig);
+    assert.equal(a.closed, true);
+  });
+});
+
+Deno.test("ChatHub disconnects a client that stopped reading instead of buffering without bound", async () => {
+  await withHub(async (_hub, open) => {
+    const [slow] = await open("slow");
+    const [alice, a] = await open("alice");
+    slow.bufferedAmount = LIMITS.maxBufferedBytes + 1;
+    send(a, { type: "send", room: "lobby", text: "flood" });
+    await alice.take(isMessage("flood"));
+    assert.equal(slow.closedWith?.code, CloseCode.SlowConsumer);
+  });
+});
+
+Deno.test("ChatHub leaves idempotently: a second close changes nothing", async () => {
+  await withHub(async (hub, open) => {
+    const [, a1] = await open("alice");
+    await open("alice");
+    const [bob] = await open("bob");
+    a1.close();
+    a1.close();
+    assert.deepEqual(hub.stats, { connections: 2, usersOnline: 2 });
+    assert.equal(bob.sent.filter((f) => f.type === "presence" && f.online === false).length, 0);
+  });
+});
+
+Deno.test("ChatHub speaks the original protocol to legacy clients", async () => {
+  await withHub(async (_hub, open) => {
+    const [old1, o1] = await open("old1", true);
+    const [old2] = await open("old2", true);
+    const [modern] = await open("modern");
+    o1.receive(JSON.stringify({ to_user: "old2", msg: "hi" }));
+    const dm = await old2.take((f) => f.msg === "hi");
+    assert.equal(dm.from_user, "old1");
+    assert.equal(dm.to_user, "old2");
+    o1.receive(JSON.stringify({ msg: "all" }));
+    assert.deepEqual(
+      { ...(await modern.take(isMessage("all"))), ts: 0 },
+      { type: "message", id: 1, room: "lobby", from: "old1", text: "all", ts: 0 },
+    );
+    const lobby = await old2.take((f) => f.msg === "all");
+    assert.equal(lobby.room, "lobby");
+    assert.equal(old1.sent.filter((f) => f.msg === "all").length, 0, "no echo to a legacy sender");
+    o1.receive(JSON.stringify({ to_user: "ghost", msg: "boo" }));
+    const err = await old1.take((f) => f.code === "unknown_user");
+    assert.equal(err.from_user, "*");
+    assert.equal(old1.of("welcome").length, 0, "legacy clients get no welcome");
+  });
+});
+
+/** A store whose appends fail, as a full disk would make them. */
+class FailingStore implements ChatStore {
+  #inner: KvStore;
+  constructor(inner: KvStore) {
+    this.#inner = inner;
+  }
+  append(): Promise<ChatMessage> {
+    return Promise.reject(new StoreError("disk full"));
+  }
+  history: ChatStore["history"] = (c, o) => this.#inner.history(c, o);
+  addUser: ChatStore["addUser"] = (u) => this.#inner.addUser(u);
+  hasUser: ChatStore["hasUser"] = (u) => this.#inner.hasUser(u);
+  rooms: ChatStore["rooms"] = (u) => this.#inner.rooms(u);
+  join: ChatStore["join"] = (u, r) => this.#inner.join(u, r);
+  leave: ChatStore["leave"] = (u, r) => this.#inner.leave(u, r);
+  conversations: ChatStore["conversations"] = (u, r) => this.#inner.conversations(u, r);
+  markRead: ChatStore["markRead"] = (u, c, i) => this.#inner.markRead(u, c, i);
+  healthy = () => Promise.resolve(false);
+  close = () => this.#inner.close();
+}
+
+Deno.test("ChatHub answers store_failed when a message cannot be stored, and no one sees it", async () => {
+  const store = new FailingStore(await KvStore.open(":memory:"));
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob] = await open("bob");
+    send(a, { type: "send", room: "lobby", text: "lost?", cid: "f1" });
+    const err = await alice.take((f) => f.type === "error");
+    assert.equal(err.code, "store_failed");
+    assert.equal(err.ref, "f1");
+    assert.equal(alice.of("message").length + bob.of("message").length, 0);
+  }, store);
+});
