@@ -34,9 +34,22 @@ const settings = parsed.settings;
 const onDeploy = env("DENO_DEPLOYMENT_ID") !== undefined;
 const dataPath = onDeploy ? undefined : settings.data;
 if (dataPath !== undefined && dataPath !== ":memory:") {
-  await Deno.mkdir(dirname(dataPath), { recursive: true });
+  await Deno.mkdir(dirname(dataPath), { recursive: true }).catch((e) =>
+    fatal(`cannot create the folder of ${dataPath}`, e)
+  );
 }
-const store = await KvStore.open(dataPath);
+/** Prints why the server cannot start, and exits. */
+function fatal(what: string, error: unknown): never {
+  const reason = error instanceof Deno.errors.AddrInUse
+    ? `port ${settings.port} is taken; pick another with --port`
+    : error instanceof Error
+    ? error.message
+    : String(error);
+  console.error(`error: ${what}: ${reason}`);
+  Deno.exit(1);
+}
+
+const store = await KvStore.open(dataPath).catch((e) => fatal(`cannot open ${dataPath}`, e));
 const server = await startChatServer({
   settings,
   store,
@@ -46,7 +59,7 @@ const server = await startChatServer({
       `chat listening on http://${shown}:${port}/ (data: ${dataPath ?? "Deno Deploy KV"})`,
     );
   },
-});
+}).catch((e) => fatal("cannot listen", e));
 
 let stopping = false;
 async function stop(signal: Deno.Signal): Promise<void> {
