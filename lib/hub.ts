@@ -21,11 +21,19 @@ import {
   LOBBY,
   parseClientFrame,
   parseLegacyFrame,
+  type ResumePoint,
   type ServerFrame,
   toLegacy,
   toLegacyError,
 } from "./protocol.ts";
-import { type ChatStore, type ConversationKey, dmKey, roomKey, StoreError } from "./store.ts";
+import {
+  type ChatStore,
+  type ConversationKey,
+  dmKey,
+  type HistoryPage,
+  roomKey,
+  StoreError,
+} from "./store.ts";
 
 /** A connection as the hub sees it: the smallest part of a WebSocket it needs. */
 export interface Peer {
@@ -57,6 +65,8 @@ export interface HubLimits {
   maxTextLength: number;
   /** The most bytes queued for one client before it is disconnected as a slow consumer. */
   maxBufferedBytes: number;
+  /** The most messages one conversation's replay sends; older ones are paged with `history`. */
+  replayLimit: number;
 }
 
 /** Options of {@linkcode ChatHub}. */
@@ -75,6 +85,11 @@ export interface ConnectOptions {
   user: string;
   /** Whether the client speaks the original page's protocol rather than `chat.v1`. */
   legacy?: boolean;
+  /**
+   * Whether the client will send `resume` after `welcome`: live messages are
+   * held until then, so replay and live traffic meet with no gap and no repeat.
+   */
+  resume?: boolean;
 }
 
 /** Counters for `/healthz`. */
@@ -86,6 +101,11 @@ export interface HubStats {
 }
 
 type ErrorFrame = Extract<ServerFrame, { type: "error" }>;
+
+/** The storage key of a message's conversation. */
+function conversationKey(message: ChatMessage): ConversationKey {
+  return message.room !== undefined ? roomKey(message.room) : dmKey(message.from, message.to!);
+}
 
 function errorFrame(code: ErrorCode, message: string, ref?: string): ErrorFrame {
   return ref === undefined
@@ -141,19 +161,30 @@ export class Connection {
   #chain: Promise<void>;
   #closed = false;
 
+  /**
+   * Messages to this connection, by conversation: the newest id it was sent
+   * (so nothing goes twice or out of order) ...
+   */
+  #cursors = new Map<ConversationKey, number>();
+  /** ... and, while a gap is being read from the store, the live ones that wait behind it. */
+  #waiting = new Map<ConversationKey, Array<[ChatMessage, Outgoing]>>();
+  /** Live messages held until the client's `resume` (when it connected with `?resume`). */
+  #held: Array<[ChatMessage, Outgoing]> | undefined;
+
   /** @internal Made by {@linkcode ChatHub.connect}. */
-  constructor(
-    hub: ChatHub,
-    peer: Peer,
-    options: ConnectOptions,
-    open: (conn: Connection) => Promise<void>,
-  ) {
-    this.#hub = hub;
-    this.#peer = peer;
-    this.user = options.user;
-    this.legacy = options.legacy ?? false;
+  constructor(init: {
+    hub: ChatHub;
+    peer: Peer;
+    options: ConnectOptions;
+    open: (conn: Connection) => Promise<void>;
+  }) {
+    this.#hub = init.hub;
+    this.#peer = init.peer;
+    this.user = init.options.user;
+    this.legacy = init.options.legacy ?? false;
+    if (init.options.resume && !this.legacy) this.#held = [];
     // Later frames wait for the welcome, so they are handled in arrival order after it.
-    this.ready = Promise.resolve().then(() => open(this));
+    this.ready = Promise.resolve().then(() => init.open(this));
     this.#chain = this.ready;
   }
 
@@ -235,7 +266,107 @@ export class Connection {
       case "read":
         void hub.read(this, frame).catch((error) => this.#storeError(error));
         return;
+      case "resume":
+        return this.#resume(frame.conversations);
     }
+  }
+
+  #resume(points: ResumePoint[]): void {
+    const hub = this.#hub;
+    for (const point of points) {
+      const key = hub.conversationKey(this, point);
+      if (key === undefined) continue;
+      // A cursor already past `after` means those messages were sent on this connection.
+      const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
+      this.#cursors.set(key, after);
+      const ref: ConversationRef = point.room !== undefined
+        ? { room: point.room }
+        : { with: point.with };
+      this.#fill(key, { after, ref, announce: true });
+    }
+    const held = this.#held;
+    this.#held = undefined;
+    for (const [message, out] of held ?? []) this.deliverMessage(message, out);
+  }
+
+  /**
+   * Sends a conversation's messages after `after` from the store, newest
+   * `replayLimit` at most, holding live ones until done. With `announce`, ends
+   * with a `resumed` frame saying what was replayed and whether older ones remain.
+   */
+  #fill(
+    key: ConversationKey,
+    options: { after: number; ref: ConversationRef; announce: boolean },
+  ): void {
+    if (this.#waiting.has(key)) return;
+    this.#waiting.set(key, []);
+    const { after, ref, announce } = options;
+    this.#hub.replay(key, after).then((page) => {
+      if (this.#closed) return;
+      for (const message of page.messages) {
+        if (message.id <= (this.#cursors.get(key) ?? 0)) continue;
+        this.#cursors.set(key, message.id);
+        this.deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
+      }
+      // A gap longer than a replay is said out loud, so the client pages the rest with `history`.
+      if (announce || page.more) {
+        const first = page.messages[0]?.id ?? 0;
+        const last = page.messages.at(-1)?.id ?? 0;
+        this.deliver(JSON.stringify(
+          {
+            type: "resumed",
+            ...ref,
+            after,
+            from: first,
+            to: last,
+            more: page.more,
+          } satisfies ServerFrame,
+        ));
+      }
+      const waiting = this.#waiting.get(key) ?? [];
+      this.#waiting.delete(key);
+      for (const [message, out] of waiting) this.deliverMessage(message, out);
+    }).catch((error) => {
+      // Better to drop the connection than to leave a hole: the client resumes on reconnect.
+      console.error("replay failed", error);
+      this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
+      this.close();
+    });
+  }
+
+  /** The conversation of a message as this connection's user names it. */
+  #refOf(message: ChatMessage): ConversationRef {
+    if (message.room !== undefined) return { room: message.room };
+    return { with: message.from === this.user ? message.to! : message.from };
+  }
+
+  /**
+   * @internal Delivers a stored message in conversation order: never twice,
+   * never before an earlier one; a gap is filled from the store first.
+   */
+  deliverMessage(message: ChatMessage, out: Outgoing): void {
+    if (this.#closed) return;
+    if (this.legacy) return this.deliverShared(out);
+    if (this.#held) {
+      if (this.#held.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "resume was never sent; reconnect");
+        return this.close();
+      }
+      this.#held.push([message, out]);
+      return;
+    }
+    const key = conversationKey(message);
+    const waiting = this.#waiting.get(key);
+    if (waiting) return void waiting.push([message, out]);
+    const cursor = this.#cursors.get(key);
+    if (cursor !== undefined && message.id <= cursor) return;
+    if (cursor !== undefined && message.id > cursor + 1) {
+      this.#fill(key, { after: cursor, ref: this.#refOf(message), announce: false });
+      this.#waiting.get(key)!.push([message, out]);
+      return;
+    }
+    this.#cursors.set(key, message.id);
+    this.deliverShared(out);
   }
 
   #storeError(error: unknown): void {
@@ -327,17 +458,17 @@ export class ChatHub {
    * `welcome` (chat.v1 only), then starts delivering to it.
    */
   connect(peer: Peer, options: ConnectOptions): Connection {
-    const conn: Connection = new Connection(
-      this,
+    const conn = new Connection({
+      hub: this,
       peer,
       options,
-      (c) =>
+      open: (c) =>
         this.#open(c).catch((error) => {
           console.error("could not open a connection", error);
           c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
           c.close();
         }),
-    );
+    });
     this.#connections++;
     return conn;
   }
@@ -369,6 +500,7 @@ export class ChatHub {
           limits: {
             maxTextLength: this.limits.maxTextLength,
             maxFrameBytes: this.limits.maxFrameBytes,
+            replayLimit: this.limits.replayLimit,
           },
         } satisfies ServerFrame,
       ));
@@ -432,7 +564,12 @@ export class ChatHub {
     // Not awaited: appends queue in arrival order, so a sender's messages keep
     // their order while the next frame is already being read.
     this.#store.append(message).then(
-      (stored) => this.#bus.publish({ kind: "message", message: stored }),
+      ({ message: stored, duplicate }) => {
+        // A re-send of a stored message: everyone had it already; answer only the sender,
+        // through the same ordering as live traffic, so a copy it has is not sent twice.
+        if (!duplicate) return this.#bus.publish({ kind: "message", message: stored });
+        conn.deliverMessage(stored, new Outgoing({ type: "message", ...stored }));
+      },
       (error) => {
         if (!(error instanceof StoreError)) console.error("unexpected store error", error);
         conn.error(
@@ -479,7 +616,8 @@ export class ChatHub {
     this.#bus.publish({ kind: "typing", to: where.to, from: conn.user });
   }
 
-  #conversation(conn: Connection, ref: ConversationRef): ConversationKey | undefined {
+  /** @internal The key of a conversation the user may read, or an error frame to them. */
+  conversationKey(conn: Connection, ref: ConversationRef): ConversationKey | undefined {
     if (ref.room !== undefined) {
       if (!this.#isMember(conn.user, ref.room)) {
         conn.error(errorFrame("not_member", `join ${ref.room} to read it`));
@@ -495,7 +633,7 @@ export class ChatHub {
     conn: Connection,
     frame: ConversationRef & { before?: number; limit?: number },
   ): Promise<void> {
-    const key = this.#conversation(conn, frame);
+    const key = this.conversationKey(conn, frame);
     if (key === undefined) return;
     const page = await this.#store.history(key, { before: frame.before, limit: frame.limit ?? 50 });
     const ref: ConversationRef = frame.room !== undefined
@@ -506,13 +644,18 @@ export class ChatHub {
 
   /** @internal */
   async read(conn: Connection, frame: ConversationRef & { id: number }): Promise<void> {
-    const key = this.#conversation(conn, frame);
+    const key = this.conversationKey(conn, frame);
     if (key === undefined) return;
     const id = await this.#store.markRead(conn.user, key, frame.id);
     const ref: ConversationRef = frame.room !== undefined
       ? { room: frame.room }
       : { with: frame.with };
     this.#bus.publish({ kind: "read", user: conn.user, id, ...ref });
+  }
+
+  /** @internal The newest `replayLimit` messages after `after`, for a resume or a gap. */
+  replay(key: ConversationKey, after: number): Promise<HistoryPage> {
+    return this.#store.history(key, { after, limit: this.limits.replayLimit });
   }
 
   /** @internal Called by {@linkcode Connection.close}. */
@@ -583,7 +726,7 @@ export class ChatHub {
     );
     // Legacy clients get what the original would send: lobby and DMs, never their own words back.
     const deliver = (c: Connection) => {
-      if (!c.legacy) return c.deliverShared(out);
+      if (!c.legacy) return c.deliverMessage(message, out);
       if (c.user !== message.from && (message.to !== undefined || message.room === LOBBY)) {
         c.deliverShared(out);
       }

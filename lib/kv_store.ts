@@ -26,6 +26,7 @@
 
 import type { ChatMessage, ConversationSummary } from "./protocol.ts";
 import {
+  type Appended,
   type ChatStore,
   type ConversationKey,
   dmKey,
@@ -56,7 +57,7 @@ interface Pending {
   message: NewMessage;
   conversation: ConversationKey;
   bytes: number;
-  resolve(message: ChatMessage): void;
+  resolve(result: Appended): void;
   reject(error: unknown): void;
 }
 
@@ -102,7 +103,7 @@ export class KvStore implements ChatStore {
     return new KvStore(await Deno.openKv(path), options);
   }
 
-  append(message: NewMessage): Promise<ChatMessage> {
+  append(message: NewMessage): Promise<Appended> {
     if (this.#closed) return Promise.reject(new StoreError("the store is closed"));
     return new Promise((resolve, reject) => {
       this.#queue.push({
@@ -181,15 +182,15 @@ export class KvStore implements ChatStore {
       const atomic = this.#kv.atomic();
       const next = new Map<ConversationKey, number>();
       const byCid = new Map<string, ChatMessage>();
-      const results: Array<ChatMessage | undefined> = [];
+      const results: Appended[] = [];
       const now = Date.now();
       batch.forEach((p, i) => {
         const earlier = stored.get(i);
-        if (earlier) return void (results[i] = earlier);
+        if (earlier) return void (results[i] = { message: earlier, duplicate: true });
         const { room, to, from, text, cid } = p.message;
         const cidKey = cid === undefined ? undefined : `${from}\n${cid}`;
         const twin = cidKey === undefined ? undefined : byCid.get(cidKey);
-        if (twin) return void (results[i] = twin);
+        if (twin) return void (results[i] = { message: twin, duplicate: true });
         const id = (next.get(p.conversation) ?? this.#counters.get(p.conversation)!.last) + 1;
         next.set(p.conversation, id);
         const message: ChatMessage = room !== undefined
@@ -205,7 +206,7 @@ export class KvStore implements ChatStore {
           atomic.set(["dm", from, to], true);
           atomic.set(["dm", to, from], true);
         }
-        results[i] = message;
+        results[i] = { message, duplicate: false };
       });
       for (const [conversation, last] of next) {
         atomic.check({
@@ -224,22 +225,24 @@ export class KvStore implements ChatStore {
       for (const [conversation, last] of next) {
         this.#counters.set(conversation, { last, versionstamp: result.versionstamp });
       }
-      batch.forEach((p, i) => p.resolve(results[i]!));
+      batch.forEach((p, i) => p.resolve(results[i]));
       return;
     }
   }
 
   async history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage> {
+    const prefix = ["msg", conversation];
     const selector: Deno.KvListSelector = options.before === undefined
-      ? { prefix: ["msg", conversation] }
-      : { prefix: ["msg", conversation], end: ["msg", conversation, options.before] };
+      ? options.after === undefined ? { prefix } : { prefix, start: [...prefix, options.after + 1] }
+      : options.after === undefined
+      ? { prefix, end: [...prefix, options.before] }
+      : { start: [...prefix, options.after + 1], end: [...prefix, options.before] };
     const messages: ChatMessage[] = [];
-    for await (
-      const entry of this.#kv.list<ChatMessage>(selector, {
-        reverse: true,
-        limit: options.limit + 1,
-      })
-    ) messages.push(entry.value);
+    const newestFirst = this.#kv.list<ChatMessage>(selector, {
+      reverse: true,
+      limit: options.limit + 1,
+    });
+    for await (const entry of newestFirst) messages.push(entry.value);
     const more = messages.length > options.limit;
     if (more) messages.pop();
     return { messages: messages.reverse(), more };

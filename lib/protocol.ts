@@ -50,10 +50,14 @@ export type ClientFrame =
   | { type: "join"; room: string }
   | { type: "leave"; room: string }
   | ({ type: "send"; text: string; cid?: string } & Target)
-  | ({ type: "history"; before?: number; limit?: number } & ConversationRef)
+  | ({ type: "history"; before?: number; after?: number; limit?: number } & ConversationRef)
+  | { type: "resume"; conversations: ResumePoint[] }
   | ({ type: "typing" } & Target)
   | ({ type: "read"; id: number } & ConversationRef)
   | { type: "ping" };
+
+/** Where a client stands in one conversation: it has every message up to `after`. */
+export type ResumePoint = ConversationRef & { after: number };
 
 /** What `welcome` says about one conversation the user takes part in. */
 export type ConversationSummary = ConversationRef & {
@@ -84,7 +88,7 @@ export type ServerFrame =
     rooms: string[];
     online: string[];
     conversations: ConversationSummary[];
-    limits: { maxTextLength: number; maxFrameBytes: number };
+    limits: { maxTextLength: number; maxFrameBytes: number; replayLimit: number };
   }
   | ({ type: "message" } & ChatMessage)
   | { type: "joined"; room: string; user: string }
@@ -92,6 +96,7 @@ export type ServerFrame =
   | ({ type: "history"; messages: ChatMessage[]; more: boolean } & ConversationRef)
   | ({ type: "typing"; from: string } & Target)
   | ({ type: "read"; id: number } & ConversationRef)
+  | ({ type: "resumed"; after: number; from: number; to: number; more: boolean } & ConversationRef)
   | { type: "presence"; user: string; online: boolean }
   | { type: "pong" }
   | { type: "error"; code: ErrorCode; message: string; ref?: string };
@@ -113,6 +118,9 @@ export type Parsed<T> = { ok: true; frame: T } | {
   ok: false;
   error: Extract<ServerFrame, { type: "error" }>;
 };
+
+/** The most conversations one `resume` frame may name. */
+export const MAX_RESUME_CONVERSATIONS = 1000;
 
 /** The longest `cid` a client may attach. */
 export const MAX_CID_LENGTH = 64;
@@ -174,6 +182,13 @@ function text(obj: Json, key: string, limits: ParseLimits): FieldResult<string> 
   return { ok: true, value };
 }
 
+function conversationRef(obj: Json, type: string): Parsed<ConversationRef> {
+  const t = target(obj, "room", "with");
+  if (!t) return fail("bad_frame", `${type} needs exactly one of room or with`);
+  if (!t.ok) return fail("bad_name", t.message);
+  return { ok: true, frame: "room" in t.value ? { room: t.value.room } : { with: t.value.user } };
+}
+
 function positiveInt(value: unknown): boolean {
   return typeof value === "number" && Number.isSafeInteger(value) && value > 0;
 }
@@ -217,29 +232,51 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
     }
     case "history":
     case "read": {
-      const t = target(obj, "room", "with");
-      if (!t) return fail("bad_frame", `${type} needs exactly one of room or with`);
-      if (!t.ok) return fail("bad_name", t.message);
-      const where: ConversationRef = "room" in t.value
-        ? { room: t.value.room }
-        : { with: t.value.user };
+      const where = conversationRef(obj, type);
+      if (!where.ok) return where;
       if (type === "read") {
         const id = own(obj, "id");
         if (!positiveInt(id)) return fail("bad_frame", "id must be a positive integer");
-        return { ok: true, frame: { type, ...where, id: id as number } };
+        return { ok: true, frame: { type, ...where.frame, id: id as number } };
       }
-      const before = own(obj, "before");
+      const frame: ClientFrame = { type, ...where.frame };
+      for (const key of ["before", "after"] as const) {
+        const value = own(obj, key);
+        if (value === undefined) continue;
+        if (!positiveInt(value) && value !== 0) {
+          return fail("bad_frame", `${key} must be a whole number`);
+        }
+        frame[key] = value as number;
+      }
       const limit = own(obj, "limit");
-      if (before !== undefined && !positiveInt(before)) {
-        return fail("bad_frame", "before must be a positive integer");
-      }
       if (limit !== undefined && !positiveInt(limit)) {
         return fail("bad_frame", "limit must be a positive integer");
       }
-      const frame: ClientFrame = { type, ...where };
-      if (before !== undefined) frame.before = before as number;
       frame.limit = Math.min((limit as number | undefined) ?? HISTORY_DEFAULT, HISTORY_MAX);
       return { ok: true, frame };
+    }
+    case "resume": {
+      const list = own(obj, "conversations");
+      if (!Array.isArray(list) || list.length > MAX_RESUME_CONVERSATIONS) {
+        return fail(
+          "bad_frame",
+          `conversations must be a list of at most ${MAX_RESUME_CONVERSATIONS} {room|with, after}`,
+        );
+      }
+      const conversations: ResumePoint[] = [];
+      for (const item of list) {
+        if (typeof item !== "object" || item === null || Array.isArray(item)) {
+          return fail("bad_frame", "each conversation must be an object {room|with, after}");
+        }
+        const where = conversationRef(item as Json, type);
+        if (!where.ok) return where;
+        const after = own(item as Json, "after");
+        if (!positiveInt(after) && after !== 0) {
+          return fail("bad_frame", "after must be a whole number");
+        }
+        conversations.push({ ...where.frame, after: after as number });
+      }
+      return { ok: true, frame: { type, conversations } };
     }
     default:
       if (typeof type !== "string") return fail("bad_frame", "a frame needs a string type");

@@ -70,7 +70,7 @@ export function createHandler(
   return async (req) => {
     const url = new URL(req.url);
     const path = url.pathname;
-    if (path.startsWith("/ws/")) return upgrade(req, path.slice(4));
+    if (path.startsWith("/ws/")) return upgrade(req, path.slice(4), url.searchParams.has("resume"));
     if (req.method !== "GET" && req.method !== "HEAD") return text(405, "method not allowed");
     if (path === "/healthz") {
       const store = await options.store.healthy();
@@ -84,7 +84,7 @@ export function createHandler(
     return serveAsset(req, path) ?? text(404, "not found");
   };
 
-  function upgrade(req: Request, segment: string): Response {
+  function upgrade(req: Request, segment: string, resume: boolean): Response {
     let raw: string;
     try {
       raw = decodeURIComponent(segment);
@@ -105,7 +105,7 @@ export function createHandler(
     });
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
-      const conn = hub.connect(socket, { user: name.name, legacy: protocol === "legacy" });
+      const conn = hub.connect(socket, { user: name.name, legacy: protocol === "legacy", resume });
       socket.onmessage = (e) => conn.receive(e.data);
       // `close` can fire twice, and `error` precedes it: leaving is idempotent.
       socket.onclose = () => conn.close();
@@ -125,6 +125,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       maxFrameBytes: settings.maxFrameBytes,
       maxTextLength: settings.maxTextLength,
       maxBufferedBytes: settings.maxBufferedBytes,
+      replayLimit: settings.replayLimit,
     },
   });
   let closing = false;

@@ -20,6 +20,8 @@ export interface Settings {
   maxTextLength: number;
   /** Bytes queued for a client that stopped reading before it is dropped (`--max-buffered-bytes`). */
   maxBufferedBytes: number;
+  /** Most messages replayed per conversation on resume (`--replay-limit`, `CHAT_REPLAY_LIMIT`). */
+  replayLimit: number;
   /** Seconds without a pong before a silent client is dropped (`--idle-timeout`, `CHAT_IDLE_TIMEOUT`). */
   idleTimeout: number;
 }
@@ -75,6 +77,14 @@ const SPECS: Spec[] = [
     help: "bytes queued for a client that stopped reading before it is closed with 4000",
   },
   {
+    key: "replayLimit",
+    flag: "replay-limit",
+    env: "CHAT_REPLAY_LIMIT",
+    kind: "int",
+    min: 1,
+    help: "most messages replayed per conversation when a client resumes; it pages older ones",
+  },
+  {
     key: "idleTimeout",
     flag: "idle-timeout",
     env: "CHAT_IDLE_TIMEOUT",
@@ -93,6 +103,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   maxFrameBytes: 64 * 1024,
   maxTextLength: 4000,
   maxBufferedBytes: 1024 * 1024,
+  replayLimit: 1000,
   idleTimeout: 30,
 };
 

@@ -39,10 +39,12 @@ export interface NewMessage {
   cid?: string;
 }
 
-/** Options of {@linkcode ChatStore.history}. */
+/** Options of {@linkcode ChatStore.history}: the newest `limit` messages between `after` and `before`. */
 export interface HistoryOptions {
-  /** Only messages with a smaller id; the newest when absent. */
+  /** Only messages with a smaller id; up to the newest when absent. */
   before?: number;
+  /** Only messages with a larger id; from the first when absent. */
+  after?: number;
   /** How many messages at most. */
   limit: number;
 }
@@ -51,8 +53,16 @@ export interface HistoryOptions {
 export interface HistoryPage {
   /** The messages, oldest first. */
   messages: ChatMessage[];
-  /** Whether older messages exist. */
+  /** Whether older messages exist in the range asked for. */
   more: boolean;
+}
+
+/** What {@linkcode ChatStore.append} resolves with. */
+export interface Appended {
+  /** The message as stored. */
+  message: ChatMessage;
+  /** True when `(from, cid)` was stored before: this is the first copy, not a new message. */
+  duplicate: boolean;
 }
 
 /** Raised by a store that could not keep a message; the hub answers `store_failed`. */
@@ -65,9 +75,10 @@ export interface ChatStore {
   /**
    * Stores a message and resolves with it as stored (id and time set) once it
    * is durable. Rejects with {@linkcode StoreError} when it could not be kept.
-   * A repeated `(from, cid)` resolves with the message stored the first time.
+   * A repeated `(from, cid)` resolves with the message stored the first time,
+   * marked `duplicate`.
    */
-  append(message: NewMessage): Promise<ChatMessage>;
+  append(message: NewMessage): Promise<Appended>;
   /** A page of a conversation's history. */
   history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage>;
   /** Records that a user exists (has connected once). */

@@ -14,12 +14,16 @@ type Frame = Record<string, unknown>;
 /** A peer that records what it is sent and lets the test wait for frames. */
 class FakePeer implements Peer {
   sent: Frame[] = [];
+  /** Every frame ever sent, including those taken. */
+  log: Frame[] = [];
   closedWith: { code?: number; reason?: string } | undefined;
   bufferedAmount = 0;
   #waiters: Array<() => void> = [];
 
   send(data: string): void {
-    this.sent.push(JSON.parse(data));
+    const frame = JSON.parse(data);
+    this.sent.push(frame);
+    this.log.push(frame);
     for (const w of this.#waiters.splice(0)) w();
   }
 
@@ -42,7 +46,12 @@ class FakePeer implements Peer {
   }
 }
 
-const LIMITS = { maxFrameBytes: 64 * 1024, maxTextLength: 4000, maxBufferedBytes: 1024 * 1024 };
+const LIMITS = {
+  maxFrameBytes: 64 * 1024,
+  maxTextLength: 4000,
+  maxBufferedBytes: 1024 * 1024,
+  replayLimit: 1000,
+};
 
 async function withHub(
   fn: (
@@ -81,7 +90,11 @@ Deno.test("ChatHub welcomes a user with the lobby, who is online, and the limits
     assert.equal(welcome.user, "bob");
     assert.deepEqual(welcome.rooms, ["lobby"]);
     assert.deepEqual(new Set(welcome.online as string[]), new Set(["alice", "bob"]));
-    assert.deepEqual(welcome.limits, { maxTextLength: 4000, maxFrameBytes: 64 * 1024 });
+    assert.deepEqual(welcome.limits, {
+      maxTextLength: 4000,
+      maxFrameBytes: 64 * 1024,
+      replayLimit: 1000,
+    });
     assert.deepEqual(await alice.take((f) => f.type === "presence"), {
       type: "presence",
       user: "bob",
@@ -304,15 +317,15 @@ Deno.test("ChatHub speaks the original protocol to legacy clients", async () => 
   });
 });
 
-/** A store whose appends fail, as a full disk would make them. */
+/** A store whose appends fail while `failing` is set, as a full disk would make them. */
 class FailingStore implements ChatStore {
+  failing = true;
   #inner: KvStore;
   constructor(inner: KvStore) {
     this.#inner = inner;
   }
-  append(): Promise<ChatMessage> {
-    return Promise.reject(new StoreError("disk full"));
-  }
+  append: ChatStore["append"] = (m) =>
+    this.failing ? Promise.reject(new StoreError("disk full")) : this.#inner.append(m);
   history: ChatStore["history"] = (c, o) => this.#inner.history(c, o);
   addUser: ChatStore["addUser"] = (u) => this.#inner.addUser(u);
   hasUser: ChatStore["hasUser"] = (u) => this.#inner.hasUser(u);
@@ -325,7 +338,7 @@ class FailingStore implements ChatStore {
   close = () => this.#inner.close();
 }
 
-Deno.test("ChatHub answers store_failed when a message cannot be stored, and no one sees it", async () => {
+Deno.test("ChatHub answers store_failed when a message cannot be stored, no one sees it, and it recovers", async () => {
   const store = new FailingStore(await KvStore.open(":memory:"));
   await withHub(async (_hub, open) => {
     const [alice, a] = await open("alice");
@@ -335,5 +348,89 @@ Deno.test("ChatHub answers store_failed when a message cannot be stored, and no 
     assert.equal(err.code, "store_failed");
     assert.equal(err.ref, "f1");
     assert.equal(alice.of("message").length + bob.of("message").length, 0);
+    store.failing = false;
+    send(a, { type: "send", room: "lobby", text: "back", cid: "f2" });
+    assert.equal((await bob.take(isMessage("back"))).id, 1, "the failed message took no id");
+    assert.equal((await alice.take(isMessage("back"))).cid, "f2");
+    assert.equal(alice.of("message").length + bob.of("message").length, 0);
   }, store);
+});
+
+Deno.test("ChatHub replays exactly the gap on resume, holding live messages until it is sent", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    for (let i = 1; i <= 5; i++) send(a, { type: "send", room: "lobby", text: `m${i}` });
+    await alice.take(isMessage("m5"));
+    const bob = new FakePeer();
+    const b = _hub.connect(bob, { user: "bob", resume: true });
+    await b.ready;
+    send(a, { type: "send", room: "lobby", text: "m6" });
+    await alice.take(isMessage("m6"));
+    assert.equal(bob.of("message").length, 0, "live traffic waits for resume");
+    send(b, { type: "resume", conversations: [{ room: "lobby", after: 2 }] });
+    const resumed = await bob.take((f) => f.type === "resumed");
+    assert.deepEqual(resumed, {
+      type: "resumed",
+      room: "lobby",
+      after: 2,
+      from: 3,
+      to: 6,
+      more: false,
+    });
+    // m6 was stored before the resume, so the replay holds it and the held live copy is dropped.
+    send(a, { type: "send", room: "lobby", text: "m7" });
+    await bob.take(isMessage("m7"));
+    const order = bob.log.filter((f) => f.type === "message" || f.type === "resumed");
+    assert.deepEqual(order.map((f) => f.type === "resumed" ? "resumed" : f.id), [
+      3,
+      4,
+      5,
+      6,
+      "resumed",
+      7,
+    ]);
+    b.close();
+  });
+});
+
+Deno.test("ChatHub caps a replay at replayLimit and says older messages remain", async () => {
+  await withHub(async (hub, open) => {
+    const [alice, a] = await open("alice");
+    const total = hub.limits.replayLimit + 5;
+    for (let i = 1; i <= total; i++) send(a, { type: "send", room: "lobby", text: `m${i}` });
+    await alice.take(isMessage(`m${total}`));
+    const [bob, b] = await open("bob");
+    send(b, { type: "resume", conversations: [{ room: "lobby", after: 0 }] });
+    const resumed = await bob.take((f) => f.type === "resumed");
+    assert.deepEqual(resumed, {
+      type: "resumed",
+      room: "lobby",
+      after: 0,
+      from: 6,
+      to: total,
+      more: true,
+    });
+    assert.deepEqual(
+      bob.of("message").map((m) => m.id),
+      Array.from({ length: 1000 }, (_, i) => i + 6),
+    );
+  });
+});
+
+Deno.test("ChatHub stores a re-sent cid once and answers the re-sender with the original", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [bob, b] = await open("bob");
+    send(a, { type: "send", to: "bob", text: "once", cid: "same" });
+    const first = await alice.take(isMessage("once"));
+    await bob.take(isMessage("once"));
+    a.close();
+    const [alice2, a2] = await open("alice");
+    send(a2, { type: "send", to: "bob", text: "once", cid: "same" });
+    assert.deepEqual(await alice2.take(isMessage("once")), first);
+    send(b, { type: "history", with: "alice" });
+    const history = await bob.take((f) => f.type === "history");
+    assert.deepEqual((history.messages as ChatMessage[]).map((m) => m.cid), ["same"]);
+    assert.equal(bob.of("message").length, 0, "the re-send reached no one else");
+  });
 });
