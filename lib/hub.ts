@@ -168,6 +168,8 @@ export class Connection {
   #cursors = new Map<ConversationKey, number>();
   /** ... and, while a gap is being read from the store, the live ones that wait behind it. */
   #waiting = new Map<ConversationKey, Array<[ChatMessage, Outgoing]>>();
+  /** Whether the client connected with `?resume`. */
+  #resumable: boolean;
   /** Live messages held until the client's `resume` (when it connected with `?resume`). */
   #held: Array<[ChatMessage, Outgoing]> | undefined;
 
@@ -182,7 +184,8 @@ export class Connection {
     this.#peer = init.peer;
     this.user = init.options.user;
     this.legacy = init.options.legacy ?? false;
-    if (init.options.resume && !this.legacy) this.#held = [];
+    this.#resumable = (init.options.resume ?? false) && !this.legacy;
+    if (this.#resumable) this.#held = [];
     // Later frames wait for the welcome, so they are handled in arrival order after it.
     this.ready = Promise.resolve().then(() => init.open(this));
     this.#chain = this.ready;
@@ -358,7 +361,10 @@ export class Connection {
     const key = conversationKey(message);
     const waiting = this.#waiting.get(key);
     if (waiting) return void waiting.push([message, out]);
-    const cursor = this.#cursors.get(key);
+    // A client that resumes knows every conversation it named; of a DM it did not name it
+    // has nothing, so even a first live message there is checked for a gap from 0.
+    const cursor = this.#cursors.get(key) ??
+      (this.#resumable && message.to !== undefined ? 0 : undefined);
     if (cursor !== undefined && message.id <= cursor) return;
     if (cursor !== undefined && message.id > cursor + 1) {
       this.#fill(key, { after: cursor, ref: this.#refOf(message), announce: false });
