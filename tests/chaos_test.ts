@@ -1,0 +1,282 @@
+/**
+ * The promise of issue 3, tested the hard way: clients chat in the lobby and
+ * in DMs while the server (the real main.ts, a child process) is killed with
+ * SIGKILL and restarted, and while clients drop and reconnect at random.
+ * Afterwards every client's view of every conversation must equal the stored
+ * history: nothing lost, nothing twice, nothing out of order.
+ */
+
+import assert from "node:assert/strict";
+import { type SpawnedServer, spawnServer } from "./_server.ts";
+import type { Frame } from "./_client.ts";
+
+/** A small seeded PRNG (mulberry32), so a failing run can be replayed with its seed. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Sent {
+  cid: string;
+  frame: Frame;
+}
+
+/**
+ * A client that behaves like the page: it connects with `?resume`, resumes
+ * every conversation from where its view ends, re-sends what was not
+ * acknowledged with the same cid, and reconnects whenever it is cut off.
+ */
+class ResilientClient {
+  readonly user: string;
+  /** Messages received, by conversation, in arrival order. */
+  readonly views = new Map<string, Frame[]>();
+  /** Sends not yet acknowledged, by cid, in send order. */
+  readonly pending = new Map<string, Sent>();
+  /** Acknowledged cids with their id, by conversation. */
+  readonly acked = new Map<string, { conv: string; id: number }>();
+  duplicates = 0;
+  outOfOrder = 0;
+  reconnects = 0;
+  #origin: () => string;
+  #socket: WebSocket | undefined;
+  #ready = false;
+  #stopped = false;
+  #listeners = new Set<() => void>();
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #closed = Promise.withResolvers<void>();
+
+  constructor(user: string, origin: () => string) {
+    this.user = user;
+    this.#origin = origin;
+  }
+
+  #conv(m: Frame): string {
+    if (m.room !== undefined) return `room:${m.room}`;
+    return `dm:${m.from === this.user ? m.to : m.from}`;
+  }
+
+  #last(conv: string): number {
+    return this.views.get(conv)?.at(-1)?.id ?? 0;
+  }
+
+  #notify(): void {
+    for (const listener of this.#listeners) listener();
+  }
+
+  /** Resolves when `condition` holds, checked after every frame. */
+  until(condition: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+    if (condition()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#listeners.delete(check);
+        reject(new Error(`${this.user}: timed out waiting for ${what}`));
+      }, timeoutMs);
+      const check = () => {
+        if (!condition()) return;
+        clearTimeout(timer);
+        this.#listeners.delete(check);
+        resolve();
+      };
+      this.#listeners.add(check);
+    });
+  }
+
+  connect(): void {
+    if (this.#stopped) return;
+    const url = `${this.#origin().replace("http", "ws")}/ws/${this.user}?resume`;
+    const socket = new WebSocket(url, "chat.v1");
+    this.#socket = socket;
+    this.#ready = false;
+    socket.onmessage = (e) => this.#onFrame(JSON.parse(e.data));
+    socket.onclose = () => {
+      this.#ready = false;
+      if (this.#stopped) return this.#closed.resolve();
+      this.reconnects++;
+      // Back off a little so a dead server is not hammered; the server's restart is awaited by the test.
+      this.#retry = setTimeout(() => this.connect(), 20 + Math.random() * 80);
+    };
+  }
+
+  #onFrame(f: Frame): void {
+    if (f.type === "welcome") {
+      const conversations = (f.conversations as Frame[]).map((c) => ({
+        ...(c.room !== undefined ? { room: c.room } : { with: c.with }),
+        after: this.#last(c.room !== undefined ? `room:${c.room}` : `dm:${c.with}`),
+      }));
+      this.#socket!.send(JSON.stringify({ type: "resume", conversations }));
+      this.#ready = true;
+      for (const sent of this.pending.values()) this.#socket!.send(JSON.stringify(sent.frame));
+    } else if (f.type === "message") {
+      const conv = this.#conv(f);
+      const view = this.views.get(conv) ?? [];
+      this.views.set(conv, view);
+      const last = view.at(-1)?.id ?? 0;
+      if (view.some((m) => m.id === f.id)) this.duplicates++;
+      else if (f.id <= last) this.outOfOrder++;
+      view.push(f);
+      if (f.from === this.user && f.cid !== undefined && this.pending.has(f.cid)) {
+        this.pending.delete(f.cid);
+        this.acked.set(f.cid, { conv, id: f.id });
+      }
+    } else if (f.type === "error") {
+      throw new Error(`${this.user} got an error frame: ${JSON.stringify(f)}`);
+    }
+    this.#notify();
+  }
+
+  /** Sends (or queues, while disconnected) a message with a fresh cid. */
+  send(where: { room: string } | { to: string }, text: string): void {
+    const cid = crypto.randomUUID();
+    const frame = { type: "send", ...where, text, cid };
+    this.pending.set(cid, { cid, frame });
+    if (this.#ready && this.#socket?.readyState === WebSocket.OPEN) {
+      this.#socket.send(JSON.stringify(frame));
+    }
+  }
+
+  /** Cuts the connection as a flaky network would; the client reconnects by itself. */
+  drop(): void {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#socket.close();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retry);
+    if (this.#socket && this.#socket.readyState !== WebSocket.CLOSED) {
+      this.#socket.close();
+      await this.#closed.promise;
+    }
+  }
+}
+
+/** Reads every stored message of every conversation straight from the KV file. */
+async function storedHistory(path: string): Promise<Map<string, Frame[]>> {
+  const kv = await Deno.openKv(path);
+  try {
+    const out = new Map<string, Frame[]>();
+    for await (const entry of kv.list<Frame>({ prefix: ["msg"] })) {
+      const key = entry.key[1] as string;
+      const list = out.get(key) ?? [];
+      list.push(entry.value);
+      out.set(key, list);
+    }
+    return out;
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message", async () => {
+  const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
+  const rand = random(seed);
+  const dir = await Deno.makeTempDir({ prefix: "chat-chaos-" });
+  const data = `${dir}/chat.kv`;
+  const USERS = 6, MESSAGES_PER_USER = 60, KILLS = 3;
+  let server: SpawnedServer = await spawnServer({ data });
+  const port = server.port;
+  const origin = () => server.origin;
+  const clients = Array.from({ length: USERS }, (_, i) => new ResilientClient(`u${i}`, origin));
+  try {
+    for (const c of clients) c.connect();
+    // Everyone exists (has connected once) before anyone DMs them.
+    await Promise.all(clients.map((c, i) => {
+      c.send({ room: "lobby" }, `${c.user} is here`);
+      return c.until(() => c.acked.size === 1, `first ack of u${i}`);
+    }));
+
+    const total = USERS * MESSAGES_PER_USER;
+    let sent = 0;
+    let kills = 0;
+    while (sent < total) {
+      const c = clients[Math.floor(rand() * USERS)];
+      const peer = clients[Math.floor(rand() * USERS)];
+      const where = rand() < 0.5 ? { room: "lobby" } : { to: peer.user };
+      c.send(where, `#${sent} from ${c.user} ${"·".repeat(Math.floor(rand() * 40))}`);
+      sent++;
+      if (rand() < 0.05) clients[Math.floor(rand() * USERS)].drop();
+      if (kills < KILLS && sent === Math.floor((total * (kills + 1)) / (KILLS + 1))) {
+        // Kill the server mid-stream, with sends in flight, and start it again on the same data.
+        await server.kill("SIGKILL");
+        kills++;
+        server = await spawnServer({ data, port });
+      }
+      // Pace by acknowledgements: at most a few sends in flight per client.
+      await c.until(() => c.pending.size < 4, "room in the send window");
+    }
+
+    // Every send is acknowledged in the end (re-sent with its cid after each cut).
+    await Promise.all(clients.map((c) => c.until(() => c.pending.size === 0, "all acks")));
+    await server.kill("SIGKILL");
+    const stored = await storedHistory(data);
+    server = await spawnServer({ data, port });
+
+    // Every client catches up to the stored history of each of its conversations.
+    const expectedFor = (c: ResilientClient) => {
+      const out = new Map<string, Frame[]>();
+      for (const [key, messages] of stored) {
+        const [kind, a, b] = key.split("/");
+        if (kind === "r") out.set(`room:${a}`, messages);
+        else if (a === c.user || b === c.user) out.set(`dm:${a === c.user ? b : a}`, messages);
+      }
+      return out;
+    };
+    await Promise.all(clients.map((c) => {
+      const expected = expectedFor(c);
+      return c.until(
+        () =>
+          [...expected].every(([conv, msgs]) =>
+            (c.views.get(conv)?.at(-1)?.id ?? 0) >= msgs.at(-1)!.id
+          ),
+        "catching up",
+      );
+    }));
+
+    let lost = 0, duplicated = 0, outOfOrder = 0, acked = 0, storedCount = 0;
+    for (const c of clients) {
+      duplicated += c.duplicates;
+      outOfOrder += c.outOfOrder;
+      acked += c.acked.size;
+      for (const [conv, msgs] of expectedFor(c)) {
+        const seen = new Set((c.views.get(conv) ?? []).map((m) => m.id));
+        lost += msgs.filter((m) => !seen.has(m.id)).length;
+      }
+    }
+    for (const msgs of stored.values()) storedCount += msgs.length;
+    // Every acknowledged cid is stored exactly once, under the id it was acknowledged with.
+    const byCid = new Map<string, number>();
+    for (const [key, msgs] of stored) {
+      for (const m of msgs) {
+        assert.equal(byCid.has(m.cid), false, `cid ${m.cid} stored twice`);
+        byCid.set(m.cid, m.id);
+        assert.deepEqual(
+          msgs.map((x) => x.id),
+          msgs.map((_, i) => i + 1),
+          `ids of ${key} are 1..n`,
+        );
+      }
+    }
+    for (const c of clients) {
+      for (const [cid, { id }] of c.acked) {
+        assert.equal(byCid.get(cid), id, `acked ${cid} is stored as ${id}`);
+      }
+    }
+    const reconnects = clients.reduce((n, c) => n + c.reconnects, 0);
+    console.log(
+      `chaos (seed ${seed}): ${acked} acknowledged, ${storedCount} stored, ${kills} SIGKILLs, ` +
+        `${reconnects} reconnects: lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
+    );
+    assert.equal(acked, total + USERS);
+    assert.equal(storedCount, acked);
+    assert.deepEqual({ lost, duplicated, outOfOrder }, { lost: 0, duplicated: 0, outOfOrder: 0 });
+  } finally {
+    await Promise.all(clients.map((c) => c.stop()));
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
