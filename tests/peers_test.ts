@@ -1,0 +1,98 @@
+/**
+ * Peers that misbehave at the socket level: one that stops reading (a frozen
+ * tab, a paused process) and one that vanishes without a close (a cut
+ * network). Both are raw TCP connections that speak just enough WebSocket to
+ * get upgraded, because a real WebSocket client always reads and always pongs.
+ */
+
+import assert from "node:assert/strict";
+import { TestClient } from "./_client.ts";
+import { startServer } from "./_server.ts";
+
+/** Opens a WebSocket by hand and returns the TCP connection once upgraded; it then never reads. */
+async function rawUpgrade(port: number, user: string): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const request = [
+    `GET /ws/${user} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Protocol: chat.v1",
+    "",
+    "",
+  ].join("\r\n");
+  await conn.write(new TextEncoder().encode(request));
+  // Read only the response head; what follows stays unread in the socket.
+  const buf = new Uint8Array(1);
+  let head = "";
+  while (!head.endsWith("\r\n\r\n")) {
+    if (await conn.read(buf) === null) throw new Error(`closed during the handshake: ${head}`);
+    head += String.fromCharCode(buf[0]);
+  }
+  assert.match(head, /^HTTP\/1\.1 101/);
+  return conn;
+}
+
+Deno.test("a client that stops reading is dropped at --max-buffered-bytes while others get every message", async () => {
+  const maxBufferedBytes = 256 * 1024;
+  await using server = await startServer({ settings: { maxBufferedBytes } });
+  await using alice = await TestClient.connect(server.origin, "alice", { timeoutMs: 60_000 });
+  await alice.next((f) => f.type === "welcome");
+  await using bob = await TestClient.connect(server.origin, "bob", { timeoutMs: 60_000 });
+  await bob.next((f) => f.type === "welcome");
+  const frozen = await rawUpgrade(server.port, "frozen");
+  try {
+    await alice.next((f) => f.type === "presence" && f.user === "frozen" && f.online);
+    // Far more than the kernel's socket buffers and the cap together can hold.
+    const text = "x".repeat(3900);
+    const count = 4000;
+    let dropped = false;
+    const droppedSeen = alice.next((f) => f.type === "presence" && f.user === "frozen" && !f.online)
+      .then(() => dropped = true);
+    let sent = 0;
+    while (!dropped && sent < count) {
+      sent++;
+      alice.send({ type: "send", room: "lobby", text: `${sent} ${text}`, cid: String(sent) });
+      // Paced by the server's acknowledgements, not by a timer.
+      if (sent % 50 === 0) {
+        await alice.next((f) => f.type === "message" && f.cid === String(sent - 25));
+      }
+    }
+    await droppedSeen;
+    console.log(`frozen client dropped after ${sent} messages (${(sent * 3.9).toFixed(0)} KB sent)`);
+    await alice.next((f) => f.type === "message" && f.cid === String(sent));
+    // Bob, reading normally, got every message in order meanwhile.
+    for (let id = 1; id <= sent; id++) {
+      assert.equal((await bob.next((f) => f.type === "message")).id, id);
+    }
+    assert.deepEqual(
+      (await (await fetch(`${server.origin}/healthz`)).json()).connections,
+      2,
+      "the frozen connection is gone",
+    );
+  } finally {
+    frozen.close();
+  }
+});
+
+Deno.test("a peer that vanishes without a close is detected by ping within --idle-timeout and shown offline", async () => {
+  await using server = await startServer({ settings: { idleTimeout: 1 } });
+  await using alice = await TestClient.connect(server.origin, "alice", { timeoutMs: 10_000 });
+  await alice.next((f) => f.type === "welcome");
+  const ghost = await rawUpgrade(server.port, "ghost");
+  try {
+    await alice.next((f) => f.type === "presence" && f.user === "ghost" && f.online);
+    const started = Date.now();
+    // The raw peer never answers the server's ping: the server must give up on it by itself.
+    await alice.next((f) => f.type === "presence" && f.user === "ghost" && !f.online);
+    const waited = Date.now() - started;
+    assert.ok(waited < 10_000, `detected after ${waited} ms`);
+    // Alice herself answers pings (a real client), so she stays.
+    alice.send({ type: "ping" });
+    await alice.next((f) => f.type === "pong");
+  } finally {
+    ghost.close();
+  }
+});
