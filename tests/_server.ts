@@ -66,6 +66,8 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
 
 /** A server running `main.ts` in a child process. */
 export interface SpawnedServer extends TestServer {
+  /** The child's process id. */
+  pid: number;
   /** Sends a signal (SIGKILL by default) and waits for the process to end. */
   kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
   /** Everything the process printed so far. */
@@ -147,6 +149,7 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
   return {
     origin: `http://127.0.0.1:${port}`,
     port,
+    pid: child.pid,
     kill,
     close,
     output: () => log,
