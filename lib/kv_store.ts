@@ -45,13 +45,18 @@ export interface KvStoreOptions {
   cidTtlMs?: number;
 }
 
-const DEFAULT_MAX_BATCH = 100;
+const DEFAULT_MAX_BATCH = 500;
 const DEFAULT_CID_TTL_MS = 7 * 24 * 3600 * 1000;
 // Deno KV caps one atomic at 800 KiB of mutations; stay well below.
 const MAX_BATCH_BYTES = 400 * 1024;
+// ... and at most 1000 mutations and 100 checks (one per conversation in the batch).
+const MAX_MUTATIONS = 1000;
+const MAX_CHECKS = 100;
 // KV's getMany reads at most 10 keys at once.
 const GET_MANY = 10;
 const MAX_CONFLICT_RETRIES = 20;
+// About five seconds of waiting for a busy database before a write is reported failed.
+const BUSY_RETRIES = 60;
 
 interface Pending {
   message: NewMessage;
@@ -79,6 +84,24 @@ async function getMany<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntry
   return out;
 }
 
+/**
+ * Commits, retrying while SQLite reports the database busy: another process
+ * (or handle) sharing the file holds the write lock for a moment.
+ */
+async function commitRetrying(
+  atomic: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await atomic.commit();
+    } catch (error) {
+      const busy = /database is locked|busy/i.test(String(error));
+      if (!busy || attempt >= BUSY_RETRIES) throw error;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2 ** attempt, 100)));
+    }
+  }
+}
+
 /** A {@linkcode ChatStore} on Deno KV. */
 export class KvStore implements ChatStore {
   #kv: Deno.Kv;
@@ -87,6 +110,7 @@ export class KvStore implements ChatStore {
   #queue: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #counters = new Map<ConversationKey, Counter>();
+  #dmPairs = new Set<ConversationKey>();
   #closed = false;
 
   private constructor(kv: Deno.Kv, options: KvStoreOptions) {
@@ -121,14 +145,7 @@ export class KvStore implements ChatStore {
   async #drain(): Promise<void> {
     try {
       while (this.#queue.length > 0) {
-        let bytes = 0;
-        let n = 0;
-        while (n < this.#queue.length && n < this.#maxBatch) {
-          bytes += this.#queue[n].bytes;
-          if (n > 0 && bytes > MAX_BATCH_BYTES) break;
-          n++;
-        }
-        const batch = this.#queue.splice(0, n);
+        const batch = this.#queue.splice(0, this.#batchSize());
         try {
           await this.#commit(batch);
         } catch (error) {
@@ -141,6 +158,28 @@ export class KvStore implements ChatStore {
     } finally {
       this.#flushing = undefined;
     }
+  }
+
+  /** How many queued messages fit one atomic commit within Deno KV's limits. */
+  #batchSize(): number {
+    let bytes = 0, mutations = 0, n = 0;
+    const conversations = new Set<ConversationKey>();
+    for (; n < this.#queue.length && n < this.#maxBatch; n++) {
+      const p = this.#queue[n];
+      const first = !conversations.has(p.conversation);
+      // The message, its cid, the DM index pair, and the conversation's `last` once per batch.
+      const cost = 1 + (p.message.cid === undefined ? 0 : 1) +
+        (p.message.to === undefined ? 0 : 2) +
+        (first ? 1 : 0);
+      if (
+        n > 0 && (bytes + p.bytes > MAX_BATCH_BYTES || mutations + cost > MAX_MUTATIONS ||
+          (first && conversations.size >= MAX_CHECKS))
+      ) break;
+      bytes += p.bytes;
+      mutations += cost;
+      conversations.add(p.conversation);
+    }
+    return n;
   }
 
   async #loadCounters(conversations: Iterable<ConversationKey>, reload: boolean): Promise<void> {
@@ -182,6 +221,7 @@ export class KvStore implements ChatStore {
       const atomic = this.#kv.atomic();
       const next = new Map<ConversationKey, number>();
       const byCid = new Map<string, ChatMessage>();
+      const newPairs: ConversationKey[] = [];
       const results: Appended[] = [];
       const now = Date.now();
       batch.forEach((p, i) => {
@@ -202,9 +242,11 @@ export class KvStore implements ChatStore {
           atomic.set(["cid", from, cid], [p.conversation, id], { expireIn: this.#cidTtlMs });
         }
         atomic.set(["msg", p.conversation, id], message);
-        if (to !== undefined) {
+        // The DM index changes once per pair: write it only the first time this process sees the pair.
+        if (to !== undefined && !this.#dmPairs.has(p.conversation)) {
           atomic.set(["dm", from, to], true);
           atomic.set(["dm", to, from], true);
+          newPairs.push(p.conversation);
         }
         results[i] = { message, duplicate: false };
       });
@@ -215,7 +257,9 @@ export class KvStore implements ChatStore {
         });
         atomic.set(["last", conversation], last);
       }
-      const result = next.size === 0 ? { ok: true, versionstamp: null } : await atomic.commit();
+      const result = next.size === 0
+        ? { ok: true, versionstamp: null }
+        : await commitRetrying(atomic);
       if (!result.ok) {
         if (attempt >= MAX_CONFLICT_RETRIES) {
           throw new StoreError("too much contention on the store");
@@ -225,6 +269,7 @@ export class KvStore implements ChatStore {
       for (const [conversation, last] of next) {
         this.#counters.set(conversation, { last, versionstamp: result.versionstamp });
       }
+      for (const pair of newPairs) this.#dmPairs.add(pair);
       batch.forEach((p, i) => p.resolve(results[i]));
       return;
     }
