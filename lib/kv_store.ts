@@ -167,8 +167,9 @@ export class KvStore implements ChatStore {
     for (; n < this.#queue.length && n < this.#maxBatch; n++) {
       const p = this.#queue[n];
       const first = !conversations.has(p.conversation);
-      // The message, its cid, the DM index pair, and the conversation's `last` once per batch.
-      const cost = 1 + (p.message.cid === undefined ? 0 : 1) +
+      // The message, the sender's read mark, its cid, the DM index pair, and the
+      // conversation's `last` once per batch.
+      const cost = 2 + (p.message.cid === undefined ? 0 : 1) +
         (p.message.to === undefined ? 0 : 2) +
         (first ? 1 : 0);
       if (
@@ -222,6 +223,8 @@ export class KvStore implements ChatStore {
       const next = new Map<ConversationKey, number>();
       const byCid = new Map<string, ChatMessage>();
       const newPairs: ConversationKey[] = [];
+      // Posting in a conversation means having read it: the sender's read mark moves to its message.
+      const readMarks = new Map<string, [string, ConversationKey, number]>();
       const results: Appended[] = [];
       const now = Date.now();
       batch.forEach((p, i) => {
@@ -242,6 +245,7 @@ export class KvStore implements ChatStore {
           atomic.set(["cid", from, cid], [p.conversation, id], { expireIn: this.#cidTtlMs });
         }
         atomic.set(["msg", p.conversation, id], message);
+        readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
         // The DM index changes once per pair: write it only the first time this process sees the pair.
         if (to !== undefined && !this.#dmPairs.has(p.conversation)) {
           atomic.set(["dm", from, to], true);
@@ -250,6 +254,9 @@ export class KvStore implements ChatStore {
         }
         results[i] = { message, duplicate: false };
       });
+      for (const [user, conversation, id] of readMarks.values()) {
+        atomic.set(["read", user, conversation], id);
+      }
       for (const [conversation, last] of next) {
         atomic.check({
           key: ["last", conversation],

@@ -71,6 +71,10 @@ export function createHandler(
     const url = new URL(req.url);
     const path = url.pathname;
     if (path.startsWith("/ws/")) return upgrade(req, path.slice(4), url.searchParams.has("resume"));
+    // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
+    if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      return text(400, "connect the WebSocket to /ws/<username>");
+    }
     if (req.method !== "GET" && req.method !== "HEAD") return text(405, "method not allowed");
     if (path === "/healthz") {
       const store = await options.store.healthy();

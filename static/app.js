@@ -48,7 +48,7 @@ let retryTimer = 0;
 let tickTimer = 0;
 let pingTimer = 0;
 let lastRx = 0;
-let lastTyping = 0;
+let lastTyping = { key: "", at: 0 }; // throttles `typing` per conversation
 let wantOpen = null; // a room to open once its `joined` arrives
 let limits = { maxTextLength: 4000, maxFrameBytes: 65536 };
 let rooms = [LOBBY];
@@ -63,7 +63,7 @@ let pending = [];
 /**
  * @typedef {{key: string, byId: Map<number, object>, order: object[], last: number,
  *   read: number, unread: number, more: boolean, loaded: boolean, olderBusy: boolean,
- *   reqs: string[], seen: number, readTimer: number, draft: string, typing: Map<string, number>}} Conv
+ *   reqs: string[], seen: number, settled: boolean, readTimer: number, draft: string, typing: Map<string, number>}} Conv
  */
 
 const isRoom = (key) => key[0] === "r";
@@ -90,6 +90,7 @@ function conv(key) {
       olderBusy: false,
       reqs: [],
       seen: 0,
+      settled: false,
       readTimer: 0,
       draft: "",
       typing: new Map(),
@@ -383,6 +384,7 @@ function onHistory(f) {
   if (c.order[0]?.id === 1) c.more = false;
   const first = !c.loaded;
   c.loaded = true;
+  if (kind === "latest") c.settled = true;
   if (key === current) {
     renderMessages(kind === "older" ? "keep" : first ? "bottom" : "auto");
     if (viewing(key)) markRead(c);
@@ -531,6 +533,7 @@ function open(key, byUser = true) {
   current = key;
   store.set("chat.open." + me, key);
   const c = conv(key);
+  c.settled = false; // until its history arrives: no announcing the whole list
   if (!isRoom(key)) dms.add(nameOf(key));
   ui.title.textContent = nameOf(key);
   ui.title.className = isRoom(key) ? "room" : "dm";
@@ -694,6 +697,7 @@ function renderMessages(mode) {
   const nearBottom = h0 - t0 - list.clientHeight < 80;
   list.classList.toggle("loading", c.olderBusy || (!c.loaded && !c.order.length));
   list.classList.toggle("start", c.loaded && !c.more && c.order.length > 0);
+  list.setAttribute("aria-busy", String(!c.settled || c.olderBusy));
   const items = [...c.order, ...pending.filter((p) => p.key === current)];
   let cursor = list.firstChild;
   for (const m of items) {
@@ -854,9 +858,9 @@ ui.composer.addEventListener("keydown", (e) => {
 
 ui.composer.addEventListener("input", () => {
   const now = Date.now();
-  if (ui.composer.value.trim() && now - lastTyping >= TYPING_EVERY) {
-    if (send({ type: "typing", ...where(current, "to") })) lastTyping = now;
-  }
+  if (!ui.composer.value.trim()) return;
+  if (lastTyping.key === current && now - lastTyping.at < TYPING_EVERY) return;
+  if (send({ type: "typing", ...where(current, "to") })) lastTyping = { key: current, at: now };
 });
 
 ui.list.addEventListener("scroll", () => {

@@ -61,7 +61,9 @@ Deno.test("a client that stops reading is dropped at --max-buffered-bytes while 
       }
     }
     await droppedSeen;
-    console.log(`frozen client dropped after ${sent} messages (${(sent * 3.9).toFixed(0)} KB sent)`);
+    console.log(
+      `frozen client dropped after ${sent} messages (${(sent * 3.9).toFixed(0)} KB sent)`,
+    );
     await alice.next((f) => f.type === "message" && f.cid === String(sent));
     // Bob, reading normally, got every message in order meanwhile.
     for (let id = 1; id <= sent; id++) {
