@@ -18,6 +18,7 @@ import {
   type ChatMessage,
   type ConversationRef,
   type ErrorCode,
+  HISTORY_DEFAULT,
   LOBBY,
   parseClientFrame,
   parseLegacyFrame,
@@ -107,10 +108,18 @@ function conversationKey(message: ChatMessage): ConversationKey {
   return message.room !== undefined ? roomKey(message.room) : dmKey(message.from, message.to!);
 }
 
-function errorFrame(code: ErrorCode, message: string, ref?: string): ErrorFrame {
-  return ref === undefined
-    ? { type: "error", code, message }
-    : { type: "error", code, message, ref };
+/** What an error frame may say besides its code: a message, the cid refused, the request. */
+interface ErrorDetail {
+  message: string;
+  ref?: string;
+  request?: ErrorFrame["request"];
+}
+
+function errorFrame(code: ErrorCode, detail: ErrorDetail): ErrorFrame {
+  const frame: ErrorFrame = { type: "error", code, message: detail.message };
+  if (detail.ref !== undefined) frame.ref = detail.ref;
+  if (detail.request !== undefined) frame.request = detail.request;
+  return frame;
 }
 
 const encoder = new TextEncoder();
@@ -203,14 +212,16 @@ export class Connection {
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : data.byteLength;
       if (size > limits.maxFrameBytes) return this.#tooBig();
-      this.error(errorFrame("binary_unsupported", "send JSON text frames, not binary"));
+      this.error(
+        errorFrame("binary_unsupported", { message: "send JSON text frames, not binary" }),
+      );
       return;
     }
     if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();
     // Sequential: a `send` after a `join` must see the membership the join made.
     this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
       console.error("unexpected error handling a frame", error);
-      this.error(errorFrame("bad_frame", "the server could not handle this frame"));
+      this.error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
     });
   }
 
@@ -277,7 +288,7 @@ export class Connection {
   #resume(points: ResumePoint[]): void {
     const hub = this.#hub;
     for (const point of points) {
-      const key = hub.conversationKey(this, point);
+      const key = hub.conversationKey(this, { ref: point, request: "resume" });
       if (key === undefined) continue;
       // A cursor already past `after` means those messages were sent on this connection.
       const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
@@ -337,6 +348,18 @@ export class Connection {
     });
   }
 
+  /**
+   * @internal Answers a re-sent cid with its stored message. A resuming client's
+   * cursor says what it has, so the usual ordering applies (it got this copy in
+   * its replay if it lacked it); any other client gets the copy as its
+   * acknowledgement even if it is older than live traffic it has seen.
+   */
+  acknowledgeAgain(message: ChatMessage): void {
+    const out = new Outgoing({ type: "message", ...message });
+    if (this.#resumable) return this.deliverMessage(message, out);
+    this.deliverShared(out);
+  }
+
   /** The conversation of a message as this connection's user names it. */
   #refOf(message: ChatMessage): ConversationRef {
     if (message.room !== undefined) return { room: message.room };
@@ -377,7 +400,7 @@ export class Connection {
 
   #storeError(error: unknown): void {
     console.error("store read failed", error);
-    this.error(errorFrame("store_failed", "the store did not answer; try again"));
+    this.error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
   }
 
   /** Sends an error frame in this connection's protocol. */
@@ -546,7 +569,11 @@ export class ChatHub {
   ): void {
     if (!this.#isMember(conn.user, message.room)) {
       return conn.error(
-        errorFrame("not_member", `join ${message.room} before sending to it`, message.cid),
+        errorFrame("not_member", {
+          message: `join ${message.room} before sending to it`,
+          ref: message.cid,
+          request: { type: "send", room: message.room },
+        }),
       );
     }
     this.#append(conn, message);
@@ -558,7 +585,11 @@ export class ChatHub {
     message: { to: string; from: string; text: string; cid?: string },
   ): Promise<void> {
     if (!(await this.#userExists(message.to))) {
-      return conn.error(errorFrame("unknown_user", `no user is called ${message.to}`, message.cid));
+      return conn.error(errorFrame("unknown_user", {
+        message: `no user is called ${message.to}`,
+        ref: message.cid,
+        request: { type: "send", to: message.to },
+      }));
     }
     this.#append(conn, message);
   }
@@ -571,19 +602,20 @@ export class ChatHub {
     // their order while the next frame is already being read.
     this.#store.append(message).then(
       ({ message: stored, duplicate }) => {
-        // A re-send of a stored message: everyone had it already; answer only the sender,
-        // through the same ordering as live traffic, so a copy it has is not sent twice.
         if (!duplicate) return this.#bus.publish({ kind: "message", message: stored });
-        conn.deliverMessage(stored, new Outgoing({ type: "message", ...stored }));
+        // A re-send of a stored message: everyone had it already; answer only the sender.
+        conn.acknowledgeAgain(stored);
       },
       (error) => {
         if (!(error instanceof StoreError)) console.error("unexpected store error", error);
         conn.error(
-          errorFrame(
-            "store_failed",
-            "the message could not be stored; it was not sent",
-            message.cid,
-          ),
+          errorFrame("store_failed", {
+            message: "the message could not be stored; it was not sent",
+            ref: message.cid,
+            request: message.room !== undefined
+              ? { type: "send", room: message.room }
+              : { type: "send", to: message.to },
+          }),
         );
       },
     );
@@ -600,9 +632,17 @@ export class ChatHub {
 
   /** @internal */
   async leave(conn: Connection, room: string): Promise<void> {
-    if (room === LOBBY) return conn.error(errorFrame("bad_frame", "everyone stays in the lobby"));
+    if (room === LOBBY) {
+      return conn.error(errorFrame("bad_frame", {
+        message: "everyone stays in the lobby",
+        request: { type: "leave", room },
+      }));
+    }
     if (!this.#isMember(conn.user, room)) {
-      return conn.error(errorFrame("not_member", `you are not in ${room}`));
+      return conn.error(errorFrame("not_member", {
+        message: `you are not in ${room}`,
+        request: { type: "leave", room },
+      }));
     }
     await this.#store.leave(conn.user, room);
     this.#bus.publish({ kind: "left", room, user: conn.user });
@@ -612,21 +652,33 @@ export class ChatHub {
   async typing(conn: Connection, where: { room: string } | { to: string }): Promise<void> {
     if ("room" in where) {
       if (!this.#isMember(conn.user, where.room)) {
-        return conn.error(errorFrame("not_member", `you are not in ${where.room}`));
+        return conn.error(errorFrame("not_member", {
+          message: `you are not in ${where.room}`,
+          request: { type: "typing", room: where.room },
+        }));
       }
       return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
     }
     if (!(await this.#userExists(where.to))) {
-      return conn.error(errorFrame("unknown_user", `no user is called ${where.to}`));
+      return conn.error(errorFrame("unknown_user", {
+        message: `no user is called ${where.to}`,
+        request: { type: "typing", to: where.to },
+      }));
     }
     this.#bus.publish({ kind: "typing", to: where.to, from: conn.user });
   }
 
   /** @internal The key of a conversation the user may read, or an error frame to them. */
-  conversationKey(conn: Connection, ref: ConversationRef): ConversationKey | undefined {
+  conversationKey(
+    conn: Connection,
+    { ref, request }: { ref: ConversationRef; request: "history" | "read" | "resume" },
+  ): ConversationKey | undefined {
     if (ref.room !== undefined) {
       if (!this.#isMember(conn.user, ref.room)) {
-        conn.error(errorFrame("not_member", `join ${ref.room} to read it`));
+        conn.error(errorFrame("not_member", {
+          message: `join ${ref.room} to read it`,
+          request: { type: request, room: ref.room },
+        }));
         return undefined;
       }
       return roomKey(ref.room);
@@ -637,11 +689,15 @@ export class ChatHub {
   /** @internal */
   async history(
     conn: Connection,
-    frame: ConversationRef & { before?: number; limit?: number },
+    frame: ConversationRef & { before?: number; after?: number; limit?: number },
   ): Promise<void> {
-    const key = this.conversationKey(conn, frame);
+    const key = this.conversationKey(conn, { ref: frame, request: "history" });
     if (key === undefined) return;
-    const page = await this.#store.history(key, { before: frame.before, limit: frame.limit ?? 50 });
+    const page = await this.#store.history(key, {
+      before: frame.before,
+      after: frame.after,
+      limit: frame.limit ?? HISTORY_DEFAULT,
+    });
     const ref: ConversationRef = frame.room !== undefined
       ? { room: frame.room }
       : { with: frame.with };
@@ -650,7 +706,7 @@ export class ChatHub {
 
   /** @internal */
   async read(conn: Connection, frame: ConversationRef & { id: number }): Promise<void> {
-    const key = this.conversationKey(conn, frame);
+    const key = this.conversationKey(conn, { ref: frame, request: "read" });
     if (key === undefined) return;
     const id = await this.#store.markRead(conn.user, key, frame.id);
     const ref: ConversationRef = frame.room !== undefined

@@ -99,7 +99,15 @@ export type ServerFrame =
   | ({ type: "resumed"; after: number; from: number; to: number; more: boolean } & ConversationRef)
   | { type: "presence"; user: string; online: boolean }
   | { type: "pong" }
-  | { type: "error"; code: ErrorCode; message: string; ref?: string };
+  | {
+    type: "error";
+    code: ErrorCode;
+    message: string;
+    /** The `cid` of the refused send. */
+    ref?: string;
+    /** The request refused, when it was understood: its type and target. */
+    request?: { type: ClientFrame["type"]; room?: string; to?: string; with?: string };
+  };
 
 /** A frame from the original page: a DM when `to_user` is set, a lobby message otherwise. */
 export interface LegacyFrame {

@@ -434,3 +434,18 @@ Deno.test("ChatHub stores a re-sent cid once and answers the re-sender with the 
     assert.equal(bob.of("message").length, 0, "the re-send reached no one else");
   });
 });
+
+Deno.test("ChatHub acknowledges a re-sent cid even after newer live messages reached that tab", async () => {
+  await withHub(async (_hub, open) => {
+    const [alice, a] = await open("alice");
+    const [, b] = await open("bob");
+    send(a, { type: "send", room: "lobby", text: "mine", cid: "z" });
+    const original = await alice.take(isMessage("mine"));
+    a.close();
+    const [alice2, a2] = await open("alice");
+    send(b, { type: "send", room: "lobby", text: "newer" });
+    assert.equal((await alice2.take(isMessage("newer"))).id, 2);
+    send(a2, { type: "send", room: "lobby", text: "mine", cid: "z" });
+    assert.deepEqual(await alice2.take(isMessage("mine")), original);
+  });
+});

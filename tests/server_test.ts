@@ -423,6 +423,7 @@ Deno.test("server announces join and leave to the room's members only, and gates
     code: "not_member",
     message: "join rust before sending to it",
     ref: "b2",
+    request: { type: "send", room: "rust" },
   });
   alice.send({ type: "send", room: "rust", text: "bye bob" });
   await alice.next(isMessage("bye bob"));
@@ -701,6 +702,7 @@ Deno.test("server refuses a DM to a user who never connected with unknown_user c
     code: "unknown_user",
     message: "no user is called nobody",
     ref: "q1",
+    request: { type: "send", to: "nobody" },
   });
   await ping(alice);
   alice.send({ type: "history", with: "nobody" });
@@ -720,6 +722,7 @@ Deno.test("server refuses history of a room you are not in with not_member", asy
     type: "error",
     code: "not_member",
     message: "join secret to read it",
+    request: { type: "history", room: "secret" },
   });
   bob.send({ type: "read", room: "secret", id: 1 });
   assert.equal((await bob.next(isType("error"))).code, "not_member");
@@ -890,7 +893,7 @@ type BadCase = {
   label: string;
   frame: string | Uint8Array<ArrayBuffer>;
   /** The error frame expected back (its message need only match). */
-  error: { code: string; message: RegExp; ref?: string };
+  error: { code: string; message: RegExp; ref?: string; request?: Frame };
 };
 
 const deepArrays = "[".repeat(60_000);
@@ -971,7 +974,7 @@ const BAD_FRAMES: BadCase[] = [
   {
     label: "leave of the lobby",
     frame: '{"type":"leave","room":"lobby"}',
-    error: { code: "bad_frame", message: /lobby/ },
+    error: { code: "bad_frame", message: /lobby/, request: { type: "leave", room: "lobby" } },
   },
   {
     label: "history with limit 0",
@@ -1044,6 +1047,7 @@ for (const c of BAD_FRAMES) {
     const { message, ...rest } = err;
     const expected: Frame = { type: "error", code: c.error.code };
     if (c.error.ref !== undefined) expected.ref = c.error.ref;
+    if (c.error.request !== undefined) expected.request = c.error.request;
     assert.deepEqual(rest, expected);
     assert.match(message, c.error.message);
     await ping(alice);
