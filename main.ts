@@ -6,6 +6,7 @@
  */
 
 import { dirname } from "node:path";
+import { Accounts } from "./lib/accounts.ts";
 import { KvStore } from "./lib/kv_store.ts";
 import { startChatServer } from "./lib/server.ts";
 import { helpText, parseSettings } from "./lib/settings.ts";
@@ -53,6 +54,7 @@ const store = await KvStore.open(dataPath).catch((e) => fatal(`cannot open ${dat
 const server = await startChatServer({
   settings,
   store,
+  accounts: new Accounts(store.kv),
   onListen: ({ hostname, port }) => {
     const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
     console.log(

@@ -16,7 +16,9 @@ export type BusEvent =
   | ({ kind: "typing"; from: string } & Target)
   | { kind: "joined" | "left"; room: string; user: string }
   | ({ kind: "read"; user: string; id: number } & ConversationRef)
-  | { kind: "presence"; user: string; online: boolean };
+  | { kind: "presence"; user: string; online: boolean }
+  | { kind: "invited"; user: string; room: string; by: string }
+  | { kind: "revoked"; user: string; sessions: string[] | "all" };
 
 /** A subscriber to a {@linkcode Bus}. */
 export type BusHandler = (event: BusEvent) => void;

@@ -13,6 +13,7 @@
  * @module
  */
 
+import type { Accounts } from "./accounts.ts";
 import { type Bus, type BusEvent, LocalBus } from "./bus.ts";
 import {
   type ChatMessage,
@@ -54,8 +55,14 @@ export const CloseCode = {
   TooBig: 1009,
   /** The store failed while the connection was opening. */
   InternalError: 1011,
+  /** Rate limits broken again and again. */
+  PolicyViolation: 1008,
   /** The client fell behind by more than `maxBufferedBytes`; reconnect and catch up. */
   SlowConsumer: 4000,
+  /** The session was logged out (revoked). */
+  LoggedOut: 4001,
+  /** The name is claimed and the connection did not prove it owns it. */
+  Forbidden: 4003,
 } as const;
 
 /** Limits the hub enforces; see `Settings` for what each means. */
@@ -68,6 +75,12 @@ export interface HubLimits {
   maxBufferedBytes: number;
   /** The most messages one conversation's replay sends; older ones are paged with `history`. */
   replayLimit: number;
+  /** The most rooms one user may be in, the lobby aside. */
+  maxRoomsPerUser: number;
+  /** Messages per second a user may send, on average (a token bucket's rate). */
+  sendRate: number;
+  /** Messages a user may send at once after a quiet spell (the bucket's size). */
+  sendBurst: number;
 }
 
 /** Options of {@linkcode ChatHub}. */
@@ -76,6 +89,8 @@ export interface ChatHubOptions {
   store: ChatStore;
   /** The fan-out between hubs; a {@linkcode LocalBus} when absent. */
   bus?: Bus;
+  /** Registered names, tokens and passwords. */
+  accounts: Accounts;
   /** The limits to enforce. */
   limits: HubLimits;
 }
@@ -91,6 +106,10 @@ export interface ConnectOptions {
    * held until then, so replay and live traffic meet with no gap and no repeat.
    */
   resume?: boolean;
+  /** The session (hash of the token) the connection authenticated with. */
+  session?: string;
+  /** A token just issued to this connection (it claimed the name): sent once, in `welcome`. */
+  token?: string;
 }
 
 /** Counters for `/healthz`. */
@@ -165,6 +184,12 @@ export class Connection {
   readonly legacy: boolean;
   /** Resolves once the welcome is sent (or the connection closed first). */
   readonly ready: Promise<void>;
+  /** The session it authenticated with (the token's hash), if any. */
+  readonly session: string | undefined;
+  /** A token issued to it on connect, for its welcome. */
+  readonly token: string | undefined;
+  /** Refusals by the rate limiter in the current minute, and when that minute started. */
+  #strikes = { count: 0, since: 0 };
   #hub: ChatHub;
   #peer: Peer;
   #chain: Promise<void>;
@@ -193,6 +218,8 @@ export class Connection {
     this.#peer = init.peer;
     this.user = init.options.user;
     this.legacy = init.options.legacy ?? false;
+    this.session = init.options.session;
+    this.token = init.options.token;
     this.#resumable = (init.options.resume ?? false) && !this.legacy;
     if (this.#resumable) this.#held = [];
     // Later frames wait for the welcome, so they are handled in arrival order after it.
@@ -281,14 +308,37 @@ export class Connection {
         void hub.read(this, frame).catch((error) => this.#storeError(error));
         return;
       case "resume":
-        return this.#resume(frame.conversations);
+        return await this.#resume(frame.conversations);
+      case "create":
+        return await hub.create(this, frame);
+      case "invite":
+        return await hub.invite(this, frame);
+      case "rooms":
+        return await hub.publicRooms(this);
+      case "set_password":
+        return await hub.setPassword(this, frame.password);
+      case "logout":
+        return await hub.logout(this, frame.everywhere);
     }
   }
 
-  #resume(points: ResumePoint[]): void {
+  /**
+   * @internal Counts a refusal by the rate limiter; past a minute's worth of
+   * them the client is abusive, and is closed with 1008.
+   */
+  strike(): void {
+    const now = Date.now();
+    if (now - this.#strikes.since > 60_000) this.#strikes = { count: 0, since: now };
+    if (++this.#strikes.count > this.#hub.limits.sendBurst * 5) {
+      this.closePeer(CloseCode.PolicyViolation, "too many messages; slow down");
+      this.close();
+    }
+  }
+
+  async #resume(points: ResumePoint[]): Promise<void> {
     const hub = this.#hub;
     for (const point of points) {
-      const key = hub.conversationKey(this, { ref: point, request: "resume" });
+      const key = await hub.conversationKey(this, { ref: point, request: "resume" });
       if (key === undefined) continue;
       // A cursor already past `after` means those messages were sent on this connection.
       const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
@@ -459,8 +509,11 @@ export class ChatHub {
   #users = new Map<string, Set<Connection>>();
   /** Local users by room they belong to (the lobby holds everyone). */
   #members = new Map<string, Set<string>>();
-  /** Users known to exist: a cache in front of the store. */
-  #known = new Set<string>();
+  #accounts: Accounts;
+  /** Whether a room is private, as far as this hub has looked. */
+  #privacy = new Map<string, boolean>();
+  /** Send budgets by user: a token bucket each. */
+  #buckets = new Map<string, { tokens: number; at: number }>();
   #connections = 0;
   #shuttingDown = false;
 
@@ -468,6 +521,7 @@ export class ChatHub {
   constructor(options: ChatHubOptions) {
     this.limits = options.limits;
     this.#store = options.store;
+    this.#accounts = options.accounts;
     this.#bus = options.bus ?? new LocalBus();
     this.#subscription = this.#bus.subscribe((event) => this.#onEvent(event));
   }
@@ -504,12 +558,23 @@ export class ChatHub {
 
   async #open(conn: Connection): Promise<void> {
     const user = conn.user;
-    if (!this.#known.has(user)) {
-      await this.#store.addUser(user);
-      this.#known.add(user);
+    const registered = await this.#accounts.register(user);
+    if (!registered.ok || registered.user !== user) {
+      conn.closePeer(
+        CloseCode.Forbidden,
+        registered.ok ? "use your registered name" : registered.reason,
+      );
+      return conn.close();
     }
     const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
-    const conversations = conn.legacy ? [] : await this.#store.conversations(user, rooms);
+    const [conversations, invites, password, infos] = conn.legacy
+      ? [[], [], false, []]
+      : await Promise.all([
+        this.#store.conversations(user, rooms),
+        this.#store.invites(user),
+        this.#accounts.hasPassword(user),
+        Promise.all(rooms.map((r) => this.#isPrivate(r))),
+      ]);
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
     const first = !this.#users.has(user);
@@ -526,6 +591,10 @@ export class ChatHub {
           rooms: first ? rooms : this.#roomsOf(user),
           online: this.online(),
           conversations,
+          privateRooms: rooms.filter((_, i) => infos[i]),
+          invites,
+          ...(conn.token === undefined ? {} : { token: conn.token }),
+          account: { password },
           limits: {
             maxTextLength: this.limits.maxTextLength,
             maxFrameBytes: this.limits.maxFrameBytes,
@@ -555,11 +624,48 @@ export class ChatHub {
     return room === LOBBY || (this.#members.get(room)?.has(user) ?? false);
   }
 
-  async #userExists(user: string): Promise<boolean> {
-    if (this.#known.has(user)) return true;
-    if (!(await this.#store.hasUser(user))) return false;
-    this.#known.add(user);
-    return true;
+  /** The registered spelling of a user's name (`ALICE` → `alice`), or undefined if unknown. */
+  async #resolveUser(name: string): Promise<string | undefined> {
+    const found = await this.#accounts.resolve(name);
+    return found.ok && found.known ? found.user : undefined;
+  }
+
+  async #isPrivate(room: string): Promise<boolean> {
+    if (room === LOBBY) return false;
+    const cached = this.#privacy.get(room);
+    if (cached !== undefined) return cached;
+    const info = await this.#store.room(room);
+    // Unknown rooms are not cached: one may be created (private) at any moment.
+    if (info) this.#privacy.set(room, info.private);
+    return info?.private ?? false;
+  }
+
+  /**
+   * Takes one message from a user's send budget; false (and an error frame
+   * with `retry_after`) when it is spent.
+   */
+  #allowSend(conn: Connection, request: ErrorDetail["request"] & object, cid?: string): boolean {
+    const { sendRate, sendBurst } = this.limits;
+    const now = Date.now();
+    const bucket = this.#buckets.get(conn.user) ?? { tokens: sendBurst, at: now };
+    bucket.tokens = Math.min(sendBurst, bucket.tokens + ((now - bucket.at) / 1000) * sendRate);
+    bucket.at = now;
+    this.#buckets.set(conn.user, bucket);
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return true;
+    }
+    const retryAfter = Math.ceil(((1 - bucket.tokens) / sendRate) * 1000);
+    conn.error({
+      ...errorFrame("rate_limited", {
+        message: `at most ${sendRate} messages a second (bursts of ${sendBurst}); wait a moment`,
+        ref: cid,
+        request,
+      }),
+      retry_after: retryAfter,
+    });
+    conn.strike();
+    return false;
   }
 
   /** @internal Stores a room message, then publishes it. */
@@ -567,16 +673,17 @@ export class ChatHub {
     conn: Connection,
     message: { room: string; from: string; text: string; cid?: string },
   ): void {
+    const request = { type: "send", room: message.room } as const;
     if (!this.#isMember(conn.user, message.room)) {
       return conn.error(
         errorFrame("not_member", {
           message: `join ${message.room} before sending to it`,
           ref: message.cid,
-          request: { type: "send", room: message.room },
+          request,
         }),
       );
     }
-    this.#append(conn, message);
+    if (this.#allowSend(conn, request, message.cid)) this.#append(conn, message);
   }
 
   /** @internal Stores a DM to a known user, then publishes it. */
@@ -584,14 +691,16 @@ export class ChatHub {
     conn: Connection,
     message: { to: string; from: string; text: string; cid?: string },
   ): Promise<void> {
-    if (!(await this.#userExists(message.to))) {
+    const request = { type: "send", to: message.to } as const;
+    const to = await this.#resolveUser(message.to);
+    if (to === undefined) {
       return conn.error(errorFrame("unknown_user", {
         message: `no user is called ${message.to}`,
         ref: message.cid,
-        request: { type: "send", to: message.to },
+        request,
       }));
     }
-    this.#append(conn, message);
+    if (this.#allowSend(conn, request, message.cid)) this.#append(conn, { ...message, to });
   }
 
   #append(
@@ -623,7 +732,30 @@ export class ChatHub {
 
   /** @internal */
   async join(conn: Connection, room: string): Promise<void> {
-    if (room !== LOBBY) await this.#store.join(conn.user, room);
+    if (this.#isMember(conn.user, room)) {
+      return conn.deliver(
+        JSON.stringify({ type: "joined", room, user: conn.user } satisfies ServerFrame),
+      );
+    }
+    const request = { type: "join", room } as const;
+    if (this.#roomsOf(conn.user).length - 1 >= this.limits.maxRoomsPerUser) {
+      return conn.error(errorFrame("too_many_rooms", {
+        message: `at most ${this.limits.maxRoomsPerUser} rooms; leave one first`,
+        request,
+      }));
+    }
+    if (await this.#isPrivate(room)) {
+      const invited = (await this.#store.invites(conn.user)).some((i) => i.room === room);
+      if (!invited) {
+        return conn.error(
+          errorFrame("forbidden", {
+            message: `${room} is private: ask for an invitation`,
+            request,
+          }),
+        );
+      }
+    }
+    await this.#store.join(conn.user, room);
     // Applied here too, not only when the event comes back: a `send` right
     // after `join` on this connection must already see the membership.
     this.#memberSet(room).add(conn.user);
@@ -648,6 +780,68 @@ export class ChatHub {
     this.#bus.publish({ kind: "left", room, user: conn.user });
   }
 
+  /** @internal Creates a room (public or private) and joins it. */
+  async create(conn: Connection, frame: { room: string; private: boolean }): Promise<void> {
+    const request = { type: "create", room: frame.room } as const;
+    if (
+      frame.room === LOBBY ||
+      !(await this.#store.createRoom(frame.room, { private: frame.private, owner: conn.user }))
+    ) {
+      return conn.error(
+        errorFrame("room_exists", { message: `${frame.room} exists already: join it`, request }),
+      );
+    }
+    this.#privacy.set(frame.room, frame.private);
+    if (frame.private) await this.#store.invite(conn.user, frame.room, conn.user);
+    await this.join(conn, frame.room);
+  }
+
+  /** @internal Invites a user to a room the inviter is in. */
+  async invite(conn: Connection, frame: { room: string; user: string }): Promise<void> {
+    const request = { type: "invite", room: frame.room } as const;
+    if (!this.#isMember(conn.user, frame.room) || frame.room === LOBBY) {
+      return conn.error(
+        errorFrame("not_member", { message: `you are not in ${frame.room}`, request }),
+      );
+    }
+    const user = await this.#resolveUser(frame.user);
+    if (user === undefined) {
+      return conn.error(
+        errorFrame("unknown_user", { message: `no user is called ${frame.user}`, request }),
+      );
+    }
+    await this.#store.invite(user, frame.room, conn.user);
+    this.#bus.publish({ kind: "invited", user, room: frame.room, by: conn.user });
+  }
+
+  /** @internal Lists public rooms for discovery. */
+  async publicRooms(conn: Connection): Promise<void> {
+    const rooms = await this.#store.publicRooms(100);
+    conn.deliver(JSON.stringify({ type: "rooms", rooms } satisfies ServerFrame));
+  }
+
+  /** @internal Sets the password of the connection's (claimed) name. */
+  async setPassword(conn: Connection, password: string): Promise<void> {
+    if (conn.session === undefined) {
+      return conn.error(errorFrame("forbidden", {
+        message: "only a signed-in chat.v1 connection can set a password",
+        request: { type: "set_password" },
+      }));
+    }
+    await this.#accounts.setPassword(conn.user, password);
+    conn.deliver(JSON.stringify({ type: "password_set" } satisfies ServerFrame));
+  }
+
+  /** @internal Revokes this connection's token, or all of the user's, closing their sockets. */
+  async logout(conn: Connection, everywhere: boolean): Promise<void> {
+    const sessions = await this.#accounts.revoke(conn.user, everywhere ? undefined : conn.session);
+    this.#bus.publish({
+      kind: "revoked",
+      user: conn.user,
+      sessions: everywhere ? "all" : sessions,
+    });
+  }
+
   /** @internal */
   async typing(conn: Connection, where: { room: string } | { to: string }): Promise<void> {
     if ("room" in where) {
@@ -659,20 +853,21 @@ export class ChatHub {
       }
       return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
     }
-    if (!(await this.#userExists(where.to))) {
+    const to = await this.#resolveUser(where.to);
+    if (to === undefined) {
       return conn.error(errorFrame("unknown_user", {
         message: `no user is called ${where.to}`,
         request: { type: "typing", to: where.to },
       }));
     }
-    this.#bus.publish({ kind: "typing", to: where.to, from: conn.user });
+    this.#bus.publish({ kind: "typing", to, from: conn.user });
   }
 
   /** @internal The key of a conversation the user may read, or an error frame to them. */
-  conversationKey(
+  async conversationKey(
     conn: Connection,
     { ref, request }: { ref: ConversationRef; request: "history" | "read" | "resume" },
-  ): ConversationKey | undefined {
+  ): Promise<ConversationKey | undefined> {
     if (ref.room !== undefined) {
       if (!this.#isMember(conn.user, ref.room)) {
         conn.error(errorFrame("not_member", {
@@ -683,7 +878,8 @@ export class ChatHub {
       }
       return roomKey(ref.room);
     }
-    return dmKey(conn.user, ref.with);
+    // Nobody but the two parties can name a DM: the key always holds the asker.
+    return dmKey(conn.user, await this.#resolveUser(ref.with) ?? ref.with);
   }
 
   /** @internal */
@@ -691,7 +887,7 @@ export class ChatHub {
     conn: Connection,
     frame: ConversationRef & { before?: number; after?: number; limit?: number },
   ): Promise<void> {
-    const key = this.conversationKey(conn, { ref: frame, request: "history" });
+    const key = await this.conversationKey(conn, { ref: frame, request: "history" });
     if (key === undefined) return;
     const page = await this.#store.history(key, {
       before: frame.before,
@@ -706,7 +902,7 @@ export class ChatHub {
 
   /** @internal */
   async read(conn: Connection, frame: ConversationRef & { id: number }): Promise<void> {
-    const key = this.conversationKey(conn, { ref: frame, request: "read" });
+    const key = await this.conversationKey(conn, { ref: frame, request: "read" });
     if (key === undefined) return;
     const id = await this.#store.markRead(conn.user, key, frame.id);
     const ref: ConversationRef = frame.room !== undefined
@@ -771,6 +967,20 @@ export class ChatHub {
         const out = new Outgoing({ type: "read", ...ref, id: event.id });
         return this.#each([event.user], (c) => !c.legacy && c.deliverShared(out));
       }
+      case "invited": {
+        const out = new Outgoing({ type: "invited", room: event.room, by: event.by });
+        return this.#each([event.user], (c) => !c.legacy && c.deliverShared(out));
+      }
+      case "revoked":
+        return this.#each([event.user], (c) => {
+          if (
+            event.sessions === "all" ||
+            (c.session !== undefined && event.sessions.includes(c.session))
+          ) {
+            c.closePeer(CloseCode.LoggedOut, "logged out");
+            c.close();
+          }
+        });
       case "presence": {
         const out = new Outgoing({ type: "presence", user: event.user, online: event.online });
         return this.#each(

@@ -20,6 +20,9 @@
  * - `["member", user, room]` → `true`
  * - `["dm", user, peer]` → `true`, the DMs a user takes part in
  * - `["read", user, conversation]` → the newest id the user has read
+ * - `["room", room]` → {@linkcode RoomInfo}; `["members", room]` → member count (KvU64)
+ * - `["invite", user, room]` → `{ by }`
+ * - accounts (names, tokens, passwords) live in the same database: see `accounts.ts`
  *
  * @module
  */
@@ -33,6 +36,7 @@ import {
   type HistoryOptions,
   type HistoryPage,
   type NewMessage,
+  type RoomInfo,
   roomKey,
   StoreError,
 } from "./store.ts";
@@ -300,15 +304,9 @@ export class KvStore implements ChatStore {
     return { messages: messages.reverse(), more };
   }
 
-  async addUser(user: string): Promise<void> {
-    await this.#kv.atomic()
-      .check({ key: ["user", user], versionstamp: null })
-      .set(["user", user], { since: Date.now() })
-      .commit();
-  }
-
-  async hasUser(user: string): Promise<boolean> {
-    return (await this.#kv.get(["user", user])).versionstamp !== null;
+  /** The database, for services that share it (accounts). */
+  get kv(): Deno.Kv {
+    return this.#kv;
   }
 
   async rooms(user: string): Promise<string[]> {
@@ -319,12 +317,67 @@ export class KvStore implements ChatStore {
     return rooms;
   }
 
+  async room(room: string): Promise<RoomInfo | undefined> {
+    return (await this.#kv.get<RoomInfo>(["room", room])).value ?? undefined;
+  }
+
+  async createRoom(room: string, info: RoomInfo): Promise<boolean> {
+    const result = await this.#kv.atomic()
+      .check({ key: ["room", room], versionstamp: null })
+      .set(["room", room], info)
+      .commit();
+    return result.ok;
+  }
+
   async join(user: string, room: string): Promise<void> {
-    await this.#kv.set(["member", user, room], true);
+    for (;;) {
+      const [member, info] = await this.#kv.getMany<[true, RoomInfo]>([
+        ["member", user, room],
+        ["room", room],
+      ]);
+      if (member.value) return;
+      const atomic = this.#kv.atomic().check(member).check(info)
+        .set(["member", user, room], true)
+        .delete(["invite", user, room])
+        .sum(["members", room], 1n);
+      if (!info.value) {
+        atomic.set(["room", room], { private: false, owner: user } satisfies RoomInfo);
+      }
+      if ((await atomic.commit()).ok) return;
+    }
   }
 
   async leave(user: string, room: string): Promise<void> {
-    await this.#kv.delete(["member", user, room]);
+    const member = await this.#kv.get(["member", user, room]);
+    if (!member.value) return;
+    // KvU64 sums wrap around: adding 2^64 - 1 takes one away.
+    await this.#kv.atomic().check(member).delete(["member", user, room])
+      .sum(["members", room], 0xffff_ffff_ffff_ffffn).commit();
+  }
+
+  async invite(user: string, room: string, by: string): Promise<void> {
+    await this.#kv.set(["invite", user, room], { by });
+  }
+
+  async invites(user: string): Promise<Array<{ room: string; by: string }>> {
+    const out: Array<{ room: string; by: string }> = [];
+    for await (const entry of this.#kv.list<{ by: string }>({ prefix: ["invite", user] })) {
+      out.push({ room: entry.key[2] as string, by: entry.value.by });
+    }
+    return out;
+  }
+
+  async publicRooms(limit: number): Promise<Array<{ room: string; members: number }>> {
+    const rooms: Array<{ room: string; members: number }> = [];
+    for await (const entry of this.#kv.list<RoomInfo>({ prefix: ["room"] })) {
+      if (!entry.value.private) rooms.push({ room: entry.key[1] as string, members: 0 });
+    }
+    const counts = await getMany<Deno.KvU64>(this.#kv, rooms.map((r) => ["members", r.room]));
+    rooms.forEach((r, i) => r.members = Number(counts[i].value?.value ?? 0n));
+    return rooms.sort((a, b) => b.members - a.members || (a.room < b.room ? -1 : 1)).slice(
+      0,
+      limit,
+    );
   }
 
   async conversations(user: string, rooms: string[]): Promise<ConversationSummary[]> {

@@ -54,6 +54,11 @@ export type ClientFrame =
   | { type: "resume"; conversations: ResumePoint[] }
   | ({ type: "typing" } & Target)
   | ({ type: "read"; id: number } & ConversationRef)
+  | { type: "create"; room: string; private: boolean }
+  | { type: "invite"; room: string; user: string }
+  | { type: "rooms" }
+  | { type: "set_password"; password: string }
+  | { type: "logout"; everywhere: boolean }
   | { type: "ping" };
 
 /** Where a client stands in one conversation: it has every message up to `after`. */
@@ -78,7 +83,11 @@ export type ErrorCode =
   | "unknown_user"
   | "not_member"
   | "store_failed"
-  | "binary_unsupported";
+  | "binary_unsupported"
+  | "forbidden"
+  | "room_exists"
+  | "too_many_rooms"
+  | "rate_limited";
 
 /** Frames the server sends to a `chat.v1` client. */
 export type ServerFrame =
@@ -88,8 +97,18 @@ export type ServerFrame =
     rooms: string[];
     online: string[];
     conversations: ConversationSummary[];
+    /** The user's private rooms (a subset of `rooms`). */
+    privateRooms: string[];
+    /** Invitations to private rooms not yet accepted. */
+    invites: Array<{ room: string; by: string }>;
+    /** A token issued to this connection because it just claimed the name; keep it. */
+    token?: string;
+    account: { password: boolean };
     limits: { maxTextLength: number; maxFrameBytes: number; replayLimit: number };
   }
+  | { type: "invited"; room: string; by: string }
+  | { type: "rooms"; rooms: Array<{ room: string; members: number }> }
+  | { type: "password_set" }
   | ({ type: "message" } & ChatMessage)
   | { type: "joined"; room: string; user: string }
   | { type: "left"; room: string; user: string }
@@ -107,6 +126,8 @@ export type ServerFrame =
     ref?: string;
     /** The request refused, when it was understood: its type and target. */
     request?: { type: ClientFrame["type"]; room?: string; to?: string; with?: string };
+    /** With `rate_limited`: milliseconds until a retry can succeed. */
+    retry_after?: number;
   };
 
 /** A frame from the original page: a DM when `to_user` is set, a lobby message otherwise. */
@@ -129,6 +150,9 @@ export type Parsed<T> = { ok: true; frame: T } | {
 
 /** The most conversations one `resume` frame may name. */
 export const MAX_RESUME_CONVERSATIONS = 1000;
+
+/** Password length bounds, in characters. */
+export const PASSWORD_MIN = 8, PASSWORD_MAX = 200;
 
 /** The longest `cid` a client may attach. */
 export const MAX_CID_LENGTH = 64;
@@ -212,7 +236,44 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
   const cid = own(obj, "cid");
   switch (type) {
     case "ping":
+    case "rooms":
       return { ok: true, frame: { type } };
+    case "create": {
+      const room = name(obj, "room");
+      if (!room.ok) return fail("bad_name", room.message);
+      const priv = own(obj, "private");
+      if (priv !== undefined && typeof priv !== "boolean") {
+        return fail("bad_frame", "private must be true or false");
+      }
+      return { ok: true, frame: { type, room: room.value, private: priv === true } };
+    }
+    case "invite": {
+      const room = name(obj, "room");
+      if (!room.ok) return fail("bad_name", room.message);
+      const user = name(obj, "user");
+      if (!user.ok) return fail("bad_name", user.message);
+      return { ok: true, frame: { type, room: room.value, user: user.value } };
+    }
+    case "set_password": {
+      const password = own(obj, "password");
+      if (
+        typeof password !== "string" || password.length < PASSWORD_MIN ||
+        password.length > PASSWORD_MAX
+      ) {
+        return fail(
+          "bad_frame",
+          `password must be a string of ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`,
+        );
+      }
+      return { ok: true, frame: { type, password } };
+    }
+    case "logout": {
+      const everywhere = own(obj, "everywhere");
+      if (everywhere !== undefined && typeof everywhere !== "boolean") {
+        return fail("bad_frame", "everywhere must be true or false");
+      }
+      return { ok: true, frame: { type, everywhere: everywhere === true } };
+    }
     case "join":
     case "leave": {
       const room = name(obj, "room");

@@ -11,10 +11,12 @@
 
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
-import { ChatHub } from "./hub.ts";
+import type { Accounts } from "./accounts.ts";
+import { ChatHub, CloseCode } from "./hub.ts";
+import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
-import { SUBPROTOCOL } from "./protocol.ts";
+import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
 import type { Settings } from "./settings.ts";
 import type { ChatStore } from "./store.ts";
 
@@ -29,6 +31,8 @@ export interface ChatServerOptions {
   store: ChatStore;
   /** The fan-out between instances; in-process when absent. */
   bus?: Bus;
+  /** Names, tokens and passwords. */
+  accounts: Accounts;
   /** Called once listening, with the bound address. */
   onListen?: (addr: Deno.NetAddr) => void;
 }
@@ -54,27 +58,53 @@ function text(status: number, body: string): Response {
   });
 }
 
-/** Which protocol a handshake asks for: `chat.v1`, legacy (none), or one we do not speak. */
-function chooseProtocol(req: Request): "v1" | "legacy" | undefined {
-  const offered = (req.headers.get("sec-websocket-protocol") ?? "")
+/** What a handshake offers in `Sec-WebSocket-Protocol`: the protocol, and a token if any. */
+function offered(req: Request): { protocol: "v1" | "legacy" | undefined; token?: string } {
+  const list = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((p) => p.trim()).filter((p) => p !== "");
-  if (offered.length === 0) return "legacy";
-  return offered.includes(SUBPROTOCOL) ? "v1" : undefined;
+  // The token travels as a subprotocol, `token.<base64url>`: never in the URL, so never in logs.
+  const token = list.find((p) => p.startsWith(TOKEN_PREFIX))?.slice(TOKEN_PREFIX.length);
+  const rest = list.filter((p) => !p.startsWith(TOKEN_PREFIX));
+  if (rest.length === 0) return { protocol: token === undefined ? "legacy" : undefined };
+  return { protocol: rest.includes(SUBPROTOCOL) ? "v1" : undefined, token };
+}
+
+const TOKEN_PREFIX = "token.";
+
+/** Options of {@linkcode createHandler}. */
+export interface HandlerOptions {
+  /** Limits and origins. */
+  settings: Settings;
+  /** For `/healthz`. */
+  store: ChatStore;
+  /** Names, tokens, passwords. */
+  accounts: Accounts;
+  /** Whether the server is shutting down (no new sockets). */
+  isClosing: () => boolean;
 }
 
 /** Makes the request handler over a hub. */
 export function createHandler(
   hub: ChatHub,
-  options: { settings: Settings; store: ChatStore; isClosing: () => boolean },
-): (req: Request) => Promise<Response> | Response {
-  return async (req) => {
+  options: HandlerOptions,
+): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
+  const { settings, accounts } = options;
+  const allowed = new Set(settings.allowOrigin.split(",").map((o) => o.trim()).filter(Boolean));
+  const perIp = new OpenCounter();
+  const perUser = new OpenCounter();
+  const connects = new MinuteCounter(settings.connectsPerMinute);
+  const logins = new MinuteCounter(settings.loginsPerMinute);
+
+  return async (req, info) => {
     const url = new URL(req.url);
     const path = url.pathname;
-    if (path.startsWith("/ws/")) return upgrade(req, path.slice(4), url.searchParams.has("resume"));
+    const ip = info.remoteAddr.hostname;
+    if (path.startsWith("/ws/")) return await upgrade(req, { segment: path.slice(4), url, ip });
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
     if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return text(400, "connect the WebSocket to /ws/<username>");
     }
+    if (path === "/api/login") return await login(req, ip);
     if (req.method !== "GET" && req.method !== "HEAD") return text(405, "method not allowed");
     if (path === "/healthz") {
       const store = await options.store.healthy();
@@ -88,10 +118,54 @@ export function createHandler(
     return serveAsset(req, path) ?? text(404, "not found");
   };
 
-  function upgrade(req: Request, segment: string, resume: boolean): Response {
+  /**
+   * Browsers send `Origin` with every handshake and let any page open a
+   * socket to any server: only our own page (and the allowlist) may, which
+   * stops cross-site WebSocket hijacking. Clients without `Origin` are not
+   * browsers and carry no victim's ambient credentials.
+   */
+  function originAllowed(req: Request, url: URL): boolean {
+    const origin = req.headers.get("origin");
+    if (origin === null) return true;
+    if (allowed.has(origin)) return true;
+    try {
+      const o = new URL(origin);
+      return o.host === (req.headers.get("host") ?? url.host) &&
+        (o.protocol === "http:" || o.protocol === "https:");
+    } catch {
+      return false;
+    }
+  }
+
+  async function login(req: Request, ip: string): Promise<Response> {
+    if (req.method !== "POST") return text(405, 'POST {"user","password"} as JSON');
+    if (!logins.take(ip)) {
+      return Response.json({ error: "too many logins; wait a minute" }, { status: 429 });
+    }
+    let body: unknown;
+    try {
+      const raw = await req.text();
+      body = raw.length <= 4096 ? JSON.parse(raw) : undefined;
+    } catch {
+      body = undefined;
+    }
+    const b = body as { user?: unknown; password?: unknown } | undefined;
+    const name = parseName(b?.user);
+    if (!name.ok || typeof b?.password !== "string" || b.password.length > 200) {
+      return Response.json({ error: 'send JSON {"user","password"}' }, { status: 400 });
+    }
+    const result = await accounts.login(name.name, b.password);
+    if (!result) return Response.json({ error: "wrong name or password" }, { status: 401 });
+    return Response.json(result, { headers: { "cache-control": "no-store" } });
+  }
+
+  async function upgrade(
+    req: Request,
+    at: { segment: string; url: URL; ip: string },
+  ): Promise<Response> {
     let raw: string;
     try {
-      raw = decodeURIComponent(segment);
+      raw = decodeURIComponent(at.segment);
     } catch {
       return text(400, "the username is not valid percent-encoding");
     }
@@ -100,21 +174,68 @@ export function createHandler(
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return text(426, "this address takes a WebSocket: connect with new WebSocket(url)");
     }
+    if (!originAllowed(req, at.url)) {
+      return text(403, "this origin may not connect; see --allow-origin");
+    }
     if (options.isClosing()) return text(503, "the server is shutting down; try again");
-    const protocol = chooseProtocol(req);
+    const { protocol, token } = offered(req);
     if (!protocol) return text(400, `unsupported subprotocol; offer ${SUBPROTOCOL} or none`);
+    if (perIp.count(at.ip) >= settings.maxConnectionsPerIp) {
+      return text(429, `at most ${settings.maxConnectionsPerIp} connections per address`);
+    }
+    if (!connects.take(at.ip)) {
+      return text(
+        429,
+        `at most ${settings.connectsPerMinute} new connections a minute per address`,
+      );
+    }
+    const legacy = protocol === "legacy";
+    // Who is this? Decided before the socket exists; a refusal still upgrades, so that a
+    // browser can read the reason in the close event (it cannot read an HTTP status).
+    const resolved = await accounts.resolve(name.name);
+    const auth = resolved.ok
+      ? await accounts.authenticate(resolved.user, { token, legacy })
+      : { ok: false as const, reason: resolved.reason };
+    const user = resolved.ok ? resolved.user : name.name;
+    if (auth.ok && perUser.count(user) >= settings.maxConnectionsPerUser) {
+      return text(429, `at most ${settings.maxConnectionsPerUser} connections per user`);
+    }
     const { socket, response } = Deno.upgradeWebSocket(req, {
-      protocol: protocol === "v1" ? SUBPROTOCOL : undefined,
-      idleTimeout: options.settings.idleTimeout,
+      protocol: legacy ? undefined : SUBPROTOCOL,
+      idleTimeout: settings.idleTimeout,
     });
     socket.binaryType = "arraybuffer";
+    if (!auth.ok) {
+      socket.onopen = () => {
+        if (legacy) {
+          socket.send(toLegacyError({ type: "error", code: "forbidden", message: auth.reason }));
+        }
+        socket.close(CloseCode.Forbidden, auth.reason.slice(0, 120));
+      };
+      return response;
+    }
+    const closeIp = perIp.open(at.ip);
+    const closeUser = perUser.open(user);
     socket.onopen = () => {
-      const conn = hub.connect(socket, { user: name.name, legacy: protocol === "legacy", resume });
+      const conn = hub.connect(socket, {
+        user,
+        legacy,
+        resume: at.url.searchParams.has("resume"),
+        session: auth.session,
+        token: auth.token,
+      });
       socket.onmessage = (e) => conn.receive(e.data);
       // `close` can fire twice, and `error` precedes it: leaving is idempotent.
       socket.onclose = () => conn.close();
       socket.onerror = () => conn.close();
     };
+    // Also for a socket that never opened: it must not hold its places.
+    const release = () => {
+      closeIp();
+      closeUser();
+    };
+    socket.addEventListener("close", release);
+    socket.addEventListener("error", release);
     return response;
   }
 }
@@ -124,16 +245,25 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
   const { settings, store } = options;
   const hub = new ChatHub({
     store,
+    accounts: options.accounts,
     bus: options.bus,
     limits: {
       maxFrameBytes: settings.maxFrameBytes,
       maxTextLength: settings.maxTextLength,
       maxBufferedBytes: settings.maxBufferedBytes,
       replayLimit: settings.replayLimit,
+      maxRoomsPerUser: settings.maxRoomsPerUser,
+      sendRate: settings.sendRate,
+      sendBurst: settings.sendBurst,
     },
   });
   let closing = false;
-  const handler = createHandler(hub, { settings, store, isClosing: () => closing });
+  const handler = createHandler(hub, {
+    settings,
+    store,
+    accounts: options.accounts,
+    isClosing: () => closing,
+  });
   const listening = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
     port: settings.port,

@@ -22,6 +22,22 @@ export interface Settings {
   maxBufferedBytes: number;
   /** Most messages replayed per conversation on resume (`--replay-limit`, `CHAT_REPLAY_LIMIT`). */
   replayLimit: number;
+  /** Origins besides the server's own allowed to open sockets, comma-separated, exact (`--allow-origin`). */
+  allowOrigin: string;
+  /** Rooms one user may be in (`--max-rooms-per-user`). */
+  maxRoomsPerUser: number;
+  /** Open connections per user (`--max-connections-per-user`). */
+  maxConnectionsPerUser: number;
+  /** Open connections per client IP address (`--max-connections-per-ip`). */
+  maxConnectionsPerIp: number;
+  /** New connections per client IP address per minute (`--connects-per-minute`). */
+  connectsPerMinute: number;
+  /** Messages per second per user, on average (`--send-rate`). */
+  sendRate: number;
+  /** Messages per user at once after a quiet spell (`--send-burst`). */
+  sendBurst: number;
+  /** Password logins per client IP address per minute (`--logins-per-minute`). */
+  loginsPerMinute: number;
   /** Seconds without a pong before a silent client is dropped (`--idle-timeout`, `CHAT_IDLE_TIMEOUT`). */
   idleTimeout: number;
 }
@@ -85,6 +101,71 @@ const SPECS: Spec[] = [
     help: "most messages replayed per conversation when a client resumes; it pages older ones",
   },
   {
+    key: "allowOrigin",
+    flag: "allow-origin",
+    env: "CHAT_ALLOW_ORIGIN",
+    kind: "string",
+    help:
+      "other origins whose pages may connect, comma-separated, exact (e.g. https://chat.example)",
+  },
+  {
+    key: "maxRoomsPerUser",
+    flag: "max-rooms-per-user",
+    env: "CHAT_MAX_ROOMS_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "rooms one user may be in besides the lobby; more gets too_many_rooms",
+  },
+  {
+    key: "maxConnectionsPerUser",
+    flag: "max-connections-per-user",
+    env: "CHAT_MAX_CONNECTIONS_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "open connections (tabs, devices) per user; more gets HTTP 429",
+  },
+  {
+    key: "maxConnectionsPerIp",
+    flag: "max-connections-per-ip",
+    env: "CHAT_MAX_CONNECTIONS_PER_IP",
+    kind: "int",
+    min: 1,
+    help: "open connections per client address; more gets HTTP 429",
+  },
+  {
+    key: "connectsPerMinute",
+    flag: "connects-per-minute",
+    env: "CHAT_CONNECTS_PER_MINUTE",
+    kind: "int",
+    min: 1,
+    help: "new connections per client address per minute; more gets HTTP 429",
+  },
+  {
+    key: "sendRate",
+    flag: "send-rate",
+    env: "CHAT_SEND_RATE",
+    kind: "int",
+    min: 1,
+    help:
+      "messages per second per user on average; more gets rate_limited (abuse closes with 1008)",
+  },
+  {
+    key: "sendBurst",
+    flag: "send-burst",
+    env: "CHAT_SEND_BURST",
+    kind: "int",
+    min: 1,
+    help: "messages a user may send at once after a quiet spell",
+  },
+  {
+    key: "loginsPerMinute",
+    flag: "logins-per-minute",
+    env: "CHAT_LOGINS_PER_MINUTE",
+    kind: "int",
+    min: 1,
+    help: "password logins per client address per minute; more gets HTTP 429",
+  },
+  {
     key: "idleTimeout",
     flag: "idle-timeout",
     env: "CHAT_IDLE_TIMEOUT",
@@ -104,6 +185,14 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   maxTextLength: 4000,
   maxBufferedBytes: 1024 * 1024,
   replayLimit: 1000,
+  allowOrigin: "",
+  maxRoomsPerUser: 100,
+  maxConnectionsPerUser: 20,
+  maxConnectionsPerIp: 200,
+  connectsPerMinute: 300,
+  sendRate: 5,
+  sendBurst: 20,
+  loginsPerMinute: 10,
   idleTimeout: 30,
 };
 

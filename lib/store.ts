@@ -65,6 +65,14 @@ export interface Appended {
   duplicate: boolean;
 }
 
+/** A room's settings. */
+export interface RoomInfo {
+  /** Invite-only: only members see its messages, history, members and typing. */
+  private: boolean;
+  /** Who created it. */
+  owner: string;
+}
+
 /** Raised by a store that could not keep a message; the hub answers `store_failed`. */
 export class StoreError extends Error {
   override name = "StoreError";
@@ -81,16 +89,22 @@ export interface ChatStore {
   append(message: NewMessage): Promise<Appended>;
   /** A page of a conversation's history. */
   history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage>;
-  /** Records that a user exists (has connected once). */
-  addUser(user: string): Promise<void>;
-  /** Whether a user has ever connected. */
-  hasUser(user: string): Promise<boolean>;
   /** The rooms a user has joined, the lobby excluded. */
   rooms(user: string): Promise<string[]>;
-  /** Makes a user a member of a room. */
+  /** A room's settings; undefined for a room nobody has joined yet. */
+  room(room: string): Promise<RoomInfo | undefined>;
+  /** Creates a room; false when it exists already. */
+  createRoom(room: string, info: RoomInfo): Promise<boolean>;
+  /** Makes a user a member of a room (creating it public if new), using up any invitation. */
   join(user: string, room: string): Promise<void>;
   /** Ends a user's membership of a room. */
   leave(user: string, room: string): Promise<void>;
+  /** Invites a user to a room. */
+  invite(user: string, room: string, by: string): Promise<void>;
+  /** A user's pending invitations. */
+  invites(user: string): Promise<Array<{ room: string; by: string }>>;
+  /** Public rooms with their member counts, most members first. */
+  publicRooms(limit: number): Promise<Array<{ room: string; members: number }>>;
   /** A user's conversations (the given rooms and every DM) with read state. */
   conversations(user: string, rooms: string[]): Promise<ConversationSummary[]>;
   /**

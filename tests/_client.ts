@@ -6,6 +6,8 @@
  * @module
  */
 
+import { canonicalName } from "../lib/identity.ts";
+
 // deno-lint-ignore no-explicit-any
 export type Frame = Record<string, any>;
 
@@ -15,7 +17,19 @@ export interface ClientOptions {
   protocol?: string | null;
   /** How long {@linkcode TestClient.next} waits, in milliseconds. */
   timeoutMs?: number;
+  /**
+   * The token to present; by default the one this origin issued to this user
+   * before (as the page keeps it), `null` for none.
+   */
+  token?: string | null;
+  /** Path and query after `/ws/<user>`, e.g. `?resume`. */
+  query?: string;
+  /** Headers for the handshake (Deno's WebSocket extension), e.g. a foreign Origin. */
+  headers?: Record<string, string>;
 }
+
+/** Tokens issued to test users, by origin and user: what the page keeps in localStorage. */
+export const tokens: Map<string, string> = new Map();
 
 /** A real WebSocket with a queue of parsed frames. */
 export class TestClient implements AsyncDisposable {
@@ -25,6 +39,7 @@ export class TestClient implements AsyncDisposable {
   #frames: Frame[] = [];
   #waiters: Array<() => void> = [];
   #timeoutMs: number;
+  #key = "";
 
   private constructor(socket: WebSocket, timeoutMs: number) {
     this.socket = socket;
@@ -36,7 +51,11 @@ export class TestClient implements AsyncDisposable {
       });
     });
     socket.addEventListener("message", (e) => {
-      this.#frames.push(typeof e.data === "string" ? JSON.parse(e.data) : { binary: e.data });
+      const frame = typeof e.data === "string" ? JSON.parse(e.data) : { binary: e.data };
+      if (frame.type === "welcome" && typeof frame.token === "string") {
+        tokens.set(this.#key, frame.token);
+      }
+      this.#frames.push(frame);
       this.#wake();
     });
   }
@@ -53,10 +72,18 @@ export class TestClient implements AsyncDisposable {
     user: string,
     options: ClientOptions = {},
   ): Promise<TestClient> {
-    const url = `${origin.replace(/^http/, "ws")}/ws/${encodeURIComponent(user)}`;
+    const url = `${origin.replace(/^http/, "ws")}/ws/${encodeURIComponent(user)}${
+      options.query ?? ""
+    }`;
     const protocol = options.protocol === undefined ? "chat.v1" : options.protocol;
-    const socket = protocol === null ? new WebSocket(url) : new WebSocket(url, protocol);
+    const key = `${origin} ${canonicalName(user)}`;
+    const token = options.token === undefined ? tokens.get(key) : options.token;
+    const protocols = protocol === null ? [] : token ? [protocol, `token.${token}`] : [protocol];
+    // Deno's WebSocket takes handshake headers in an options object.
+    const init = { protocols, headers: options.headers } as unknown as string[];
+    const socket = options.headers ? new WebSocket(url, init) : new WebSocket(url, protocols);
     const client = new TestClient(socket, options.timeoutMs ?? 5000);
+    client.#key = key;
     await new Promise<void>((resolve, reject) => {
       socket.addEventListener("open", () => resolve(), { once: true });
       socket.addEventListener("error", () => reject(new Error(`could not connect as ${user}`)), {

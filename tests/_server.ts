@@ -6,6 +6,7 @@
  */
 
 import { fileURLToPath } from "node:url";
+import { Accounts } from "../lib/accounts.ts";
 import { KvStore } from "../lib/kv_store.ts";
 import { type ChatServer, startChatServer } from "../lib/server.ts";
 import { DEFAULT_SETTINGS, type Settings } from "../lib/settings.ts";
@@ -33,21 +34,36 @@ export interface StartOptions {
   data?: string;
   /** Settings to change from the defaults. */
   settings?: Partial<Settings>;
-  /** A store to use instead of opening KV (the server does not own it). */
-  store?: ChatStore;
+  /** A store to use instead of opening KV (the server does not own it); its accounts live in `kv`. */
+  store?: ChatStore & { kv: Deno.Kv };
 }
+
+/**
+ * Limits for tests that push volume through one user or one address (all
+ * tests come from 127.0.0.1); tests of the limits themselves set their own.
+ */
+export const RELAXED: Partial<Settings> = {
+  sendRate: 100_000,
+  sendBurst: 100_000,
+  connectsPerMinute: 100_000,
+  maxConnectionsPerIp: 10_000,
+  loginsPerMinute: 1000,
+};
 
 /** Starts a server in this process on 127.0.0.1 and a free port. */
 export async function startServer(options: StartOptions = {}): Promise<InProcessServer> {
   const store = options.store ?? await KvStore.open(options.data ?? ":memory:");
   const settings: Settings = {
     ...DEFAULT_SETTINGS,
+    ...RELAXED,
     data: options.data ?? ":memory:",
     ...options.settings,
     hostname: "127.0.0.1",
     port: 0,
   };
-  const server = await startChatServer({ settings, store });
+  // A lighter password hash keeps tests quick; the algorithm and code path are the real ones.
+  const accounts = new Accounts(store.kv, { iterations: 1000 });
+  const server = await startChatServer({ settings, store, accounts });
   let closed = false;
   const close = async () => {
     if (closed) return;
@@ -103,6 +119,11 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
       String(options.port ?? 0),
       "--data",
       options.data,
+      ...Object.entries(RELAXED).flatMap(([key, value]) => [
+        `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`,
+        String(value),
+      ]),
+      // Later flags win: a test's own limits override the relaxed ones.
       ...(options.args ?? []),
     ],
     stdout: "piped",

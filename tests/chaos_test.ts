@@ -45,6 +45,7 @@ class ResilientClient {
   reconnects = 0;
   #origin: () => string;
   #socket: WebSocket | undefined;
+  #token: string | undefined;
   #ready = false;
   #stopped = false;
   #listeners = new Set<() => void>();
@@ -90,7 +91,10 @@ class ResilientClient {
   connect(): void {
     if (this.#stopped) return;
     const url = `${this.#origin().replace("http", "ws")}/ws/${this.user}?resume`;
-    const socket = new WebSocket(url, "chat.v1");
+    const socket = new WebSocket(
+      url,
+      this.#token ? ["chat.v1", `token.${this.#token}`] : ["chat.v1"],
+    );
     this.#socket = socket;
     this.#ready = false;
     socket.onmessage = (e) => this.#onFrame(JSON.parse(e.data));
@@ -105,6 +109,8 @@ class ResilientClient {
 
   #onFrame(f: Frame): void {
     if (f.type === "welcome") {
+      // The first connection claims the name; later ones prove it with this token.
+      if (f.token) this.#token = f.token;
       const conversations = (f.conversations as Frame[]).map((c) => ({
         ...(c.room !== undefined ? { room: c.room } : { with: c.with }),
         after: this.#last(c.room !== undefined ? `room:${c.room}` : `dm:${c.with}`),

@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { ChatHub, CloseCode, type Connection, type Peer } from "../lib/hub.ts";
+import { Accounts } from "../lib/accounts.ts";
+import { ChatHub, CloseCode, type Connection, type HubLimits, type Peer } from "../lib/hub.ts";
 import { KvStore } from "../lib/kv_store.ts";
 import type { ChatMessage } from "../lib/protocol.ts";
 import { type ChatStore, StoreError } from "../lib/store.ts";
@@ -51,6 +52,9 @@ const LIMITS = {
   maxTextLength: 4000,
   maxBufferedBytes: 1024 * 1024,
   replayLimit: 1000,
+  maxRoomsPerUser: 100,
+  sendRate: 100_000,
+  sendBurst: 100_000,
 };
 
 async function withHub(
@@ -58,10 +62,14 @@ async function withHub(
     hub: ChatHub,
     open: (user: string, legacy?: boolean) => Promise<[FakePeer, Connection]>,
   ) => Promise<void>,
-  store?: ChatStore,
+  options: { store?: ChatStore & { kv: Deno.Kv }; limits?: Partial<HubLimits> } = {},
 ): Promise<void> {
-  const kv = store ?? await KvStore.open(":memory:");
-  const hub = new ChatHub({ store: kv, limits: LIMITS });
+  const kv = options.store ?? await KvStore.open(":memory:");
+  const hub = new ChatHub({
+    store: kv,
+    accounts: new Accounts(kv.kv, { iterations: 1000 }),
+    limits: { ...LIMITS, ...options.limits },
+  });
   const conns: Connection[] = [];
   const open = async (user: string, legacy = false): Promise<[FakePeer, Connection]> => {
     const peer = new FakePeer();
@@ -324,14 +332,20 @@ class FailingStore implements ChatStore {
   constructor(inner: KvStore) {
     this.#inner = inner;
   }
+  get kv(): Deno.Kv {
+    return this.#inner.kv;
+  }
   append: ChatStore["append"] = (m) =>
     this.failing ? Promise.reject(new StoreError("disk full")) : this.#inner.append(m);
   history: ChatStore["history"] = (c, o) => this.#inner.history(c, o);
-  addUser: ChatStore["addUser"] = (u) => this.#inner.addUser(u);
-  hasUser: ChatStore["hasUser"] = (u) => this.#inner.hasUser(u);
   rooms: ChatStore["rooms"] = (u) => this.#inner.rooms(u);
+  room: ChatStore["room"] = (r) => this.#inner.room(r);
+  createRoom: ChatStore["createRoom"] = (r, i) => this.#inner.createRoom(r, i);
   join: ChatStore["join"] = (u, r) => this.#inner.join(u, r);
   leave: ChatStore["leave"] = (u, r) => this.#inner.leave(u, r);
+  invite: ChatStore["invite"] = (u, r, b) => this.#inner.invite(u, r, b);
+  invites: ChatStore["invites"] = (u) => this.#inner.invites(u);
+  publicRooms: ChatStore["publicRooms"] = (l) => this.#inner.publicRooms(l);
   conversations: ChatStore["conversations"] = (u, r) => this.#inner.conversations(u, r);
   markRead: ChatStore["markRead"] = (u, c, i) => this.#inner.markRead(u, c, i);
   healthy = () => Promise.resolve(false);
@@ -353,7 +367,7 @@ Deno.test("ChatHub answers store_failed when a message cannot be stored, no one 
     assert.equal((await bob.take(isMessage("back"))).id, 1, "the failed message took no id");
     assert.equal((await alice.take(isMessage("back"))).cid, "f2");
     assert.equal(alice.of("message").length + bob.of("message").length, 0);
-  }, store);
+  }, { store });
 });
 
 Deno.test("ChatHub replays exactly the gap on resume, holding live messages until it is sent", async () => {
