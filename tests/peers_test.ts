@@ -7,33 +7,8 @@
 
 import assert from "node:assert/strict";
 import { TestClient } from "./_client.ts";
+import { rawUpgrade } from "./_raw.ts";
 import { startServer } from "./_server.ts";
-
-/** Opens a WebSocket by hand and returns the TCP connection once upgraded; it then never reads. */
-async function rawUpgrade(port: number, user: string): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const request = [
-    `GET /ws/${user} HTTP/1.1`,
-    `Host: 127.0.0.1:${port}`,
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-    "Sec-WebSocket-Protocol: chat.v1",
-    "",
-    "",
-  ].join("\r\n");
-  await conn.write(new TextEncoder().encode(request));
-  // Read only the response head; what follows stays unread in the socket.
-  const buf = new Uint8Array(1);
-  let head = "";
-  while (!head.endsWith("\r\n\r\n")) {
-    if (await conn.read(buf) === null) throw new Error(`closed during the handshake: ${head}`);
-    head += String.fromCharCode(buf[0]);
-  }
-  assert.match(head, /^HTTP\/1\.1 101/);
-  return conn;
-}
 
 Deno.test("a client that stops reading is dropped at --max-buffered-bytes while others get every message", async () => {
   const maxBufferedBytes = 256 * 1024;

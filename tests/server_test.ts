@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { VERSION } from "../lib/server.ts";
 import { type Frame, TestClient } from "./_client.ts";
+import { HANDSHAKE, rawGet } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 
 // ---------------------------------------------------------------------------
@@ -94,78 +95,6 @@ async function healthShows(
     if (Date.now() > deadline) {
       assert.fail(`healthz never showed ${JSON.stringify(expected)}; last ${JSON.stringify(h)}`);
     }
-  }
-}
-
-interface RawResponse {
-  status: number;
-  headers: Headers;
-  body: string;
-}
-
-const HANDSHAKE = {
-  "upgrade": "websocket",
-  "connection": "Upgrade",
-  "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-  "sec-websocket-version": "13",
-};
-
-/**
- * One HTTP/1.1 GET over a raw TCP connection, with the request target sent
- * byte for byte (`fetch` and `WebSocket` would normalise `..` and friends).
- * For answers with a body only; a 101 would leave a socket half-open.
- */
-async function rawGet(
-  port: number,
-  target: string,
-  headers: Record<string, string> = {},
-): Promise<RawResponse> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    const lines = Object.entries({ host: `127.0.0.1:${port}`, ...headers })
-      .map(([k, v]) => `${k}: ${v}\r\n`).join("");
-    const request = new TextEncoder().encode(`GET ${target} HTTP/1.1\r\n${lines}\r\n`);
-    for (let written = 0; written < request.length;) {
-      written += await conn.write(request.subarray(written));
-    }
-    let data = new Uint8Array(0);
-    const chunk = new Uint8Array(16 * 1024);
-    const headEnd = () => {
-      for (let i = 0; i + 3 < data.length; i++) {
-        if (data[i] === 13 && data[i + 1] === 10 && data[i + 2] === 13 && data[i + 3] === 10) {
-          return i;
-        }
-      }
-      return -1;
-    };
-    for (;;) {
-      const end = headEnd();
-      if (end !== -1) {
-        const head = new TextDecoder().decode(data.subarray(0, end));
-        const length = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? "0");
-        if (data.length >= end + 4 + length) {
-          const [statusLine, ...fields] = head.split("\r\n");
-          const status = Number(statusLine.split(" ")[1]);
-          const h = new Headers();
-          for (const field of fields) {
-            const colon = field.indexOf(":");
-            h.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
-          }
-          const body = new TextDecoder().decode(data.subarray(end + 4, end + 4 + length));
-          return { status, headers: h, body };
-        }
-      }
-      const n = await conn.read(chunk);
-      if (n === null) {
-        throw new Error(`connection closed mid-response: ${new TextDecoder().decode(data)}`);
-      }
-      const grown = new Uint8Array(data.length + n);
-      grown.set(data);
-      grown.set(chunk.subarray(0, n), data.length);
-      data = grown;
-    }
-  } finally {
-    conn.close();
   }
 }
 

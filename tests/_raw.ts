@@ -1,0 +1,155 @@
+/**
+ * Raw HTTP and WebSocket over TCP, for what `fetch` and `WebSocket` will not
+ * send: request targets byte for byte, peers that never read or never pong,
+ * frames with invalid UTF-8.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+
+/** A raw HTTP response. */
+export interface RawResponse {
+  status: number;
+  headers: Headers;
+  body: string;
+}
+
+/** The headers of a WebSocket handshake. */
+export const HANDSHAKE = {
+  "upgrade": "websocket",
+  "connection": "Upgrade",
+  "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+  "sec-websocket-version": "13",
+};
+
+/**
+ * One HTTP/1.1 GET over a raw TCP connection, with the request target sent
+ * byte for byte (`fetch` and `WebSocket` would normalise `..` and friends).
+ * For answers with a body only; a 101 would leave a socket half-open.
+ */
+export async function rawGet(
+  port: number,
+  target: string,
+  headers: Record<string, string> = {},
+): Promise<RawResponse> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const lines = Object.entries({ host: `127.0.0.1:${port}`, ...headers })
+      .map(([k, v]) => `${k}: ${v}\r\n`).join("");
+    const request = new TextEncoder().encode(`GET ${target} HTTP/1.1\r\n${lines}\r\n`);
+    for (let written = 0; written < request.length;) {
+      written += await conn.write(request.subarray(written));
+    }
+    let data = new Uint8Array(0);
+    const chunk = new Uint8Array(16 * 1024);
+    const headEnd = () => {
+      for (let i = 0; i + 3 < data.length; i++) {
+        if (data[i] === 13 && data[i + 1] === 10 && data[i + 2] === 13 && data[i + 3] === 10) {
+          return i;
+        }
+      }
+      return -1;
+    };
+    for (;;) {
+      const end = headEnd();
+      if (end !== -1) {
+        const head = new TextDecoder().decode(data.subarray(0, end));
+        const length = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? "0");
+        if (data.length >= end + 4 + length) {
+          const [statusLine, ...fields] = head.split("\r\n");
+          const status = Number(statusLine.split(" ")[1]);
+          const h = new Headers();
+          for (const field of fields) {
+            const colon = field.indexOf(":");
+            h.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
+          }
+          const body = new TextDecoder().decode(data.subarray(end + 4, end + 4 + length));
+          return { status, headers: h, body };
+        }
+      }
+      const n = await conn.read(chunk);
+      if (n === null) {
+        throw new Error(`connection closed mid-response: ${new TextDecoder().decode(data)}`);
+      }
+      const grown = new Uint8Array(data.length + n);
+      grown.set(data);
+      grown.set(chunk.subarray(0, n), data.length);
+      data = grown;
+    }
+  } finally {
+    conn.close();
+  }
+}
+
+/** Opens a WebSocket by hand and returns the TCP connection once upgraded; it then never reads. */
+export async function rawUpgrade(port: number, user: string): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const request = [
+    `GET /ws/${user} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Protocol: chat.v1",
+    "",
+    "",
+  ].join("\r\n");
+  await conn.write(new TextEncoder().encode(request));
+  // Read only the response head; what follows stays unread in the socket.
+  const buf = new Uint8Array(1);
+  let head = "";
+  while (!head.endsWith("\r\n\r\n")) {
+    if (await conn.read(buf) === null) throw new Error(`closed during the handshake: ${head}`);
+    head += String.fromCharCode(buf[0]);
+  }
+  assert.match(head, /^HTTP\/1\.1 101/);
+  return conn;
+}
+
+/** Writes one masked client frame (opcode 1 text, 2 binary, 8 close) with any payload bytes. */
+export async function writeFrame(
+  conn: Deno.TcpConn,
+  opcode: number,
+  payload: Uint8Array,
+): Promise<void> {
+  const length = payload.length;
+  const head = length < 126
+    ? [0x80 | opcode, 0x80 | length]
+    : [0x80 | opcode, 0x80 | 126, length >> 8, length & 0xff];
+  if (length > 0xffff) throw new Error("writeFrame: payloads up to 64 KiB");
+  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const frame = new Uint8Array(head.length + 4 + length);
+  frame.set(head);
+  frame.set(mask, head.length);
+  for (let i = 0; i < length; i++) frame[head.length + 4 + i] = payload[i] ^ mask[i % 4];
+  for (let written = 0; written < frame.length;) {
+    written += await conn.write(frame.subarray(written));
+  }
+}
+
+/** Reads frames until a close frame arrives; resolves with its code (or null if the TCP connection just ends). */
+export async function readCloseCode(conn: Deno.TcpConn): Promise<number | null> {
+  let data = new Uint8Array(0);
+  const chunk = new Uint8Array(4096);
+  for (;;) {
+    // Parse whole frames from the front of `data`.
+    while (data.length >= 2) {
+      let length = data[1] & 0x7f, offset = 2;
+      if (length === 126) [length, offset] = [(data[2] << 8) | data[3], 4];
+      else if (length === 127) throw new Error("readCloseCode: frame too large for a test");
+      if (data.length < offset + length) break;
+      if ((data[0] & 0x0f) === 8) {
+        return length >= 2 ? (data[offset] << 8) | data[offset + 1] : null;
+      }
+      data = data.subarray(offset + length);
+    }
+    const n = await conn.read(chunk);
+    if (n === null) return null;
+    const grown = new Uint8Array(data.length + n);
+    grown.set(data);
+    grown.set(chunk.subarray(0, n), data.length);
+    data = grown;
+  }
+}
