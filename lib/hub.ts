@@ -234,7 +234,8 @@ export class Connection {
 
   /** Handles one frame from the client: a string for text, bytes for binary. */
   receive(data: string | ArrayBuffer | Uint8Array | Blob): void {
-    if (this.#closed) return;
+    // While shutting down nothing new is taken: unacknowledged sends are re-sent to the next process.
+    if (this.#closed || this.#hub.closing) return;
     const limits = this.#hub.limits;
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : data.byteLength;
@@ -516,6 +517,8 @@ export class ChatHub {
   #buckets = new Map<string, { tokens: number; at: number }>();
   #connections = 0;
   #shuttingDown = false;
+  /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
+  #inflight = new Set<Promise<unknown>>();
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -709,7 +712,7 @@ export class ChatHub {
   ): void {
     // Not awaited: appends queue in arrival order, so a sender's messages keep
     // their order while the next frame is already being read.
-    this.#store.append(message).then(
+    const done: Promise<unknown> = this.#store.append(message).then(
       ({ message: stored, duplicate }) => {
         if (!duplicate) return this.#bus.publish({ kind: "message", message: stored });
         // A re-send of a stored message: everyone had it already; answer only the sender.
@@ -728,6 +731,8 @@ export class ChatHub {
         );
       },
     );
+    this.#inflight.add(done);
+    done.finally(() => this.#inflight.delete(done));
   }
 
   /** @internal */
@@ -1013,13 +1018,19 @@ export class ChatHub {
     this.#each(users, deliver);
   }
 
+  /** Whether {@linkcode ChatHub.shutdown} has begun: frames are no longer taken. */
+  get closing(): boolean {
+    return this.#shuttingDown;
+  }
+
   /**
-   * Closes every connection with 1001 ("going away") so clients reconnect
-   * elsewhere, and stops the bus subscription. Stored messages are safe:
-   * the store's own close finishes pending writes.
+   * Stops taking frames, waits for the messages already taken to be stored
+   * and acknowledged, then closes every connection with 1001 ("going away")
+   * so clients reconnect elsewhere, and stops the bus subscription.
    */
-  shutdown(): void {
+  async shutdown(): Promise<void> {
     this.#shuttingDown = true;
+    await Promise.allSettled(this.#inflight);
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }

@@ -276,7 +276,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
   const shutdown = async () => {
     if (!closing) {
       closing = true;
-      hub.shutdown();
+      await hub.shutdown();
     }
     await server.shutdown();
   };

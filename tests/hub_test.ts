@@ -82,7 +82,7 @@ async function withHub(
     await fn(hub, open);
   } finally {
     for (const c of conns) c.close();
-    hub.shutdown();
+    await hub.shutdown();
     await kv.close();
   }
 }

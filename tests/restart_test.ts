@@ -261,3 +261,44 @@ Deno.test("restart: a DM to an offline user survives a restart and shows unread 
     assert.deepEqual(await bob.next((f) => f.type === "message" && f.cid === "o2"), second);
   });
 });
+
+Deno.test("restart: SIGTERM in the middle of a burst acknowledges what it took, keeps it, and re-sends complete the rest once", async () => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, "chat.kv");
+    const total = 2000;
+    const acks = new Map<string, Frame>();
+    let port: number;
+    {
+      await using srv = await spawnServer({ data });
+      port = srv.port;
+      const alice = (await open(srv.origin, "alice"))[0];
+      for (let i = 0; i < total; i++) {
+        alice.send({ type: "send", room: "lobby", text: `burst ${i}`, cid: `burst-${i}` });
+      }
+      // Stop the server as soon as the first acknowledgements arrive: the rest are in flight.
+      const first = await alice.next((f) => f.type === "message" && f.cid === "burst-0");
+      const status = await srv.kill("SIGTERM");
+      assert.equal(status.code, 0, srv.output());
+      assert.equal((await alice.closed).code, 1001);
+      acks.set("burst-0", first);
+      takeAcks(alice, "alice", acks);
+      console.log(`SIGTERM after ${acks.size} of ${total} acknowledgements`);
+    }
+    await using srv = await spawnServer({ data, port });
+    await assertAllThere(srv.origin, [...acks.values()]);
+    // The client re-sends everything it has no ack for, with the same cids: each is stored once.
+    await using alice = (await open(srv.origin, "alice"))[0];
+    for (let i = 0; i < total; i++) {
+      if (!acks.has(`burst-${i}`)) {
+        alice.send({ type: "send", room: "lobby", text: `burst ${i}`, cid: `burst-${i}` });
+      }
+    }
+    await awaitAcks(alice, "alice", total - acks.size);
+    const lobby = await fullHistory(alice, { room: "lobby" });
+    assert.deepEqual(
+      lobby.map((m) => m.cid).sort(),
+      Array.from({ length: total }, (_, i) => `burst-${i}`).sort(),
+    );
+    assertDurable("lobby", lobby, [...acks.values()]);
+  });
+});
