@@ -1,0 +1,359 @@
+/**
+ * One client connection inside the hub: it parses the client's frames in
+ * order, hands them to the {@linkcode ChatHub}, and delivers frames to its
+ * {@linkcode Peer} in conversation order (never twice, never before an
+ * earlier one), holding live traffic while a resume or a gap is replayed.
+ *
+ * @module
+ */
+
+import type { ChatHub, ConnectOptions } from "./hub.ts";
+import { conversationKey, type ErrorFrame, errorFrame, Outgoing } from "./frames.ts";
+import { CloseCode, type Peer } from "./peer.ts";
+import {
+  type ChatMessage,
+  type ConversationRef,
+  LOBBY,
+  parseClientFrame,
+  parseLegacyFrame,
+  type ResumePoint,
+  type ServerFrame,
+  toLegacyError,
+} from "./protocol.ts";
+import type { ConversationKey } from "./store.ts";
+
+const encoder = new TextEncoder();
+
+/** UTF-8 size of a string, computed only when the cheap bounds cannot decide. */
+function exceedsBytes(data: string, max: number): boolean {
+  if (data.length > max) return true;
+  if (data.length * 3 <= max) return false;
+  return encoder.encode(data).length > max;
+}
+
+/**
+ * One client connection inside the hub. Frames are handled in the order they
+ * arrive; the adapter calls {@linkcode Connection.receive} and
+ * {@linkcode Connection.close} and nothing else.
+ */
+export class Connection {
+  /** The user this connection belongs to. */
+  readonly user: string;
+  /** Whether it speaks the original page's protocol. */
+  readonly legacy: boolean;
+  /** Resolves once the welcome is sent (or the connection closed first). */
+  readonly ready: Promise<void>;
+  /** The session it authenticated with (the token's hash), if any. */
+  readonly session: string | undefined;
+  /** A token issued to it on connect, for its welcome. */
+  readonly token: string | undefined;
+  /** Refusals by the rate limiter in the current minute, and when that minute started. */
+  #strikes = { count: 0, since: 0 };
+  #hub: ChatHub;
+  #peer: Peer;
+  #chain: Promise<void>;
+  #closed = false;
+
+  /**
+   * Messages to this connection, by conversation: the newest id it was sent
+   * (so nothing goes twice or out of order) ...
+   */
+  #cursors = new Map<ConversationKey, number>();
+  /** ... and, while a gap is being read from the store, the live ones that wait behind it. */
+  #waiting = new Map<ConversationKey, Array<[ChatMessage, Outgoing]>>();
+  /** Whether the client connected with `?resume`. */
+  #resumable: boolean;
+  /** Live messages held until the client's `resume` (when it connected with `?resume`). */
+  #held: Array<[ChatMessage, Outgoing]> | undefined;
+
+  /** @internal Made by {@linkcode ChatHub.connect}. */
+  constructor(init: {
+    hub: ChatHub;
+    peer: Peer;
+    options: ConnectOptions;
+    open: (conn: Connection) => Promise<void>;
+  }) {
+    this.#hub = init.hub;
+    this.#peer = init.peer;
+    this.user = init.options.user;
+    this.legacy = init.options.legacy ?? false;
+    this.session = init.options.session;
+    this.token = init.options.token;
+    this.#resumable = (init.options.resume ?? false) && !this.legacy;
+    if (this.#resumable) this.#held = [];
+    // Later frames wait for the welcome, so they are handled in arrival order after it.
+    this.ready = Promise.resolve().then(() => init.open(this));
+    this.#chain = this.ready;
+  }
+
+  /** Whether {@linkcode Connection.close} has run. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Handles one frame from the client: a string for text, bytes for binary. */
+  receive(data: string | ArrayBuffer | Uint8Array | Blob): void {
+    // While shutting down nothing new is taken: unacknowledged sends are re-sent to the next process.
+    if (this.#closed || this.#hub.closing) return;
+    const limits = this.#hub.limits;
+    if (typeof data !== "string") {
+      const size = data instanceof Blob ? data.size : data.byteLength;
+      if (size > limits.maxFrameBytes) return this.#tooBig();
+      this.error(
+        errorFrame("binary_unsupported", { message: "send JSON text frames, not binary" }),
+      );
+      return;
+    }
+    if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();
+    // Sequential: a `send` after a `join` must see the membership the join made.
+    this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
+      console.error("unexpected error handling a frame", error);
+      this.error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
+    });
+  }
+
+  #tooBig(): void {
+    this.#peer.close(
+      CloseCode.TooBig,
+      `frames are limited to ${this.#hub.limits.maxFrameBytes} bytes`,
+    );
+    this.close();
+  }
+
+  async #handle(data: string): Promise<void> {
+    if (this.#closed) return;
+    const hub = this.#hub;
+    if (this.legacy) {
+      const parsed = parseLegacyFrame(data, hub.limits);
+      if (!parsed.ok) return this.error(parsed.error);
+      const { to_user: to, msg: text } = parsed.frame;
+      if (to === undefined) return hub.send(this, { room: LOBBY, from: this.user, text });
+      return await hub.sendDm(this, { to, from: this.user, text });
+    }
+    const parsed = parseClientFrame(data, hub.limits);
+    if (!parsed.ok) return this.error(parsed.error);
+    const frame = parsed.frame;
+    switch (frame.type) {
+      case "ping":
+        return this.deliver(JSON.stringify({ type: "pong" }));
+      case "join":
+        return await hub.join(this, frame.room);
+      case "leave":
+        return await hub.leave(this, frame.room);
+      case "send":
+        if (frame.room !== undefined) {
+          return hub.send(this, {
+            room: frame.room,
+            from: this.user,
+            text: frame.text,
+            cid: frame.cid,
+          });
+        }
+        return await hub.sendDm(this, {
+          to: frame.to,
+          from: this.user,
+          text: frame.text,
+          cid: frame.cid,
+        });
+      case "typing":
+        return await hub.typing(
+          this,
+          frame.room !== undefined ? { room: frame.room } : { to: frame.to },
+        );
+      case "history":
+        // Reads need no ordering with later frames: let them run beside the chain.
+        void hub.history(this, frame).catch((error) => this.#storeError(error));
+        return;
+      case "read":
+        void hub.read(this, frame).catch((error) => this.#storeError(error));
+        return;
+      case "resume":
+        return await this.#resume(frame.conversations);
+      case "create":
+        return await hub.create(this, frame);
+      case "invite":
+        return await hub.invite(this, frame);
+      case "rooms":
+        return await hub.publicRooms(this);
+      case "set_password":
+        return await hub.setPassword(this, frame.password);
+      case "logout":
+        return await hub.logout(this, frame.everywhere);
+    }
+  }
+
+  /**
+   * @internal Counts a refusal by the rate limiter; past a minute's worth of
+   * them the client is abusive, and is closed with 1008.
+   */
+  strike(): void {
+    const now = Date.now();
+    if (now - this.#strikes.since > 60_000) this.#strikes = { count: 0, since: now };
+    if (++this.#strikes.count > this.#hub.limits.sendBurst * 5) {
+      this.closePeer(CloseCode.PolicyViolation, "too many messages; slow down");
+      this.close();
+    }
+  }
+
+  async #resume(points: ResumePoint[]): Promise<void> {
+    const hub = this.#hub;
+    for (const point of points) {
+      const key = await hub.conversationKey(this, { ref: point, request: "resume" });
+      if (key === undefined) continue;
+      // A cursor already past `after` means those messages were sent on this connection.
+      const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
+      this.#cursors.set(key, after);
+      const ref: ConversationRef = point.room !== undefined
+        ? { room: point.room }
+        : { with: point.with };
+      this.#fill(key, { after, ref, announce: true });
+    }
+    const held = this.#held;
+    this.#held = undefined;
+    for (const [message, out] of held ?? []) this.deliverMessage(message, out);
+  }
+
+  /**
+   * Sends a conversation's messages after `after` from the store, newest
+   * `replayLimit` at most, holding live ones until done. With `announce`, ends
+   * with a `resumed` frame saying what was replayed and whether older ones remain.
+   */
+  #fill(
+    key: ConversationKey,
+    options: { after: number; ref: ConversationRef; announce: boolean },
+  ): void {
+    if (this.#waiting.has(key)) return;
+    this.#waiting.set(key, []);
+    const { after, ref, announce } = options;
+    this.#hub.replay(key, after).then((page) => {
+      if (this.#closed) return;
+      for (const message of page.messages) {
+        if (message.id <= (this.#cursors.get(key) ?? 0)) continue;
+        this.#cursors.set(key, message.id);
+        this.deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
+      }
+      // A gap longer than a replay is said out loud, so the client pages the rest with `history`.
+      if (announce || page.more) {
+        const first = page.messages[0]?.id ?? 0;
+        const last = page.messages.at(-1)?.id ?? 0;
+        this.deliver(JSON.stringify(
+          {
+            type: "resumed",
+            ...ref,
+            after,
+            from: first,
+            to: last,
+            more: page.more,
+          } satisfies ServerFrame,
+        ));
+      }
+      const waiting = this.#waiting.get(key) ?? [];
+      this.#waiting.delete(key);
+      for (const [message, out] of waiting) this.deliverMessage(message, out);
+    }).catch((error) => {
+      // Better to drop the connection than to leave a hole: the client resumes on reconnect.
+      console.error("replay failed", error);
+      this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
+      this.close();
+    });
+  }
+
+  /**
+   * @internal Answers a re-sent cid with its stored message. A resuming client's
+   * cursor says what it has, so the usual ordering applies (it got this copy in
+   * its replay if it lacked it); any other client gets the copy as its
+   * acknowledgement even if it is older than live traffic it has seen.
+   */
+  acknowledgeAgain(message: ChatMessage): void {
+    const out = new Outgoing({ type: "message", ...message });
+    if (this.#resumable) return this.deliverMessage(message, out);
+    this.deliverShared(out);
+  }
+
+  /** The conversation of a message as this connection's user names it. */
+  #refOf(message: ChatMessage): ConversationRef {
+    if (message.room !== undefined) return { room: message.room };
+    return { with: message.from === this.user ? message.to! : message.from };
+  }
+
+  /**
+   * @internal Delivers a stored message in conversation order: never twice,
+   * never before an earlier one; a gap is filled from the store first.
+   */
+  deliverMessage(message: ChatMessage, out: Outgoing): void {
+    if (this.#closed) return;
+    if (this.legacy) return this.deliverShared(out);
+    if (this.#held) {
+      if (this.#held.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "resume was never sent; reconnect");
+        return this.close();
+      }
+      this.#held.push([message, out]);
+      return;
+    }
+    const key = conversationKey(message);
+    const waiting = this.#waiting.get(key);
+    if (waiting) return void waiting.push([message, out]);
+    // A client that resumes knows every conversation it named; of a DM it did not name it
+    // has nothing, so even a first live message there is checked for a gap from 0.
+    const cursor = this.#cursors.get(key) ??
+      (this.#resumable && message.to !== undefined ? 0 : undefined);
+    if (cursor !== undefined && message.id <= cursor) return;
+    if (cursor !== undefined && message.id > cursor + 1) {
+      this.#fill(key, { after: cursor, ref: this.#refOf(message), announce: false });
+      this.#waiting.get(key)!.push([message, out]);
+      return;
+    }
+    this.#cursors.set(key, message.id);
+    this.deliverShared(out);
+  }
+
+  #storeError(error: unknown): void {
+    console.error("store read failed", error);
+    this.error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
+  }
+
+  /** Sends an error frame in this connection's protocol. */
+  error(frame: ErrorFrame): void {
+    this.deliver(this.legacy ? toLegacyError(frame) : JSON.stringify(frame));
+  }
+
+  /** Sends an encoded frame, or disconnects a client that stopped reading. */
+  deliver(text: string): void {
+    if (this.#closed) return;
+    if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {
+      this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+      this.close();
+      return;
+    }
+    try {
+      this.#peer.send(text);
+    } catch {
+      // The socket closed under us; its close event will follow.
+      this.close();
+    }
+  }
+
+  /** @internal Sends a shared frame in this connection's protocol. */
+  deliverShared(out: Outgoing): void {
+    if (!this.legacy) return this.deliver(out.v1);
+    const text = out.legacy;
+    if (text !== undefined) this.deliver(text);
+  }
+
+  /** @internal Closes the peer, as the hub's shutdown does. */
+  closePeer(code: number, reason: string): void {
+    try {
+      this.#peer.close(code, reason);
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** Leaves the hub. Idempotent: a socket may report its close more than once. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#hub.remove(this);
+  }
+}
