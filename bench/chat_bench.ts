@@ -5,7 +5,7 @@
  * the table shows medians. The machine is shared and noisy: compare ratios
  * and medians, not single runs.
  *
- * Usage: deno task bench [--runs 3] [--quick]
+ * Usage: deno task bench [--runs 3] [--quick] [--only "part of a scenario name"]
  *
  * @module
  */
@@ -190,25 +190,101 @@ async function roomScenario(origin: string, pid: number, run: number): Promise<R
   };
 }
 
-const scenarios = [
+/**
+ * DM round trips between two users at the default limits, with `flooders`
+ * other users sending as fast as they can meanwhile (they are rate-limited,
+ * then closed with 1008): a flooder must not slow anyone else down.
+ */
+function roundTrips(flooders: number) {
+  return async (origin: string, pid: number, run: number): Promise<Result> => {
+    const rounds = 18; // within the default burst of 20, so the probe itself is never limited
+    const latencies: number[] = [];
+    let wake: (() => void) | undefined;
+    const alice = await open(
+      origin,
+      `alice${run}`,
+      (f) => f.type === "message" && f.from === `bob${run}` && wake?.(),
+    );
+    const bob = await open(origin, `bob${run}`, (f) => {
+      if (f.type === "message" && f.from === `alice${run}`) {
+        bob.send(JSON.stringify({ type: "send", to: `alice${run}`, text: "pong" }));
+      }
+    });
+    // Flooders run in their own processes: the benchmark's clients must not share their event loop.
+    const floods = Array.from({ length: flooders }, (_, i) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-net", FLOOD, origin.replace("http", "ws"), `flood${run}_${i}`],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn());
+    // Wait until each is connected ("ready"), so the round trips run during the flood.
+    const outputs = floods.map((child) =>
+      child.stdout.pipeThrough(new TextDecoderStream()).getReader()
+    );
+    for (const out of outputs) {
+      for (let text = ""; !text.includes("ready");) text += (await out.read()).value ?? "";
+    }
+    const cpu0 = await cpuSeconds(pid);
+    const t0 = performance.now();
+    for (const child of floods) {
+      const go = child.stdin.getWriter();
+      await go.write(new TextEncoder().encode("go\n"));
+      await go.close();
+    }
+    for (let i = 0; i < rounds; i++) {
+      const sent = performance.now();
+      const back = new Promise<void>((resolve) => wake = resolve);
+      alice.send(JSON.stringify({ type: "send", to: `bob${run}`, text: "ping" }));
+      await back;
+      latencies.push(performance.now() - sent);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    for (const out of outputs) while (!(await out.read()).done);
+    await Promise.all(floods.map((child) => child.status));
+    const cpu = (await cpuSeconds(pid)) - cpu0;
+    await closeAll([alice, bob]);
+    return {
+      messages: rounds * 2,
+      deliveries: rounds * 2,
+      seconds,
+      cpuSeconds: cpu,
+      latenciesMs: latencies,
+    };
+  };
+}
+
+/** The server's own default limits, for scenarios that measure them. */
+const DEFAULT_LIMITS = ["--send-rate", "5", "--send-burst", "20"];
+
+const FLOOD = new URL("./flood.ts", import.meta.url).pathname;
+
+const scenarios: Array<{ name: string; fn: typeof dmScenario; args?: string[] }> = [
   { name: "DM, 50 pairs, window 16", fn: dmScenario },
   { name: "room of 100, 4 senders", fn: roomScenario },
+  { name: "DM round trip, quiet", fn: roundTrips(0), args: DEFAULT_LIMITS },
+  { name: "DM round trip, 4 flooders", fn: roundTrips(4), args: DEFAULT_LIMITS },
 ];
 
 const dir = await Deno.makeTempDir({ prefix: "chat-bench-" });
 const rows: Record<string, string | number>[] = [];
 try {
-  for (const scenario of scenarios) {
+  const only = Deno.args.indexOf("--only");
+  const chosen = only === -1
+    ? scenarios
+    : scenarios.filter((s) => s.name.includes(Deno.args[only + 1]));
+  for (const scenario of chosen) {
     const results: Result[] = [];
     for (let run = 0; run < RUNS; run++) {
       await using server = await spawnServer({
         data: `${dir}/bench-${scenarios.indexOf(scenario)}-${run}.kv`,
+        args: scenario.args,
       });
       results.push(await scenario.fn(server.origin, server.pid, run));
     }
     const lat = results.map((r) => [...r.latenciesMs].sort((a, b) => a - b));
     rows.push({
-      scenario: QUICK ? scenario.name.replace(/\d+/, "(quick)") : scenario.name,
+      scenario: QUICK ? `${scenario.name} (quick)` : scenario.name,
       runs: RUNS,
       "messages/s": Math.round(median(results.map((r) => r.messages / r.seconds))),
       "deliveries/s": Math.round(median(results.map((r) => r.deliveries / r.seconds))),

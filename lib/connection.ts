@@ -189,7 +189,7 @@ export class Connection {
   strike(): void {
     const now = Date.now();
     if (now - this.#strikes.since > 60_000) this.#strikes = { count: 0, since: now };
-    if (++this.#strikes.count > this.#hub.limits.sendBurst * 5) {
+    if (++this.#strikes.count > this.#hub.limits.sendBurst) {
       this.closePeer(CloseCode.PolicyViolation, "too many messages; slow down");
       this.close();
     }

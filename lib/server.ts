@@ -224,7 +224,10 @@ export function createHandler(
         session: auth.session,
         token: auth.token,
       });
-      socket.onmessage = (e) => conn.receive(e.data);
+      socket.onmessage = (e) => {
+        if (conn.closed) socket.onmessage = null;
+        else conn.receive(e.data);
+      };
       // `close` can fire twice, and `error` precedes it: leaving is idempotent.
       socket.onclose = () => conn.close();
       socket.onerror = () => conn.close();
