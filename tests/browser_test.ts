@@ -1,13 +1,25 @@
 /**
- * The page in a real browser (headless Chromium through playwright-core):
- * two people chatting, HTML shown as text, Chinese, and a server restart.
+ * The page in a real browser (headless Chromium through playwright-core): two
+ * people chatting, HTML shown as text, Chinese, and a server restart. This file
+ * also holds the harness the other browser tests (tests/page_*_test.ts) import;
+ * its own tests register only when it is the module under test, so importing it
+ * does not run them twice.
  *
  * Needs /usr/bin/chromium. Without it the tests are skipped, except on CI
  * (CI=true), where a missing browser is a failure.
+ *
+ * @module
  */
 
 import assert from "node:assert/strict";
-import { type Browser, type BrowserContext, chromium, type Page } from "npm:playwright-core@1";
+import {
+  type Browser,
+  type BrowserContext,
+  type BrowserContextOptions,
+  chromium,
+  type Locator,
+  type Page,
+} from "npm:playwright-core@1";
 import { spawnServer, startServer } from "./_server.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -19,8 +31,9 @@ const hasChromium = (() => {
   }
 })();
 const onCi = Deno.env.get("CI") === "true";
+const isMain = Deno.mainModule === import.meta.url;
 
-if (!hasChromium) {
+if (!hasChromium && isMain) {
   if (onCi) {
     Deno.test("Chromium is installed at /usr/bin/chromium (required on CI)", () => {
       throw new Error(`${CHROMIUM} is missing: install the chromium package`);
@@ -30,44 +43,55 @@ if (!hasChromium) {
   }
 }
 
+/** Options of {@linkcode Harness.open}: a browser context's, and a script to run first. */
+export interface OpenOptions extends BrowserContextOptions {
+  /** Runs in every page of the context before the page's own scripts. */
+  initScript?: () => void;
+}
+
 /** What a browser test gets: a way to open pages, and the errors they raised. */
-interface Harness {
-  /** A fresh browser context (its own localStorage) with one page at `origin`. */
-  open(origin: string): Promise<Page>;
+export interface Harness {
+  /**
+   * A fresh browser context (its own localStorage) with one page at `origin`.
+   * English (en-US) unless `options.locale` says otherwise.
+   */
+  open(origin: string, options?: OpenOptions): Promise<Page>;
   /** Uncaught exceptions and console errors of every page, with the page's label. */
   problems: string[];
 }
 
-function browserTest(name: string, fn: (h: Harness) => Promise<void>): void {
+/** The launch arguments for Debian's Chromium in a container. */
+export const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+];
+
+/** Registers a test that gets its own Chromium. */
+export function browserTest(name: string, fn: (h: Harness) => Promise<void>): void {
   Deno.test({
     name,
     ignore: !hasChromium,
     async fn() {
       const browser: Browser = await chromium.launch({
         executablePath: CHROMIUM,
-        args: [
-          "--no-sandbox",
-          "--disable-gpu",
-          "--disable-background-networking",
-          "--disable-component-update",
-          "--disable-sync",
-          "--no-first-run",
-        ],
+        args: CHROMIUM_ARGS,
       });
       const contexts: BrowserContext[] = [];
       const problems: string[] = [];
       try {
         await fn({
           problems,
-          async open(origin) {
-            const context = await browser.newContext({ locale: "en-US" });
+          async open(origin, options = {}) {
+            const { initScript, ...contextOptions } = options;
+            const context = await browser.newContext({ locale: "en-US", ...contextOptions });
             contexts.push(context);
+            if (initScript) await context.addInitScript(initScript);
             const page = await context.newPage();
-            page.setDefaultTimeout(30_000);
-            page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
-            page.on("console", (m) => {
-              if (m.type() === "error") problems.push(`console: ${m.text()}`);
-            });
+            watch(page, problems);
             await page.goto(origin);
             return page;
           },
@@ -80,48 +104,83 @@ function browserTest(name: string, fn: (h: Harness) => Promise<void>): void {
   });
 }
 
-/** Waits until the status element says exactly `text` (or matches it). */
-async function waitStatus(page: Page, text: string | RegExp): Promise<void> {
-  const pattern = typeof text === "string" ? new RegExp(`^${RegExp.escape(text)}$`) : text;
-  await page.locator("#status").filter({ hasText: pattern }).waitFor();
+/** Collects a page's uncaught exceptions and console errors into `problems`. */
+export function watch(page: Page, problems: string[]): void {
+  page.setDefaultTimeout(30_000);
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`console: ${m.text()}`);
+  });
 }
 
-/** Waits until the open conversation is `name`. */
-async function waitTitle(page: Page, name: string): Promise<void> {
-  await page.locator("#title").filter({ hasText: new RegExp(`^${RegExp.escape(name)}$`) })
+/** Problems other than the connection errors a server restart or refusal causes. */
+export function realProblems(problems: string[]): string[] {
+  return problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED|status of 40[13]/.test(p));
+}
+
+const exact = (text: string) => new RegExp(`^${RegExp.escape(text)}$`);
+
+/** Waits until the status element says exactly `text` (or matches it). */
+export async function waitStatus(page: Page, text: string | RegExp): Promise<void> {
+  await page.locator("#status").filter({ hasText: typeof text === "string" ? exact(text) : text })
     .waitFor();
 }
 
-async function logIn(page: Page, name: string): Promise<void> {
+/** Waits until the open conversation is `name`. */
+export async function waitTitle(page: Page, name: string): Promise<void> {
+  await page.locator("#title").filter({ hasText: exact(name) }).waitFor();
+}
+
+/** Logs in through the form (with a password when given) and waits until connected. */
+export async function logIn(page: Page, name: string, password?: string): Promise<void> {
   await page.fill("#name", name);
+  if (password !== undefined) await page.fill("#password", password);
   await page.click('#login button[type="submit"]');
   await page.locator("#app").waitFor({ state: "visible" });
-  await waitStatus(page, "connected");
+  await page.locator('#status[data-state="connected"]').waitFor();
 }
 
 /** The `.msg` elements of the open conversation whose text is exactly `text`. */
-function messages(page: Page, text: string) {
+export function messages(page: Page, text: string): Locator {
   return page.locator("#messages .msg").filter({
     has: page.locator(".text").getByText(text, { exact: true }),
   });
 }
 
 /** Types into the composer, presses Enter, and waits for the server's acknowledgement. */
-async function say(page: Page, text: string): Promise<void> {
+export async function say(page: Page, text: string): Promise<void> {
   await page.fill("#composer", text);
   await page.press("#composer", "Enter");
   await messages(page, text).and(page.locator(".mine[data-id]:not(.pending)")).waitFor();
 }
 
 /** Waits until exactly one message with `text` shows, and returns it. */
-async function seeOnce(page: Page, text: string) {
+export async function seeOnce(page: Page, text: string): Promise<Locator> {
   const found = messages(page, text);
   await found.first().waitFor();
   assert.equal(await found.count(), 1, `"${text}" shows once`);
   return found.first();
 }
 
-browserTest("two people chat in the lobby and by DM, and history survives a reload", async (h) => {
+/** Opens a conversation from the sidebar (a room, a DM, or a person) and waits for it. */
+export async function openConversation(
+  page: Page,
+  kind: "room" | "dm" | "user",
+  name: string,
+): Promise<void> {
+  const list = kind === "room" ? "#rooms" : kind === "dm" ? "#dms" : "#users";
+  await page.locator(`${list} li[data-${kind}="${name}"] .open`).click();
+  await waitTitle(page, name);
+}
+
+/** The unread badge of a sidebar item (`#rooms`/`#dms` and the data attribute's value). */
+export function badge(page: Page, kind: "room" | "dm", name: string): Locator {
+  return page.locator(`#${kind === "room" ? "rooms" : "dms"} li[data-${kind}="${name}"] .badge`);
+}
+
+const test = isMain ? browserTest : () => {};
+
+test("two people chat in the lobby and by DM, and history survives a reload", async (h) => {
   await using server = await startServer();
   const alice = await h.open(server.origin);
   const bob = await h.open(server.origin);
@@ -134,18 +193,18 @@ browserTest("two people chat in the lobby and by DM, and history survives a relo
   assert.match(await lobbyMsg.locator(".time").textContent() ?? "", /\d/);
   assert.equal(await lobbyMsg.evaluate((e) => e.classList.contains("mine")), false);
 
-  await alice.click('#users [data-user="bob"]');
+  await alice.click('#users [data-user="bob"] .open');
   await waitTitle(alice, "bob");
   await say(alice, "psst, bob");
 
-  const badge = bob.locator('#dms [data-dm="alice"] .badge');
-  await badge.waitFor({ state: "visible" });
-  assert.equal(await badge.textContent(), "1");
+  const dmBadge = badge(bob, "dm", "alice");
+  await dmBadge.waitFor({ state: "visible" });
+  assert.equal(await dmBadge.textContent(), "1");
   assert.equal(await bob.title(), "(1) Chat");
 
-  await bob.click('#dms [data-dm="alice"]');
+  await bob.click('#dms [data-dm="alice"] .open');
   await seeOnce(bob, "psst, bob");
-  await badge.waitFor({ state: "hidden" });
+  await dmBadge.waitFor({ state: "hidden" });
   assert.equal(await bob.title(), "Chat");
 
   await say(bob, "hi alice");
@@ -158,14 +217,14 @@ browserTest("two people chat in the lobby and by DM, and history survives a relo
   await waitTitle(alice, "bob");
   await seeOnce(alice, "psst, bob");
   await seeOnce(alice, "hi alice");
-  await alice.click('#rooms [data-room="lobby"]');
+  await alice.click('#rooms [data-room="lobby"] .open');
   const own = await seeOnce(alice, "hello everyone");
   assert.equal(await own.evaluate((e) => e.classList.contains("mine")), true);
 
   assert.deepEqual(h.problems, []);
 });
 
-browserTest("a message holding HTML and script shows as literal text", async (h) => {
+test("a message holding HTML and script shows as literal text", async (h) => {
   await using server = await startServer();
   const mallory = await h.open(server.origin);
   const victim = await h.open(server.origin);
@@ -191,7 +250,7 @@ browserTest("a message holding HTML and script shows as literal text", async (h)
   assert.deepEqual(h.problems, []);
 });
 
-browserTest("a Chinese name and Chinese text display as typed", async (h) => {
+test("a Chinese name and Chinese text display as typed", async (h) => {
   await using server = await startServer();
   const xiaoming = await h.open(server.origin);
   const reader = await h.open(server.origin);
@@ -200,51 +259,62 @@ browserTest("a Chinese name and Chinese text display as typed", async (h) => {
   assert.equal(await xiaoming.locator("#me").textContent(), "小明");
   assert.equal(await xiaoming.evaluate("document.characterSet"), "UTF-8");
 
-  await reader.locator('#users [data-user="小明"]').waitFor();
+  await reader.locator('#users [data-user="小明"].online').waitFor();
   await say(xiaoming, "你好，世界");
   const seen = await seeOnce(reader, "你好，世界");
   assert.equal(await seen.locator(".from").textContent(), "小明");
 
   // A DM to a Chinese name goes through the URL-free path too.
-  await reader.click('#users [data-user="小明"]');
+  await reader.click('#users [data-user="小明"] .open');
   await say(reader, "你好，小明！");
-  await xiaoming.locator('#dms [data-dm="reader"] .badge').waitFor({ state: "visible" });
-  await xiaoming.click('#dms [data-dm="reader"]');
+  await badge(xiaoming, "dm", "reader").waitFor({ state: "visible" });
+  await xiaoming.click('#dms [data-dm="reader"] .open');
   await seeOnce(xiaoming, "你好，小明！");
 
   assert.deepEqual(h.problems, []);
 });
 
-browserTest(
-  "the page reconnects after the server dies and restarts, keeping history",
+test(
+  "after the server dies the page counts down to reconnecting, keeps what was typed, and resumes",
   async (h) => {
     const dir = await Deno.makeTempDir({ prefix: "chat-browser-" });
     const data = `${dir}/chat.kv`;
     let server = await spawnServer({ data });
     try {
-      const page = await h.open(server.origin);
-      await logIn(page, "carol");
-      await say(page, "before the crash");
+      const carol = await h.open(server.origin);
+      const dave = await h.open(server.origin);
+      await logIn(carol, "carol");
+      await logIn(dave, "dave");
+      await say(carol, "before the crash");
+      await seeOnce(dave, "before the crash");
 
       await server.kill("SIGKILL");
-      await waitStatus(page, /^reconnecting in \d+s…$/);
+      await waitStatus(carol, /^reconnecting in \d+s…$/);
+      assert.equal(await carol.locator("#reconnect").isVisible(), true, "a way to retry now");
 
       // Written while offline: shown as pending, delivered after reconnecting.
-      await page.fill("#composer", "written while offline");
-      await page.press("#composer", "Enter");
-      await messages(page, "written while offline").and(page.locator(".pending")).waitFor();
+      await carol.fill("#composer", "written while offline");
+      await carol.press("#composer", "Enter");
+      await messages(carol, "written while offline").and(carol.locator(".pending")).waitFor();
+      // A draft half-written during the outage stays in the composer.
+      await carol.fill("#composer", "a draft in progress");
 
       server = await spawnServer({ data, port: server.port });
-      await waitStatus(page, "connected");
-      await seeOnce(page, "before the crash");
-      const sent = await seeOnce(page, "written while offline");
-      await page.locator('.msg.mine[data-id="2"]:not(.pending)').waitFor();
+      await waitStatus(carol, "connected");
+      await waitStatus(dave, "connected");
+      await seeOnce(carol, "before the crash");
+      const sent = await seeOnce(carol, "written while offline");
+      await carol.locator('.msg.mine[data-id="2"]:not(.pending)').waitFor();
       assert.equal(await sent.getAttribute("data-id"), "2");
-      assert.equal(await page.locator("#messages .msg").count(), 2);
-      assert.deepEqual(
-        h.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)),
-        [],
-      );
+      assert.equal(await carol.locator("#messages .msg").count(), 2);
+      assert.equal(await carol.inputValue("#composer"), "a draft in progress");
+
+      // Dave missed it while both were away: the resume brings it, once.
+      await seeOnce(dave, "written while offline");
+      // And live traffic flows again both ways.
+      await say(dave, "back again");
+      await seeOnce(carol, "back again");
+      assert.deepEqual(realProblems(h.problems), []);
     } finally {
       await server.close();
       await Deno.remove(dir, { recursive: true });
