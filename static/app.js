@@ -537,13 +537,13 @@ function mentionCount(c) {
 
 function savePending() {
   if (!me) return;
-  const out = pending.map(({ cid, key, text, ts, failed, error }) => ({
+  const out = pending.map(({ cid, key, text, ts, failed, err }) => ({
     cid,
     key,
     text,
     ts,
     failed,
-    error,
+    err,
   }));
   store.set("chat.pending." + me, out.length ? JSON.stringify(out) : null);
 }
@@ -554,7 +554,8 @@ function loadPending() {
     const saved = JSON.parse(store.get("chat.pending." + me) ?? "[]");
     for (const p of Array.isArray(saved) ? saved : []) {
       if (typeof p?.cid === "string" && /^[rd]:./.test(p.key) && typeof p.text === "string") {
-        pending.push({ ...p, from: me, ts: Number(p.ts) || Date.now(), failed: !!p.failed });
+        const err = p.err && typeof p.err === "object" ? p.err : undefined;
+        pending.push({ ...p, from: me, ts: Number(p.ts) || Date.now(), failed: !!p.failed, err });
       }
     }
   } catch { /* a corrupt entry: start empty */ }
@@ -975,6 +976,7 @@ function onPasswordSet() {
 function errorText(f) {
   const r = f.request ?? {};
   const key = "err_" + f.code;
+  if (f.code === "frame_too_big") return t("frameTooBig");
   if (!Object.hasOwn(STRINGS.en, key)) return String(f.message || f.code);
   return t(key, {
     room: r.room ?? "",
@@ -987,8 +989,12 @@ function onError(f) {
   const p = typeof f.ref === "string" && pending.find((x) => x.cid === f.ref);
   if (p) {
     p.failed = true;
-    p.error = errorText(f);
+    p.err = { code: f.code, message: f.message, request: f.request, retry_after: f.retry_after };
     p.sentOn = null;
+    // Too fast: Retry waits until the server will take it.
+    const wait = f.code === "rate_limited" ? Number(f.retry_after) || 0 : 0;
+    p.retryAt = Date.now() + wait;
+    if (wait > 0) setTimeout(() => p.el && updateMsgEl(p), wait + 50);
     savePending();
     if (p.el) updateMsgEl(p);
     return;
@@ -1086,7 +1092,7 @@ function transmit(p) {
   const frame = { type: "send", ...where(p.key, "to"), text: p.text, cid: p.cid };
   if (new TextEncoder().encode(JSON.stringify(frame)).length > limits.maxFrameBytes) {
     p.failed = true;
-    p.error = t("frameTooBig");
+    p.err = { code: "frame_too_big" };
   } else if (send(frame)) {
     p.sentOn = ws;
   }
@@ -1411,8 +1417,10 @@ function updateMsgEl(m) {
   const state = root.querySelector(".state");
   state.replaceChildren();
   if (isPending && m.failed) {
-    state.append(`${t("notSent")}${m.error ? ` (${m.error})` : ""} `);
-    button("retry", t("retry"), state).dataset.action = "retry";
+    state.append(`${t("notSent")}${m.err ? ` (${errorText(m.err)})` : ""} `);
+    const retry = button("retry", t("retry"), state);
+    retry.dataset.action = "retry";
+    retry.disabled = Date.now() < (m.retryAt ?? 0);
     button("discard", t("discard"), state).dataset.action = "discard";
   } else if (isPending) {
     state.textContent = t("sending");
@@ -1913,7 +1921,7 @@ list.addEventListener("click", (e) => {
   if (!p) return;
   if (btn.dataset.action === "retry") {
     p.failed = false;
-    p.error = undefined;
+    p.err = undefined;
     transmit(p);
     ui.composer.focus();
   } else {

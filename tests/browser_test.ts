@@ -47,6 +47,8 @@ if (!hasChromium && isMain) {
 export interface OpenOptions extends BrowserContextOptions {
   /** Runs in every page of the context before the page's own scripts. */
   initScript?: () => void;
+  /** Runs on the page before it first loads (e.g. to route its WebSocket). */
+  setup?: (page: Page) => Promise<void>;
 }
 
 /** What a browser test gets: a way to open pages, and the errors they raised. */
@@ -86,12 +88,13 @@ export function browserTest(name: string, fn: (h: Harness) => Promise<void>): vo
         await fn({
           problems,
           async open(origin, options = {}) {
-            const { initScript, ...contextOptions } = options;
+            const { initScript, setup, ...contextOptions } = options;
             const context = await browser.newContext({ locale: "en-US", ...contextOptions });
             contexts.push(context);
             if (initScript) await context.addInitScript(initScript);
             const page = await context.newPage();
             watch(page, problems);
+            await setup?.(page);
             await page.goto(origin);
             return page;
           },
@@ -129,6 +132,11 @@ export async function waitStatus(page: Page, text: string | RegExp): Promise<voi
 /** Waits until the open conversation is `name`. */
 export async function waitTitle(page: Page, name: string): Promise<void> {
   await page.locator("#title").filter({ hasText: exact(name) }).waitFor();
+}
+
+/** Waits until the tab's title is `title`. */
+export async function waitPageTitle(page: Page, title: string): Promise<void> {
+  await page.waitForFunction(`document.title === ${JSON.stringify(title)}`);
 }
 
 /** Logs in through the form (with a password when given) and waits until connected. */
