@@ -45,10 +45,10 @@ if (!hasChromium && isMain) {
 
 /** Options of {@linkcode Harness.open}: a browser context's, and a script to run first. */
 export interface OpenOptions extends BrowserContextOptions {
-  /** Runs in every page of the context before the page's own scripts. */
-  initScript?: () => void;
+  /** Runs in every page of the context before the page's own scripts (source or function). */
+  initScript?: string | (() => void);
   /** Runs on the page before it first loads (e.g. to route its WebSocket). */
-  setup?: (page: Page) => Promise<void>;
+  setup?: (page: Page) => Promise<void> | void;
 }
 
 /** What a browser test gets: a way to open pages, and the errors they raised. */
@@ -136,7 +136,11 @@ export async function waitTitle(page: Page, name: string): Promise<void> {
 
 /** Waits until the tab's title is `title`. */
 export async function waitPageTitle(page: Page, title: string): Promise<void> {
-  await page.waitForFunction(`document.title === ${JSON.stringify(title)}`);
+  // A function, not a string: the page's CSP forbids evaluating strings while polling.
+  await page.waitForFunction(
+    (t) => (globalThis as unknown as { document: { title: string } }).document.title === t,
+    title,
+  );
 }
 
 /** Logs in through the form (with a password when given) and waits until connected. */
