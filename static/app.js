@@ -180,7 +180,7 @@ const STRINGS = {
     errNameLong: "名字最多 32 个字符。",
     errNameChars: "只能使用字母、数字、“_”、“-” 和 “.”（不能有空格）。",
     errConnect: "无法以“{name}”登录：服务器拒绝了这个名字或无法访问。",
-    refused: "无法以“{name}”登录：{reason}。",
+    refused: "无法以“{name}”登录（服务器：{reason}）。",
     refusedHint: "如果这是你的名字，请输入密码。",
     loggedOut: "你已退出登录。",
     badLogin: "名字或密码错误。",

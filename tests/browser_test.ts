@@ -333,3 +333,31 @@ test(
     }
   },
 );
+
+test("with the network gone the page says offline, and reconnects as soon as it is back", async (h) => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-browser-" });
+  const data = `${dir}/chat.kv`;
+  let server = await spawnServer({ data });
+  try {
+    const page = await h.open(server.origin);
+    await logIn(page, "erin");
+    await page.context().setOffline(true);
+    await server.kill("SIGKILL");
+    await waitStatus(page, "offline");
+    await page.locator("#status-live").filter({ hasText: /^Offline\./ }).waitFor({
+      state: "attached",
+    });
+    await page.fill("#composer", "queued while offline");
+    await page.press("#composer", "Enter");
+    await messages(page, "queued while offline").and(page.locator(".pending")).waitFor();
+
+    server = await spawnServer({ data, port: server.port });
+    await page.context().setOffline(false);
+    await waitStatus(page, "connected");
+    await messages(page, "queued while offline").and(page.locator('[data-id="1"]')).waitFor();
+    assert.deepEqual(realProblems(h.problems), []);
+  } finally {
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -133,6 +133,15 @@ browserTest(
       "I was here",
     );
 
+    // One sender's run of messages is one group: the name shows once (to the eye).
+    const cont = (text: string) =>
+      alice.locator("#messages .msg").filter({ hasText: text }).evaluate((e) =>
+        e.classList.contains("cont")
+      );
+    assert.equal(await cont("first new"), false, "a group starts after the line");
+    assert.equal(await cont("second new"), true, "and goes on");
+    assert.equal(await alice.locator("#messages .day").count(), 1, "one day, one heading");
+
     await say(alice, "caught up");
     await line.waitFor({ state: "detached" });
     assert.deepEqual(h.problems, []);
