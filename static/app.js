@@ -1184,7 +1184,8 @@ function endSession(message = "") {
   }
   for (const d of [ui.roomsDialog, ui.accountDialog, ui.inviteDialog]) if (d.open) d.close();
   const name = me;
-  store.set("chat.user", null);
+  // (Another tab may have logged in as someone else since: leave that be.)
+  if (store.get("chat.user") === name) store.set("chat.user", null);
   me = null;
   welcomed = everWelcomed = false;
   account = null;
@@ -1223,7 +1224,13 @@ function logOut(everywhere) {
   }
   const name = me;
   store.set(tokenKey(name), null);
+  // What was written here goes too: the next person at this browser is not to see it.
   store.set("chat.pending." + name, null);
+  try {
+    for (const k of Object.keys(localStorage)) {
+      if (k.startsWith(`chat.draft.${name}.`)) localStorage.removeItem(k);
+    }
+  } catch { /* storage disabled */ }
   endSession(t("loggedOut"));
 }
 
@@ -1466,9 +1473,20 @@ function syncChildren(parent, nodes) {
  */
 function renderMessages(mode) {
   const c = conv(current);
-  const h0 = list.scrollHeight;
-  const t0 = list.scrollTop;
   const wasAtBottom = atBottom();
+  // What the reader is looking at: the text of the topmost message in view. With
+  // "keep" it stays exactly where it is on screen, whatever changes above it.
+  let anchor = null;
+  let anchorAt = 0;
+  if (mode === "keep") {
+    for (const text of list.querySelectorAll(".msg > .text")) {
+      if (text.offsetTop + text.offsetHeight > list.scrollTop) {
+        anchor = text;
+        anchorAt = text.offsetTop - list.scrollTop;
+        break;
+      }
+    }
+  }
   const ready = c.state === "ready";
   const shown = ready || c.order.length > 0;
   if (list.dataset.key !== c.key || mode === "keep") {
@@ -1528,8 +1546,8 @@ function renderMessages(mode) {
     list.scrollTop = Math.min(top, list.scrollHeight);
   } else if (mode === "bottom" || switched || (mode === "auto" && wasAtBottom)) {
     list.scrollTop = list.scrollHeight;
-  } else if (mode === "keep") {
-    list.scrollTop = t0 + (list.scrollHeight - h0);
+  } else if (mode === "keep" && anchor?.isConnected) {
+    list.scrollTop = anchor.offsetTop - anchorAt;
   }
   renderLatest();
   // Not enough to scroll yet: fetch older pages until there is.
@@ -1944,7 +1962,9 @@ document.addEventListener("visibilitychange", () => {
 
 // Another tab logged out: so does this one.
 addEventListener("storage", (e) => {
-  if (e.key === "chat.user" && e.newValue === null && me) endSession(t("loggedOut"));
+  if (e.key === "chat.user" && e.newValue === null && e.oldValue === me && me) {
+    endSession(t("loggedOut"));
+  }
 });
 
 // Leaving the page: send the `read` frames still waiting for their second.

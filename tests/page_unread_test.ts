@@ -177,7 +177,7 @@ browserTest(
     while ((await ids())[0] !== 1) {
       await alice.locator('#messages[aria-busy="false"]').waitFor();
       const oldest = (await ids())[0];
-      const anchor = list.locator(`.msg[data-id="${oldest}"]`);
+      const anchor = list.locator(`.msg[data-id="${oldest}"] .text`);
       await list.evaluate((e) => e.scrollTop = 0);
       const before = await anchor.evaluate((e) => e.getBoundingClientRect().top);
       await list.locator(`.msg[data-id="${oldest - 1}"]`).waitFor({ state: "attached" });
