@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import type { WebSocketRoute } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
 import {
@@ -14,6 +15,7 @@ import {
   logIn,
   messages,
   openConversation,
+  realProblems,
   say,
   seeOnce,
   waitPageTitle,
@@ -197,5 +199,59 @@ browserTest(
     );
     await waitTitle(alice, "lobby");
     assert.deepEqual(h.problems, []);
+  },
+);
+
+browserTest(
+  "after a gap longer than the server replays, the page shows the newest and pages the rest in, each message once",
+  async (h) => {
+    await using server = await startServer({ settings: { replayLimit: 20 } });
+    const [bob] = await TestClient.join(server.origin, "bob");
+    await using _bob = bob;
+    const sendAll = async (from: number, to: number) => {
+      for (let i = from; i <= to; i++) {
+        bob.send({ type: "send", room: "lobby", text: `message ${i}`, cid: `c${i}` });
+      }
+      await bob.next((f) => f.type === "message" && f.cid === `c${to}`);
+    };
+    await sendAll(1, 5);
+
+    // Alice's socket goes through a gate the test can shut and open.
+    const routes: WebSocketRoute[] = [];
+    let open: () => void = () => {};
+    let gate = Promise.resolve();
+    const alice = await h.open(server.origin, {
+      setup: (page) =>
+        page.routeWebSocket(/\/ws\//, async (ws) => {
+          routes.push(ws);
+          await gate;
+          ws.connectToServer();
+        }),
+    });
+    await logIn(alice, "alice");
+    await seeOnce(alice, "message 5");
+
+    gate = new Promise((resolve) => open = resolve);
+    await routes[0].close({ code: 4000, reason: "test: cut" });
+    await waitStatus(alice, /^(reconnecting|connecting)/);
+    await sendAll(6, 65);
+    open();
+    await waitStatus(alice, "connected");
+    await seeOnce(alice, "message 65");
+
+    const list = alice.locator("#messages");
+    const ids = () =>
+      list.locator(".msg").evaluateAll((els) => els.map((e) => Number(e.getAttribute("data-id"))));
+    // The run from before the gap went; the newest replayed are shown.
+    assert.deepEqual(await ids(), Array.from({ length: 20 }, (_, i) => 46 + i));
+    for (let rounds = 0; (await ids())[0] !== 1; rounds++) {
+      assert.ok(rounds < 10, "history keeps loading");
+      await alice.locator('#messages[aria-busy="false"]').waitFor();
+      const oldest = (await ids())[0];
+      await list.evaluate((e) => e.scrollTop = 0);
+      await list.locator(`.msg[data-id="${oldest - 1}"]`).waitFor({ state: "attached" });
+    }
+    assert.deepEqual(await ids(), Array.from({ length: 65 }, (_, i) => i + 1));
+    assert.deepEqual(realProblems(h.problems), []);
   },
 );
