@@ -9,7 +9,15 @@ import assert from "node:assert/strict";
 import type { Locator, Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
-import { browserTest, logIn, messages, say, seeOnce, waitStatus } from "./browser_test.ts";
+import {
+  browserTest,
+  logIn,
+  messages,
+  openConversation,
+  say,
+  seeOnce,
+  waitStatus,
+} from "./browser_test.ts";
 
 browserTest("Enter sends, Shift+Enter starts a new line in the same message", async (h) => {
   await using server = await startServer();
@@ -139,8 +147,11 @@ browserTest(
     await indicator.filter({ hasText: /^小明 and bob are typing…$/ }).waitFor();
     bob.send({ type: "send", room: "lobby", text: "done typing", cid: "b1" });
     await indicator.filter({ hasText: /^小明 is typing…$/ }).waitFor();
-    // Typing elsewhere (a DM) does not show in the lobby.
+    // Typing in a DM shows in that DM.
     bob.send({ type: "typing", to: "alice" });
+    await openConversation(alice, "user", "bob");
+    await indicator.filter({ hasText: /^bob is typing…$/ }).waitFor();
+    await openConversation(alice, "room", "lobby");
     // And an indicator goes by itself a few seconds after the last typing frame.
     await indicator.filter({ hasText: /^$/ }).waitFor({ timeout: 10_000 });
     assert.deepEqual(h.problems, []);
