@@ -727,14 +727,15 @@ function onWelcome(f) {
   const first = ui.app.hidden;
   showApp();
 
-  rooms = [LOBBY, ...(f.rooms ?? []).filter((r) => r !== LOBBY)].sort(roomOrder);
+  const names = (v) => (Array.isArray(v) ? v : []).filter((x) => typeof x === "string");
+  rooms = [LOBBY, ...names(f.rooms).filter((r) => r !== LOBBY)].sort(roomOrder);
   privateRooms.clear();
-  for (const r of f.privateRooms ?? []) privateRooms.add(r);
+  for (const r of names(f.privateRooms)) privateRooms.add(r);
   invites = (Array.isArray(f.invites) ? f.invites : []).filter((i) =>
     typeof i?.room === "string" && !rooms.includes(i.room)
   );
   online.clear();
-  for (const u of f.online ?? []) if (u !== me) online.add(u);
+  for (const u of names(f.online)) if (u !== me) online.add(u);
   for (const u of online) known.add(u);
   const summaries = Array.isArray(f.conversations) ? f.conversations : [];
   for (const s of summaries) {
