@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import type { Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
-import { browserTest, logIn, messages, seeOnce, waitStatus, waitTitle } from "./browser_test.ts";
+import { browserTest, logIn, messages, seeOnce, waitStatus, waitTitle } from "./_browser.ts";
 
 /** The focused element as `tag#id.class[data-…]`, and whether it shows a focus ring. */
 function focused(page: Page): Promise<{ what: string; ring: boolean }> {

@@ -17,7 +17,7 @@ import {
   say,
   seeOnce,
   waitStatus,
-} from "./browser_test.ts";
+} from "./_browser.ts";
 
 browserTest("Enter sends, Shift+Enter starts a new line in the same message", async (h) => {
   await using server = await startServer();

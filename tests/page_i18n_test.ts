@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
-import { browserTest, logIn, say, seeOnce, waitPageTitle, waitStatus } from "./browser_test.ts";
+import { browserTest, logIn, say, seeOnce, waitPageTitle, waitStatus } from "./_browser.ts";
 
 browserTest(
   "a browser set to Chinese gets the page in Chinese, one set to English gets it in English",

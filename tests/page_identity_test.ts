@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import type { Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
-import { browserTest, logIn, realProblems, say, seeOnce, waitStatus } from "./browser_test.ts";
+import { browserTest, logIn, realProblems, say, seeOnce, waitStatus } from "./_browser.ts";
 
 const PASSWORD = "correct horse battery";
 

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import type { Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
-import { badge, browserTest, logIn, openConversation, waitStatus } from "./browser_test.ts";
+import { badge, browserTest, logIn, openConversation, waitStatus } from "./_browser.ts";
 
 /**
  * A stand-in for the Notification API (headless Chromium shows none): it records

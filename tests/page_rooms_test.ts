@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import type { Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
-import { browserTest, logIn, openConversation, say, seeOnce, waitTitle } from "./browser_test.ts";
+import { browserTest, logIn, openConversation, say, seeOnce, waitTitle } from "./_browser.ts";
 
 /** Opens the rooms dialog and asks for `room` (joined if it exists, made if not). */
 async function goToRoom(page: Page, room: string, isPrivate = false): Promise<void> {

@@ -17,7 +17,7 @@ import {
   say,
   seeOnce,
   waitStatus,
-} from "./browser_test.ts";
+} from "./_browser.ts";
 
 /** Elements no message may bring into the page, and a flag no script may set. */
 async function assertInert(page: Page): Promise<void> {

@@ -21,7 +21,7 @@ import {
   waitPageTitle,
   waitStatus,
   waitTitle,
-} from "./browser_test.ts";
+} from "./_browser.ts";
 
 browserTest(
   "unread badges count per conversation, the tab title shows the total, and reading clears both in every tab",
