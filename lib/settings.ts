@@ -46,7 +46,7 @@ interface Spec {
   key: keyof Settings;
   flag: string;
   env: string;
-  kind: "int" | "string";
+  kind: "int" | "number" | "string";
   help: string;
   min?: number;
 }
@@ -144,8 +144,8 @@ const SPECS: Spec[] = [
     key: "sendRate",
     flag: "send-rate",
     env: "CHAT_SEND_RATE",
-    kind: "int",
-    min: 1,
+    kind: "number",
+    min: 0.01,
     help:
       "messages per second per user on average; more gets rate_limited (abuse closes with 1008)",
   },
@@ -247,10 +247,15 @@ export function parseSettings(
       continue;
     }
     const n = Number(raw);
-    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < (spec.min ?? 0)) {
+    const shape = spec.kind === "int" ? /^\d+$/ : /^\d+(\.\d+)?$/;
+    if (
+      !shape.test(raw.trim()) || !Number.isFinite(n) || n > Number.MAX_SAFE_INTEGER ||
+      n < (spec.min ?? 0)
+    ) {
+      const what = spec.kind === "int" ? "a whole number" : "a number";
       return {
         ok: false,
-        error: `--${spec.flag} (${spec.env}) must be a whole number of at least ${
+        error: `--${spec.flag} (${spec.env}) must be ${what} of at least ${
           spec.min ?? 0
         }, not ${raw}`,
       };

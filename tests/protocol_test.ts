@@ -191,10 +191,16 @@ Deno.test("parseClientFrame never throws and always answers a frame or an error,
 Deno.test("parseSettings takes flags first, then the environment, then defaults", () => {
   const env = (name: string) =>
     ({ PORT: "9000", CHAT_DATA: "/env.kv", CHAT_MAX_TEXT_LENGTH: "100" })[name];
-  const result = parseSettings(["--port", "8123", "--data=./x.kv"], env);
+  const result = parseSettings(["--port", "8123", "--data=./x.kv", "--send-rate", "0.5"], env);
   assert.deepEqual(result, {
     ok: true,
-    settings: { ...DEFAULT_SETTINGS, port: 8123, data: "./x.kv", maxTextLength: 100 },
+    settings: {
+      ...DEFAULT_SETTINGS,
+      port: 8123,
+      data: "./x.kv",
+      maxTextLength: 100,
+      sendRate: 0.5,
+    },
   });
 });
 
@@ -202,7 +208,16 @@ Deno.test("parseSettings refuses unknown flags and bad numbers with a reason", (
   const none = () => undefined;
   assert.deepEqual(parseSettings(["--help"], none), { ok: false, help: true });
   for (
-    const args of [["--nope", "1"], ["--port", "abc"], ["--port", "70000"], ["--port"], ["stray"]]
+    const args of [
+      ["--nope", "1"],
+      ["--port", "abc"],
+      ["--port", "70000"],
+      ["--port", "1.5"],
+      ["--send-rate", "0"],
+      ["--send-rate", "fast"],
+      ["--port"],
+      ["stray"],
+    ]
   ) {
     const result = parseSettings(args, none);
     assert.equal(result.ok, false, args.join(" "));
