@@ -13,10 +13,21 @@
 const [origin, user, rounds = "3"] = Deno.args;
 const frame = JSON.stringify({ type: "send", room: "lobby", text: "flood ".repeat(50) });
 
+let token: string | undefined;
+
 async function connect(): Promise<WebSocket> {
-  const ws = new WebSocket(`${origin}/ws/${user}`, "chat.v1");
+  // The first connection claims the name; reconnections prove it with the token.
+  const ws = new WebSocket(
+    `${origin}/ws/${user}`,
+    token ? ["chat.v1", `token.${token}`] : ["chat.v1"],
+  );
   await new Promise<void>((resolve, reject) => {
-    ws.onmessage = (e) => JSON.parse(e.data).type === "welcome" && resolve();
+    ws.onmessage = (e) => {
+      const frame = JSON.parse(e.data);
+      if (frame.type !== "welcome") return;
+      token ??= frame.token;
+      resolve();
+    };
     ws.onclose = (e) => reject(new Error(`refused: ${e.code} ${e.reason}`));
   });
   return ws;

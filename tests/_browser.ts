@@ -63,6 +63,8 @@ export interface Harness {
   open(origin: string, options?: OpenOptions): Promise<Page>;
   /** Uncaught exceptions and console errors of every page, with the page's label. */
   problems: string[];
+  /** One fresh page per name at `origin`, each logged in (in order) and connected. */
+  people(origin: string, names: string[]): Promise<Page[]>;
 }
 
 /** The launch arguments for Debian's Chromium in a container. */
@@ -88,8 +90,14 @@ export function browserTest(name: string, fn: (h: Harness) => Promise<void>): vo
       const contexts: BrowserContext[] = [];
       const problems: string[] = [];
       try {
-        await fn({
+        const harness: Harness = {
           problems,
+          async people(origin, names) {
+            const pages: Page[] = [];
+            for (const _ of names) pages.push(await harness.open(origin));
+            for (const [i, name] of names.entries()) await logIn(pages[i], name);
+            return pages;
+          },
           async open(origin, options = {}) {
             const { initScript, setup, ...contextOptions } = options;
             const context = await browser.newContext({ locale: "en-US", ...contextOptions });
@@ -101,7 +109,8 @@ export function browserTest(name: string, fn: (h: Harness) => Promise<void>): vo
             await page.goto(origin);
             return page;
           },
-        });
+        };
+        await fn(harness);
       } finally {
         for (const context of contexts) await context.close();
         await browser.close();

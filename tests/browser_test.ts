@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import {
   badge,
   browserTest,
-  logIn,
   messages,
   realProblems,
   say,
@@ -21,10 +20,7 @@ import {
 import { spawnServer, startServer } from "./_server.ts";
 browserTest("two people chat in the lobby and by DM, and history survives a reload", async (h) => {
   await using server = await startServer();
-  const alice = await h.open(server.origin);
-  const bob = await h.open(server.origin);
-  await logIn(alice, "alice");
-  await logIn(bob, "bob");
+  const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
 
   await say(alice, "hello everyone");
   const lobbyMsg = await seeOnce(bob, "hello everyone");
@@ -65,10 +61,7 @@ browserTest("two people chat in the lobby and by DM, and history survives a relo
 
 browserTest("a message holding HTML and script shows as literal text", async (h) => {
   await using server = await startServer();
-  const mallory = await h.open(server.origin);
-  const victim = await h.open(server.origin);
-  await logIn(mallory, "mallory");
-  await logIn(victim, "victim");
+  const [mallory, victim] = await h.people(server.origin, ["mallory", "victim"]);
 
   const evil = `<img src=x onerror=window.__pwned=1><b>x</b>`;
   await say(mallory, evil);
@@ -91,10 +84,7 @@ browserTest("a message holding HTML and script shows as literal text", async (h)
 
 browserTest("a Chinese name and Chinese text display as typed", async (h) => {
   await using server = await startServer();
-  const xiaoming = await h.open(server.origin);
-  const reader = await h.open(server.origin);
-  await logIn(xiaoming, "小明");
-  await logIn(reader, "reader");
+  const [xiaoming, reader] = await h.people(server.origin, ["小明", "reader"]);
   assert.equal(await xiaoming.locator("#me").textContent(), "小明");
   assert.equal(await xiaoming.evaluate("document.characterSet"), "UTF-8");
 
@@ -120,10 +110,7 @@ browserTest(
     const data = `${dir}/chat.kv`;
     let server = await spawnServer({ data });
     try {
-      const carol = await h.open(server.origin);
-      const dave = await h.open(server.origin);
-      await logIn(carol, "carol");
-      await logIn(dave, "dave");
+      const [carol, dave] = await h.people(server.origin, ["carol", "dave"]);
       await say(carol, "before the crash");
       await seeOnce(dave, "before the crash");
 
@@ -168,8 +155,7 @@ browserTest(
     const data = `${dir}/chat.kv`;
     let server = await spawnServer({ data });
     try {
-      const page = await h.open(server.origin);
-      await logIn(page, "erin");
+      const [page] = await h.people(server.origin, ["erin"]);
       await page.context().setOffline(true);
       await server.kill("SIGKILL");
       await waitStatus(page, "offline");

@@ -21,10 +21,7 @@ import {
 
 browserTest("Enter sends, Shift+Enter starts a new line in the same message", async (h) => {
   await using server = await startServer();
-  const alice = await h.open(server.origin);
-  const bob = await h.open(server.origin);
-  await logIn(alice, "alice");
-  await logIn(bob, "bob");
+  const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
 
   await say(alice, "one line");
   await alice.locator("#composer").click();
@@ -99,8 +96,7 @@ browserTest(
     // Two at once, then one every 4 s: the third of three quick sends is refused however slow
     // the machine, and Retry succeeds within the test's time.
     await using server = await startServer({ settings: { sendRate: 0.25, sendBurst: 2 } });
-    const alice = await h.open(server.origin);
-    await logIn(alice, "alice");
+    const [alice] = await h.people(server.origin, ["alice"]);
 
     for (const text of ["one", "two", "three"]) {
       await alice.fill("#composer", text);
@@ -130,8 +126,7 @@ browserTest(
     await using _bob = bob;
     const [ming] = await TestClient.join(server.origin, "小明");
     await using _ming = ming;
-    const alice = await h.open(server.origin);
-    await logIn(alice, "alice");
+    const [alice] = await h.people(server.origin, ["alice"]);
 
     // Out: a burst of keystrokes makes one typing frame.
     await alice.locator("#composer").click();

@@ -40,8 +40,7 @@ browserTest(
   "the first login claims the name: the browser keeps its token and stays logged in across reloads",
   async (h) => {
     await using server = await startServer();
-    const page = await h.open(server.origin);
-    await logIn(page, "alice");
+    const [page] = await h.people(server.origin, ["alice"]);
     const token = await tokenOf(page, "alice");
     assert.match(token ?? "", /^[A-Za-z0-9_-]{20,}$/);
     await say(page, "mine now");
@@ -59,8 +58,7 @@ browserTest(
   "a claimed name is refused in another browser with the reason; its password logs in there, a wrong one does not",
   async (h) => {
     await using server = await startServer();
-    const home = await h.open(server.origin);
-    await logIn(home, "alice");
+    const [home] = await h.people(server.origin, ["alice"]);
     await say(home, "from home");
 
     // No password yet: the account panel says so, and warns before logging out.
@@ -95,8 +93,8 @@ browserTest(
 
 browserTest("a name that only looks like a claimed one is refused with the reason", async (h) => {
   await using server = await startServer();
-  const alice = await h.open(server.origin);
-  await logIn(alice, "alice");
+  // alice claims her name first.
+  await h.people(server.origin, ["alice"]);
   const mimic = await h.open(server.origin);
   // A Cyrillic "а" in place of the Latin "a".
   const why = await refusedLogIn(mimic, "\u0430lice");
@@ -110,8 +108,7 @@ browserTest(
   "logging out forgets this browser's token; logging out everywhere signs out every device",
   async (h) => {
     await using server = await startServer();
-    const home = await h.open(server.origin);
-    await logIn(home, "alice");
+    const [home] = await h.people(server.origin, ["alice"]);
     await setPassword(home, PASSWORD);
     const work = await h.open(server.origin);
     await logIn(work, "alice", PASSWORD);

@@ -23,10 +23,7 @@ browserTest(
   "a room made from the rooms dialog opens at once; another person joins it by name; leaving drops it",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
 
     await goToRoom(alice, "plans");
     await waitTitle(alice, "plans");
@@ -53,10 +50,7 @@ browserTest(
   "the rooms dialog lists public rooms with their member counts, and a click joins one",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
     await goToRoom(alice, "garden");
     await waitTitle(alice, "garden");
 
@@ -84,12 +78,7 @@ browserTest(
   "a private room shows a lock; the invited person gets an invitation and joins; others are refused",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    const carol = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
-    await logIn(carol, "carol");
+    const [alice, bob, carol] = await h.people(server.origin, ["alice", "bob", "carol"]);
 
     await goToRoom(alice, "plaza");
     await waitTitle(alice, "plaza");

@@ -35,8 +35,7 @@ browserTest(
   "hostile names and hostile text show as plain text: no script runs and no element is injected",
   async (h) => {
     await using server = await startServer();
-    const victim = await h.open(server.origin);
-    await logIn(victim, "victim");
+    const [victim] = await h.people(server.origin, ["victim"]);
     // Names that are valid but are also JavaScript object keys, or pile up combining marks.
     const names = ["__proto__", "constructor", "toString", "Z̷̢͎a̵̛̟l̶̨g̷̣o̸̗"];
     const evil = [
@@ -89,10 +88,7 @@ browserTest(
   "links in messages are http or https only, and open in a new tab without opener or referrer",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
 
     const here = `${server.origin}/healthz`;
     const text = [

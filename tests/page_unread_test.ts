@@ -27,10 +27,7 @@ browserTest(
   "unread badges count per conversation, the tab title shows the total, and reading clears both in every tab",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
     // Alice looks at her DM with bob, so the lobby is not in view.
     await openConversation(alice, "user", "bob");
 
@@ -76,10 +73,7 @@ browserTest(
   "a mention of me is highlighted and counts as an important unread with its own badge",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
     await openConversation(alice, "user", "bob");
 
     await say(bob, "hey @alice, look at this");
@@ -111,10 +105,7 @@ browserTest(
   "a 'New messages' line marks the first unread message until I write",
   async (h) => {
     await using server = await startServer();
-    const alice = await h.open(server.origin);
-    const bob = await h.open(server.origin);
-    await logIn(alice, "alice");
-    await logIn(bob, "bob");
+    const [alice, bob] = await h.people(server.origin, ["alice", "bob"]);
     await say(alice, "I was here");
     await seeOnce(bob, "I was here");
     await openConversation(alice, "user", "bob");
@@ -163,8 +154,7 @@ browserTest(
     }
     await bob.next((f) => f.type === "message" && f.cid === `c${total}`);
 
-    const alice = await h.open(server.origin);
-    await logIn(alice, "alice");
+    const [alice] = await h.people(server.origin, ["alice"]);
     const list = alice.locator("#messages");
     await messages(alice, `message ${total}`).waitFor();
     await alice.locator('#messages[aria-busy="false"]').waitFor();
