@@ -31,7 +31,6 @@ import {
   roomKey,
   StoreError,
 } from "./store.ts";
-
 import { Connection } from "./connection.ts";
 import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
@@ -56,6 +55,12 @@ export interface HubLimits {
   sendBurst: number;
 }
 
+/** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
+export type HubAccounts = Pick<
+  Accounts,
+  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke"
+>;
+
 /** Options of {@linkcode ChatHub}. */
 export interface ChatHubOptions {
   /** Where messages, members and read state are kept. */
@@ -63,7 +68,7 @@ export interface ChatHubOptions {
   /** The fan-out between hubs; a {@linkcode LocalBus} when absent. */
   bus?: Bus;
   /** Registered names, tokens and passwords. */
-  accounts: Accounts;
+  accounts: HubAccounts;
   /** The limits to enforce. */
   limits: HubLimits;
 }
@@ -104,7 +109,7 @@ export class ChatHub {
   #users = new Map<string, Set<Connection>>();
   /** Local users by room they belong to (the lobby holds everyone). */
   #members = new Map<string, Set<string>>();
-  #accounts: Accounts;
+  #accounts: HubAccounts;
   /** Whether a room is private, as far as this hub has looked. */
   #privacy = new Map<string, boolean>();
   /** Send budgets by user: a token bucket each. */
