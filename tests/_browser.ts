@@ -19,21 +19,11 @@ import {
   type Page,
 } from "npm:playwright-core@1";
 
-const CHROMIUM = "/usr/bin/chromium";
-const hasChromium = (() => {
-  try {
-    return Deno.statSync(CHROMIUM).isFile;
-  } catch {
-    return false;
-  }
-})();
+import { CHROMIUM, CHROMIUM_ARGS, hasChromium } from "../tools/chromium.ts";
+
+export { CHROMIUM, CHROMIUM_ARGS, hasChromium };
+
 const onCi = Deno.env.get("CI") === "true";
-
-/** Debian's Chromium, where the tests expect it. */
-export { CHROMIUM };
-
-/** Whether Chromium is installed; browser tests are ignored without it (failing instead on CI). */
-export { hasChromium };
 
 // Once per run, however many test files import this: say why browser tests do not run.
 if (!hasChromium) {
@@ -67,16 +57,6 @@ export interface Harness {
   people(origin: string, names: string[]): Promise<Page[]>;
 }
 
-/** The launch arguments for Debian's Chromium in a container. */
-export const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
-
 /** Registers a test that gets its own Chromium. */
 export function browserTest(name: string, fn: (h: Harness) => Promise<void>): void {
   Deno.test({
@@ -85,7 +65,7 @@ export function browserTest(name: string, fn: (h: Harness) => Promise<void>): vo
     async fn() {
       const browser: Browser = await chromium.launch({
         executablePath: CHROMIUM,
-        args: CHROMIUM_ARGS,
+        args: [...CHROMIUM_ARGS],
       });
       const contexts: BrowserContext[] = [];
       const problems: string[] = [];

@@ -14,8 +14,8 @@
 import { chromium } from "npm:playwright-core@1";
 import { startServer } from "../tests/_server.ts";
 import { type Frame, TestClient } from "../tests/_client.ts";
+import { CHROMIUM, CHROMIUM_ARGS } from "./chromium.ts";
 
-const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 const OUT = new URL("../docs/screenshots/", import.meta.url);
 
 interface Shot {
@@ -91,14 +91,7 @@ async function scene() {
 await Deno.mkdir(OUT, { recursive: true });
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-  ],
+  args: [...CHROMIUM_ARGS],
 });
 try {
   for (const shot of SHOTS) {
