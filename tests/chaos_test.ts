@@ -40,6 +40,8 @@ class ResilientClient {
   readonly pending = new Map<string, Sent>();
   /** Acknowledged cids with their id, by conversation. */
   readonly acked = new Map<string, { conv: string; id: number }>();
+  /** Rooms this user has joined (as the server confirmed). */
+  readonly rooms = new Set<string>();
   duplicates = 0;
   outOfOrder = 0;
   reconnects = 0;
@@ -130,6 +132,8 @@ class ResilientClient {
         this.pending.delete(f.cid);
         this.acked.set(f.cid, { conv, id: f.id });
       }
+    } else if (f.type === "joined" && f.user === this.user) {
+      this.rooms.add(f.room);
     } else if (f.type === "error") {
       throw new Error(`${this.user} got an error frame: ${JSON.stringify(f)}`);
     }
@@ -144,6 +148,12 @@ class ResilientClient {
     if (this.#ready && this.#socket?.readyState === WebSocket.OPEN) {
       this.#socket.send(JSON.stringify(frame));
     }
+  }
+
+  /** Joins a room (membership is stored, so it outlives reconnects) and waits for the server's word. */
+  join(room: string): Promise<void> {
+    this.#socket!.send(JSON.stringify({ type: "join", room }));
+    return this.until(() => this.rooms.has(room), `joining ${room}`);
   }
 
   /** Cuts the connection as a flaky network would; the client reconnects by itself. */
@@ -178,12 +188,12 @@ async function storedHistory(path: string): Promise<Map<string, Frame[]>> {
   }
 }
 
-Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message", async () => {
+Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message in rooms or DMs", async () => {
   const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
   const rand = random(seed);
   const dir = await Deno.makeTempDir({ prefix: "chat-chaos-" });
   const data = `${dir}/chat.kv`;
-  const USERS = 6, MESSAGES_PER_USER = 60, KILLS = 3;
+  const USERS = 6, MESSAGES_PER_USER = 150, KILLS = 4;
   let server: SpawnedServer = await spawnServer({ data });
   const port = server.port;
   const origin = () => server.origin;
@@ -195,6 +205,8 @@ Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no 
       c.send({ room: "lobby" }, `${c.user} is here`);
       return c.until(() => c.acked.size === 1, `first ack of u${i}`);
     }));
+    // A second room, joined by all: its replay and live traffic are checked like the lobby's.
+    await Promise.all(clients.map((c) => c.join("den")));
 
     const total = USERS * MESSAGES_PER_USER;
     let sent = 0;
@@ -202,7 +214,12 @@ Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no 
     while (sent < total) {
       const c = clients[Math.floor(rand() * USERS)];
       const peer = clients[Math.floor(rand() * USERS)];
-      const where = rand() < 0.5 ? { room: "lobby" } : { to: peer.user };
+      const pick = rand();
+      const where = pick < 0.35
+        ? { room: "lobby" }
+        : pick < 0.7
+        ? { room: "den" }
+        : { to: peer.user };
       c.send(where, `#${sent} from ${c.user} ${"·".repeat(Math.floor(rand() * 40))}`);
       sent++;
       if (rand() < 0.05) clients[Math.floor(rand() * USERS)].drop();
