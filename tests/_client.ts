@@ -112,16 +112,25 @@ export class TestClient implements AsyncDisposable {
    * leaving the others queued. Rejects when the socket closes or time runs out.
    */
   async next(match: (frame: Frame) => boolean = () => true): Promise<Frame> {
+    return await this.#find(match, true);
+  }
+
+  /** Waits until a matching frame has arrived, leaving it queued for a later `next`. */
+  async seen(match: (frame: Frame) => boolean): Promise<Frame> {
+    return await this.#find(match, false);
+  }
+
+  async #find(match: (frame: Frame) => boolean, take: boolean): Promise<Frame> {
     const deadline = Date.now() + this.#timeoutMs;
     for (;;) {
       const i = this.#frames.findIndex(match);
-      if (i !== -1) return this.#frames.splice(i, 1)[0];
+      if (i !== -1) return take ? this.#frames.splice(i, 1)[0] : this.#frames[i];
       if (this.socket.readyState === WebSocket.CLOSED) {
-        throw new Error(`socket closed while waiting; queued: ${JSON.stringify(this.#frames)}`);
+        throw new Error(`socket closed while waiting; queued: ${this.#summary()}`);
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new Error(`no matching frame in time; queued: ${JSON.stringify(this.#frames)}`);
+        throw new Error(`no matching frame in time; queued: ${this.#summary()}`);
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
@@ -130,6 +139,18 @@ export class TestClient implements AsyncDisposable {
       });
       clearTimeout(timer);
     }
+  }
+
+  /** The queued frames for an error message, long texts cut short. */
+  #summary(): string {
+    const text = JSON.stringify(
+      this.#frames,
+      (key, value) =>
+        key === "text" && typeof value === "string" && value.length > 40
+          ? `${value.slice(0, 40)}…`
+          : value,
+    );
+    return text.length > 2000 ? `${text.slice(0, 2000)}… (${this.#frames.length} frames)` : text;
   }
 
   /** The frames received and not yet taken. */
