@@ -8,7 +8,7 @@
  */
 
 import type { ChatHub, ConnectOptions } from "./hub.ts";
-import { conversationKey, type ErrorFrame, errorFrame, Outgoing } from "./frames.ts";
+import { type ErrorFrame, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import {
   type ChatMessage,
@@ -16,11 +16,12 @@ import {
   LOBBY,
   parseClientFrame,
   parseLegacyFrame,
+  refOf,
   type ResumePoint,
   type ServerFrame,
   toLegacyError,
 } from "./protocol.ts";
-import type { ConversationKey } from "./store.ts";
+import { type ConversationKey, conversationOf } from "./store.ts";
 
 const encoder = new TextEncoder();
 
@@ -203,10 +204,7 @@ export class Connection {
       // A cursor already past `after` means those messages were sent on this connection.
       const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
       this.#cursors.set(key, after);
-      const ref: ConversationRef = point.room !== undefined
-        ? { room: point.room }
-        : { with: point.with };
-      this.#fill(key, { after, ref, announce: true });
+      this.#fill(key, { after, ref: refOf(point), announce: true });
     }
     const held = this.#held;
     this.#held = undefined;
@@ -291,7 +289,7 @@ export class Connection {
       this.#held.push([message, out]);
       return;
     }
-    const key = conversationKey(message);
+    const key = conversationOf(message);
     const waiting = this.#waiting.get(key);
     if (waiting) return void waiting.push([message, out]);
     // A client that resumes knows every conversation it named; of a DM it did not name it

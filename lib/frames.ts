@@ -5,16 +5,10 @@
  * @module
  */
 
-import type { ChatMessage, ErrorCode, ServerFrame } from "./protocol.ts";
-import { type ConversationKey, dmKey, roomKey } from "./store.ts";
+import type { ErrorCode, ServerFrame } from "./protocol.ts";
 
 /** An error frame. */
 export type ErrorFrame = Extract<ServerFrame, { type: "error" }>;
-
-/** The storage key of a message's conversation. */
-export function conversationKey(message: ChatMessage): ConversationKey {
-  return message.room !== undefined ? roomKey(message.room) : dmKey(message.from, message.to!);
-}
 
 /** What an error frame may say besides its code: a message, the cid refused, the request. */
 export interface ErrorDetail {

@@ -20,6 +20,7 @@ import {
   type ConversationRef,
   HISTORY_DEFAULT,
   LOBBY,
+  refOf,
   type ServerFrame,
   toLegacy,
 } from "./protocol.ts";
@@ -498,10 +499,9 @@ export class ChatHub {
       after: frame.after,
       limit: frame.limit ?? HISTORY_DEFAULT,
     });
-    const ref: ConversationRef = frame.room !== undefined
-      ? { room: frame.room }
-      : { with: frame.with };
-    conn.deliver(JSON.stringify({ type: "history", ...ref, ...page } satisfies ServerFrame));
+    conn.deliver(
+      JSON.stringify({ type: "history", ...refOf(frame), ...page } satisfies ServerFrame),
+    );
   }
 
   /** @internal */
@@ -509,10 +509,7 @@ export class ChatHub {
     const key = await this.conversationKey(conn, { ref: frame, request: "read" });
     if (key === undefined) return;
     const id = await this.#store.markRead(conn.user, key, frame.id);
-    const ref: ConversationRef = frame.room !== undefined
-      ? { room: frame.room }
-      : { with: frame.with };
-    this.#bus.publish({ kind: "read", user: conn.user, id, ...ref });
+    this.#bus.publish({ kind: "read", user: conn.user, id, ...refOf(frame) });
   }
 
   /** @internal The newest `replayLimit` messages after `after`, for a resume or a gap. */
@@ -565,10 +562,7 @@ export class ChatHub {
         return;
       }
       case "read": {
-        const ref: ConversationRef = event.room !== undefined
-          ? { room: event.room }
-          : { with: event.with };
-        const out = new Outgoing({ type: "read", ...ref, id: event.id });
+        const out = new Outgoing({ type: "read", ...refOf(event), id: event.id });
         return this.#each([event.user], (c) => !c.legacy && c.deliverShared(out));
       }
       case "invited": {

@@ -32,6 +32,7 @@ import {
   type Appended,
   type ChatStore,
   type ConversationKey,
+  conversationOf,
   dmKey,
   type HistoryOptions,
   type HistoryPage,
@@ -73,11 +74,6 @@ interface Pending {
 interface Counter {
   last: number;
   versionstamp: string | null;
-}
-
-/** The conversation a new message belongs to. */
-function conversationOf(message: NewMessage): ConversationKey {
-  return message.room !== undefined ? roomKey(message.room) : dmKey(message.from, message.to!);
 }
 
 async function getMany<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {

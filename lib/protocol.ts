@@ -27,6 +27,11 @@ export type ConversationRef = { room: string; with?: undefined } | {
   room?: undefined;
 };
 
+/** Just the conversation of anything that names one (a frame, an event, a resume point). */
+export function refOf(x: ConversationRef): ConversationRef {
+  return x.room !== undefined ? { room: x.room } : { with: x.with };
+}
+
 /** A message as the server stores and sends it. */
 export interface ChatMessage {
   /** Position in its conversation: strictly increasing from 1, never reused. */

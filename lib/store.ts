@@ -25,6 +25,13 @@ export function dmKey(a: string, b: string): ConversationKey {
   return a < b ? `d/${a}/${b}` : `d/${b}/${a}`;
 }
 
+/** The conversation a message (stored or not) belongs to. */
+export function conversationOf(
+  message: { room?: string; to?: string; from: string },
+): ConversationKey {
+  return message.room !== undefined ? roomKey(message.room) : dmKey(message.from, message.to!);
+}
+
 /** A message before the store gives it an id and a time. */
 export interface NewMessage {
   /** The room, for a room message. */
