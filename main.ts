@@ -7,6 +7,7 @@
 
 import { dirname } from "node:path";
 import { Accounts } from "./lib/accounts.ts";
+import { localBackend } from "./lib/backend.ts";
 import { KvStore } from "./lib/kv_store.ts";
 import { startChatServer } from "./lib/server.ts";
 import { helpText, parseSettings } from "./lib/settings.ts";
@@ -51,15 +52,22 @@ function fatal(what: string, error: unknown): never {
 }
 
 const store = await KvStore.open(dataPath).catch((e) => fatal(`cannot open ${dataPath}`, e));
-const server = await startChatServer({
-  settings,
+const backend = localBackend({
+  where: dataPath ?? "Deno Deploy KV",
   store,
   accounts: new Accounts(store.kv),
+  limits: settings,
+});
+const server = await startChatServer({
+  settings,
+  store: backend.store,
+  accounts: backend.accounts,
+  presence: backend.presence,
+  userLimits: backend.userLimits,
+  bus: backend.bus,
   onListen: ({ hostname, port }) => {
     const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
-    console.log(
-      `chat listening on http://${shown}:${port}/ (data: ${dataPath ?? "Deno Deploy KV"})`,
-    );
+    console.log(`chat listening on http://${shown}:${port}/ (data: ${backend.where})`);
   },
 }).catch((e) => fatal("cannot listen", e));
 
@@ -71,7 +79,7 @@ async function stop(signal: Deno.Signal): Promise<void> {
   // Whatever happens below, exit within 10 s.
   const deadline = setTimeout(() => Deno.exit(1), 10_000);
   await server.shutdown();
-  await store.close();
+  await backend.close();
   clearTimeout(deadline);
   Deno.exit(0);
 }

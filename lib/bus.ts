@@ -3,12 +3,14 @@
  * through a {@linkcode Bus}, its own local members included, so one process
  * and many processes behind a pub/sub engine deliver the same way: a hub
  * publishes, and every subscribed hub (itself too) delivers to the sockets it
- * holds. {@linkcode LocalBus} is the single-process bus.
+ * holds. {@linkcode LocalBus} is the single-process bus; `pg_bus.ts` is the
+ * one for several instances on one PostgreSQL.
  *
  * @module
  */
 
 import type { ChatMessage, ConversationRef, Target } from "./protocol.ts";
+import type { ConversationKey } from "./store.ts";
 
 /** What travels between hubs. */
 export type BusEvent =
@@ -23,12 +25,32 @@ export type BusEvent =
 /** A subscriber to a {@linkcode Bus}. */
 export type BusHandler = (event: BusEvent) => void;
 
+/**
+ * What a subscriber holds: a bus between instances brings a conversation's
+ * messages (read from the store) only to instances that have members of it.
+ */
+export interface BusInterest {
+  /** Whether this hub has local members of a conversation. */
+  has(conversation: ConversationKey): boolean;
+}
+
 /** A fan-out channel shared by every hub of one chat. */
 export interface Bus {
-  /** Sends an event to every subscriber, the publisher's own included. */
+  /**
+   * Sends an event to every subscriber, the publisher's own included. A
+   * `message` must be stored already: the publisher's own subscribers get it
+   * at once, other instances learn that its conversation moved and read it.
+   */
   publish(event: BusEvent): void;
+  /**
+   * A message the store already held was sent again (its first sender may
+   * have crashed between storing and publishing it): a bus between instances
+   * makes sure every instance has delivered it, once. Optional: in one
+   * process there is nobody it could have missed who does not reconnect.
+   */
+  reached?(message: ChatMessage): void;
   /** Adds a subscriber; disposing the result removes it. */
-  subscribe(handler: BusHandler): Disposable;
+  subscribe(handler: BusHandler, interest?: BusInterest): Disposable;
 }
 
 /** The bus of a single process: delivery is a synchronous call. */

@@ -2,7 +2,9 @@
  * `ChatHub`: the rooms, the members and the routing of frames. It knows
  * frames and peers, not sockets or Deno: a connection is a {@linkcode Peer}
  * (send, close, bufferedAmount), storage is a {@linkcode ChatStore}, and
- * fan-out between processes is a {@linkcode Bus}. That keeps it testable
+ * fan-out between processes is a {@linkcode Bus}; who is online is a
+ * {@linkcode Presence} and per-user limits are {@linkcode UserLimits}, so
+ * several instances can share them. That keeps it testable
  * with plain objects and lets another transport or backplane plug in.
  *
  * The order of things for a message: parse → authorise → store (durable) →
@@ -35,6 +37,8 @@ import {
 import { Connection } from "./connection.ts";
 import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
+import { LocalPresence, type Presence } from "./presence.ts";
+import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 
 export { CloseCode, Connection, type Peer };
 
@@ -70,6 +74,10 @@ export interface ChatHubOptions {
   bus?: Bus;
   /** Registered names, tokens and passwords. */
   accounts: HubAccounts;
+  /** Who is online; this process's users when absent. */
+  presence?: Presence;
+  /** Send budgets per user; kept in this process when absent. */
+  userLimits?: UserLimits;
   /** The limits to enforce. */
   limits: HubLimits;
 }
@@ -113,8 +121,8 @@ export class ChatHub {
   #accounts: HubAccounts;
   /** Whether a room is private, as far as this hub has looked. */
   #privacy = new Map<string, boolean>();
-  /** Send budgets by user: a token bucket each. */
-  #buckets = new Map<string, { tokens: number; at: number }>();
+  #presence: Presence;
+  #userLimits: UserLimits;
   #connections = 0;
   #shuttingDown = false;
   /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
@@ -126,7 +134,23 @@ export class ChatHub {
     this.#store = options.store;
     this.#accounts = options.accounts;
     this.#bus = options.bus ?? new LocalBus();
-    this.#subscription = this.#bus.subscribe((event) => this.#onEvent(event));
+    this.#presence = options.presence ?? new LocalPresence();
+    this.#userLimits = options.userLimits ??
+      new LocalUserLimits({ ...options.limits, maxConnectionsPerUser: Infinity });
+    this.#subscription = this.#bus.subscribe(
+      (event) => this.#onEvent(event),
+      { has: (key) => this.#hasMembers(key) },
+    );
+  }
+
+  /** Whether a user connected here takes part in a conversation. */
+  #hasMembers(key: ConversationKey): boolean {
+    if (key.startsWith("r/")) {
+      const room = key.slice(2);
+      return room === LOBBY ? this.#users.size > 0 : (this.#members.get(room)?.size ?? 0) > 0;
+    }
+    const [, a, b] = key.split("/");
+    return this.#users.has(a) || this.#users.has(b);
   }
 
   /** Counters for health checks. */
@@ -137,6 +161,20 @@ export class ChatHub {
   /** Users with at least one open connection here. */
   online(): string[] {
     return [...this.#users.keys()];
+  }
+
+  /** Tells the presence a user's last connection here closed, and announces it if they are gone. */
+  async #depart(user: string): Promise<void> {
+    try {
+      const gone = await this.#presence.depart(user);
+      // A new connection here meanwhile keeps them online.
+      if (gone && !this.#users.has(user)) {
+        this.#bus.publish({ kind: "presence", user, online: false });
+      }
+    } catch (error) {
+      // Its entry expires by itself (the presence's TTL).
+      console.error("presence: could not record a departure", error);
+    }
   }
 
   /**
@@ -180,6 +218,15 @@ export class ChatHub {
       ]);
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
+    // Arrived first, so the list includes the user; announced only when nobody anywhere saw
+    // the user online (another tab, here or on another instance, is no news).
+    const arrived = this.#users.has(user) ? false : await this.#presence.arrive(user);
+    const online = conn.legacy ? [] : await this.#presence.online();
+    if (conn.closed || this.#shuttingDown) {
+      if (!this.#users.has(user)) void this.#depart(user);
+      if (!conn.closed) conn.closePeer(CloseCode.GoingAway, "server shutting down");
+      return;
+    }
     const first = !this.#users.has(user);
     if (first) {
       this.#users.set(user, new Set());
@@ -192,7 +239,7 @@ export class ChatHub {
           type: "welcome",
           user,
           rooms: first ? rooms : this.#roomsOf(user),
-          online: this.online(),
+          online,
           conversations,
           privateRooms: rooms.filter((_, i) => infos[i]),
           invites,
@@ -206,7 +253,7 @@ export class ChatHub {
         } satisfies ServerFrame,
       ));
     }
-    if (first) this.#bus.publish({ kind: "presence", user, online: true });
+    if (arrived) this.#bus.publish({ kind: "presence", user, online: true });
   }
 
   #memberSet(room: string): Set<string> {
@@ -247,18 +294,26 @@ export class ChatHub {
    * Takes one message from a user's send budget; false (and an error frame
    * with `retry_after`) when it is spent.
    */
-  #allowSend(conn: Connection, request: ErrorDetail["request"] & object, cid?: string): boolean {
+  async #allowSend(
+    conn: Connection,
+    request: ErrorDetail["request"] & object,
+    cid?: string,
+  ): Promise<boolean> {
     const { sendRate, sendBurst } = this.limits;
-    const now = Date.now();
-    const bucket = this.#buckets.get(conn.user) ?? { tokens: sendBurst, at: now };
-    bucket.tokens = Math.min(sendBurst, bucket.tokens + ((now - bucket.at) / 1000) * sendRate);
-    bucket.at = now;
-    this.#buckets.set(conn.user, bucket);
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      return true;
+    let allowance;
+    try {
+      allowance = await this.#userLimits.takeSend(conn.user);
+    } catch (error) {
+      console.error("user limits: the budget could not be read", error);
+      conn.error(errorFrame("store_failed", {
+        message: "the message could not be stored; it was not sent",
+        ref: cid,
+        request,
+      }));
+      return false;
     }
-    const retryAfter = Math.ceil(((1 - bucket.tokens) / sendRate) * 1000);
+    if (allowance.ok) return true;
+    const retryAfter = allowance.retryAfterMs;
     conn.error({
       ...errorFrame("rate_limited", {
         message: `at most ${sendRate} messages a second (bursts of ${sendBurst}); wait a moment`,
@@ -272,10 +327,10 @@ export class ChatHub {
   }
 
   /** @internal Stores a room message, then publishes it. */
-  send(
+  async send(
     conn: Connection,
     message: { room: string; from: string; text: string; cid?: string },
-  ): void {
+  ): Promise<void> {
     const request = { type: "send", room: message.room } as const;
     if (!this.#isMember(conn.user, message.room)) {
       return conn.error(
@@ -286,7 +341,7 @@ export class ChatHub {
         }),
       );
     }
-    if (this.#allowSend(conn, request, message.cid)) this.#append(conn, message);
+    if (await this.#allowSend(conn, request, message.cid)) this.#append(conn, message);
   }
 
   /** @internal Stores a DM to a known user, then publishes it. */
@@ -303,7 +358,7 @@ export class ChatHub {
         request,
       }));
     }
-    if (this.#allowSend(conn, request, message.cid)) this.#append(conn, { ...message, to });
+    if (await this.#allowSend(conn, request, message.cid)) this.#append(conn, { ...message, to });
   }
 
   #append(
@@ -316,7 +371,9 @@ export class ChatHub {
       ({ message: stored, duplicate }) => {
         if (!duplicate) return this.#bus.publish({ kind: "message", message: stored });
         // A re-send of a stored message: everyone had it already; answer only the sender.
+        // (Unless its first sender's instance died before publishing it: the bus sees to that.)
         conn.acknowledgeAgain(stored);
+        this.#bus.reached?.(stored);
       },
       (error) => {
         if (!(error instanceof StoreError)) console.error("unexpected store error", error);
@@ -524,9 +581,7 @@ export class ChatHub {
     if (!set?.delete(conn) || set.size > 0) return;
     this.#users.delete(conn.user);
     for (const members of this.#members.values()) members.delete(conn.user);
-    if (!this.#shuttingDown) {
-      this.#bus.publish({ kind: "presence", user: conn.user, online: false });
-    }
+    if (!this.#shuttingDown) void this.#depart(conn.user);
   }
 
   #each(users: Iterable<string>, fn: (conn: Connection) => void): void {

@@ -16,6 +16,8 @@ import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
+import type { Presence } from "./presence.ts";
+import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
 import type { Settings } from "./settings.ts";
 import type { ChatStore } from "./store.ts";
@@ -31,6 +33,10 @@ export interface ChatServerOptions {
   store: ChatStore;
   /** The fan-out between instances; in-process when absent. */
   bus?: Bus;
+  /** Who is online on any instance; this process's users when absent. */
+  presence?: Presence;
+  /** Per-user limits (sends, connections), shared by instances; in-process when absent. */
+  userLimits?: UserLimits;
   /** Names, tokens and passwords. */
   accounts: Accounts;
   /** Called once listening, with the bound address. */
@@ -79,6 +85,8 @@ export interface HandlerOptions {
   store: ChatStore;
   /** Names, tokens, passwords. */
   accounts: Accounts;
+  /** Connections per user (and send budgets, which the hub takes). */
+  userLimits: UserLimits;
   /** Whether the server is shutting down (no new sockets). */
   isClosing: () => boolean;
 }
@@ -91,7 +99,6 @@ export function createHandler(
   const { settings, accounts } = options;
   const allowed = new Set(settings.allowOrigin.split(",").map((o) => o.trim()).filter(Boolean));
   const perIp = new OpenCounter();
-  const perUser = new OpenCounter();
   const connects = new MinuteCounter(settings.connectsPerMinute);
   const logins = new MinuteCounter(settings.loginsPerMinute);
 
@@ -197,13 +204,29 @@ export function createHandler(
       ? await accounts.authenticate(resolved.user, { token, legacy })
       : { ok: false as const, reason: resolved.reason };
     const user = resolved.ok ? resolved.user : name.name;
-    if (auth.ok && perUser.count(user) >= settings.maxConnectionsPerUser) {
-      return text(429, `at most ${settings.maxConnectionsPerUser} connections per user`);
+    let closeUser = () => {};
+    if (auth.ok) {
+      const opened = await options.userLimits.openConnection(user).catch((error) => {
+        console.error("user limits: could not count a connection", error);
+        return null;
+      });
+      if (opened === null) return text(503, "the store did not answer; try again");
+      if (opened === undefined) {
+        return text(429, `at most ${settings.maxConnectionsPerUser} connections per user`);
+      }
+      closeUser = opened;
     }
-    const { socket, response } = Deno.upgradeWebSocket(req, {
-      protocol: legacy ? undefined : SUBPROTOCOL,
-      idleTimeout: settings.idleTimeout,
-    });
+    let upgraded;
+    try {
+      upgraded = Deno.upgradeWebSocket(req, {
+        protocol: legacy ? undefined : SUBPROTOCOL,
+        idleTimeout: settings.idleTimeout,
+      });
+    } catch (error) {
+      closeUser();
+      throw error;
+    }
+    const { socket, response } = upgraded;
     socket.binaryType = "arraybuffer";
     if (!auth.ok) {
       socket.onopen = () => {
@@ -215,7 +238,6 @@ export function createHandler(
       return response;
     }
     const closeIp = perIp.open(at.ip);
-    const closeUser = perUser.open(user);
     socket.onopen = () => {
       const conn = hub.connect(socket, {
         user,
@@ -246,10 +268,13 @@ export function createHandler(
 /** Starts serving: the page, `/healthz` and the WebSocket endpoint. */
 export async function startChatServer(options: ChatServerOptions): Promise<ChatServer> {
   const { settings, store } = options;
+  const userLimits = options.userLimits ?? new LocalUserLimits(settings);
   const hub = new ChatHub({
     store,
     accounts: options.accounts,
     bus: options.bus,
+    presence: options.presence,
+    userLimits,
     limits: {
       maxFrameBytes: settings.maxFrameBytes,
       maxTextLength: settings.maxTextLength,
@@ -265,6 +290,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     settings,
     store,
     accounts: options.accounts,
+    userLimits,
     isClosing: () => closing,
   });
   const listening = Promise.withResolvers<Deno.NetAddr>();
