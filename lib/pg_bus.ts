@@ -1,0 +1,499 @@
+/**
+ * The {@linkcode Bus} between instances on one PostgreSQL.
+ *
+ * A conversation's log in the messages table is the truth; the live channel
+ * only says "conversation X has reached N". So:
+ *
+ * - A message the hub publishes is stored (committed) already. Its own
+ *   instance delivers it at once; other instances learn of it from one
+ *   `NOTIFY` per tick that names every conversation that moved (with its
+ *   first and last new id), written in the same statement as the
+ *   conversation's row in `chat_positions`.
+ * - An instance that hears of a conversation it has members of reads the new
+ *   rows from the store and hands them to its hub in order. Per conversation
+ *   it keeps the last id it handed over; anything after a gap (a message of
+ *   its own whose predecessors it has not seen, a notification it missed)
+ *   waits until the gap is read. Nothing is handed over that is not stored,
+ *   nothing twice. (Each connection's cursor then fills any gap of its own.)
+ * - When the LISTEN connection comes back (postgres.js re-listens by itself;
+ *   a watchdog pings the channel and re-listens if its pings stop coming
+ *   back), the instance reads `chat_positions` for every conversation that
+ *   moved since it last heard itself, and catches up those it has members of.
+ * - Ephemeral events (typing, joined/left, read, invited, revoked, presence)
+ *   travel in the same notifications (each under 8000 bytes, PostgreSQL's
+ *   limit): best effort, as in one process.
+ * - With `pollMs` > 0 (for connection poolers that cannot LISTEN) nothing
+ *   listens: the instance reads `chat_positions` and `chat_events` every
+ *   `pollMs`.
+ *
+ * While PostgreSQL is down, nothing new is stored, so nothing new is
+ * announced; pending announcements are retried until it is back.
+ *
+ * @module
+ */
+
+import type { Bus, BusEvent, BusHandler, BusInterest } from "./bus.ts";
+import type { Sql } from "./pg_instance.ts";
+import type { ChatMessage } from "./protocol.ts";
+import { type ChatStore, type ConversationKey, conversationOf } from "./store.ts";
+
+/** Options of {@linkcode PgBus.start}. */
+export interface PgBusOptions {
+  /** The client (a pool). */
+  sql: Sql;
+  /** This instance's id: its own notifications are not delivered twice. */
+  instance: string;
+  /** Where missed messages are read from. */
+  store: Pick<ChatStore, "history">;
+  /** Poll every this many milliseconds instead of listening; 0 listens. */
+  pollMs?: number;
+  /** The channel; `chat` by default. */
+  channel?: string;
+  /** How often the watchdog pings the channel, in milliseconds. */
+  pingMs?: number;
+}
+
+/** The most rows one catch-up read takes per conversation; connections page the rest. */
+const MAX_READ = 500;
+/** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more. */
+const MAX_PAYLOAD = 7500;
+/** Ephemeral events queued while the database is down, at most. */
+const MAX_PENDING_EVENTS = 10_000;
+/** How far back catch-up reads before the last moment known to be heard, for commits in flight. */
+const MARGIN_MS = 2000;
+
+/** A notification's body. */
+interface Payload {
+  /** The instance that sent it. */
+  o: string;
+  /** Conversations that moved: key, first new id, last new id. */
+  p?: Array<[ConversationKey, number, number]>;
+  /** Ephemeral events. */
+  e?: BusEvent[];
+  /** A watchdog ping: the database's time when sent, in ms. */
+  ping?: number;
+}
+
+/** What this instance knows of one conversation. */
+interface Conversation {
+  /** The newest id handed to the hub. */
+  known: number;
+  /** The newest id known to exist. */
+  target: number;
+  /** Messages of this instance's own, by id, waiting for their predecessors. */
+  held: Map<number, ChatMessage>;
+  /** A gap is being read. */
+  reading: boolean;
+}
+
+/** Fan-out over PostgreSQL: positions by NOTIFY (or polling), messages from the table. */
+export class PgBus implements Bus {
+  #sql: Sql;
+  #me: string;
+  #store: Pick<ChatStore, "history">;
+  #channel: string;
+  #pollMs: number;
+  #pingMs: number;
+  #subs = new Set<{ handler: BusHandler; interest?: BusInterest }>();
+  #conversations = new Map<ConversationKey, Conversation>();
+  #positions = new Map<ConversationKey, [number, number]>();
+  #events: BusEvent[] = [];
+  #flushing: Promise<void> | undefined;
+  #flushTimer: ReturnType<typeof setTimeout> | undefined;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #listener: { unlisten(): Promise<void> } | undefined;
+  #closed = false;
+  /** The database time up to which every notification is known to have been heard (ms). */
+  #synced = 0;
+  /** Local time the last own ping came back, and the last ping was sent. */
+  #pingSeen = 0;
+  #pingSent = 0;
+  #relistening = false;
+  /** Polling: the last event read. */
+  #eventSeq = 0;
+  #polling = false;
+  #lastPrune = 0;
+
+  private constructor(options: PgBusOptions) {
+    this.#sql = options.sql;
+    this.#me = options.instance;
+    this.#store = options.store;
+    this.#channel = options.channel ?? "chat";
+    this.#pollMs = options.pollMs ?? 0;
+    this.#pingMs = options.pingMs ?? 2000;
+  }
+
+  /** Starts listening (or polling); resolves once the channel is heard. */
+  static async start(options: PgBusOptions): Promise<PgBus> {
+    const bus = new PgBus(options);
+    const [row] = await bus.#sql`
+      SELECT (extract(epoch from now()) * 1000)::float8 AS now,
+        (SELECT coalesce(max(seq), 0)::float8 FROM chat_events) AS seq`;
+    bus.#synced = Number(row.now);
+    bus.#eventSeq = Number(row.seq);
+    if (bus.#pollMs > 0) {
+      bus.#timer = setInterval(() => void bus.#poll(), bus.#pollMs);
+    } else {
+      await bus.#listen();
+      bus.#pingSeen = Date.now();
+      bus.#timer = setInterval(() => void bus.#watch(), bus.#pingMs);
+    }
+    return bus;
+  }
+
+  async #listen(): Promise<void> {
+    let first = true;
+    this.#listener = await this.#sql.listen(
+      this.#channel,
+      (payload) => this.#onNotify(payload),
+      () => {
+        // Called on every (re)listen: after the first, whatever moved meanwhile is read back.
+        if (first) first = false;
+        else void this.#catchUp();
+      },
+    );
+  }
+
+  subscribe(handler: BusHandler, interest?: BusInterest): Disposable {
+    const sub = { handler, interest };
+    this.#subs.add(sub);
+    return { [Symbol.dispose]: () => void this.#subs.delete(sub) };
+  }
+
+  publish(event: BusEvent): void {
+    if (event.kind === "message") return this.#own(event.message);
+    this.#deliver(event);
+    if (this.#closed) return;
+    for (const part of split(event)) this.#events.push(part);
+    if (this.#events.length > MAX_PENDING_EVENTS) this.#events.splice(0, 1000);
+    this.#scheduleFlush(0);
+  }
+
+  reached(message: ChatMessage): void {
+    this.#own(message);
+  }
+
+  /** A message stored by this instance: delivered here now (after any gap), announced at the tick. */
+  #own(message: ChatMessage): void {
+    const key = conversationOf(message);
+    const pos = this.#positions.get(key);
+    this.#positions.set(
+      key,
+      pos ? [Math.min(pos[0], message.id), Math.max(pos[1], message.id)] : [
+        message.id,
+        message.id,
+      ],
+    );
+    this.#scheduleFlush(0);
+    let conv = this.#conversations.get(key);
+    if (!conv) {
+      conv = { known: message.id - 1, target: 0, held: new Map(), reading: false };
+      this.#conversations.set(key, conv);
+    }
+    if (message.id <= conv.known) return;
+    conv.held.set(message.id, message);
+    conv.target = Math.max(conv.target, message.id);
+    void this.#pump(key, conv);
+  }
+
+  #interested(key: ConversationKey): boolean {
+    for (const sub of this.#subs) if (!sub.interest || sub.interest.has(key)) return true;
+    return false;
+  }
+
+  /** Another instance (or the table) says a conversation reached `to`, from `from` if known. */
+  #advance(key: ConversationKey, from: number | undefined, to: number): void {
+    if (!this.#interested(key)) {
+      const conv = this.#conversations.get(key);
+      if (conv && !conv.reading && conv.held.size === 0) this.#conversations.delete(key);
+      return;
+    }
+    let conv = this.#conversations.get(key);
+    if (!conv) {
+      // Never seen here: what came before `from` is for each connection's cursor to fill.
+      conv = { known: (from ?? to) - 1, target: 0, held: new Map(), reading: false };
+      this.#conversations.set(key, conv);
+    }
+    if (to <= conv.known) return;
+    conv.target = Math.max(conv.target, to);
+    void this.#pump(key, conv);
+  }
+
+  /** Hands a conversation's messages to the hub in order, reading what it lacks from the store. */
+  async #pump(key: ConversationKey, conv: Conversation): Promise<void> {
+    if (conv.reading) return;
+    while (conv.known < conv.target && !this.#closed) {
+      const next = conv.held.get(conv.known + 1);
+      if (next) {
+        conv.held.delete(next.id);
+        conv.known = next.id;
+        this.#deliver({ kind: "message", message: next });
+        continue;
+      }
+      // A gap: read it (up to the first message held, or the target).
+      let before = conv.target + 1;
+      for (const id of conv.held.keys()) if (id > conv.known && id < before) before = id;
+      conv.reading = true;
+      let messages: ChatMessage[];
+      try {
+        const page = await this.#store.history(key, {
+          after: conv.known,
+          before,
+          limit: Math.min(MAX_READ, before - conv.known - 1),
+        });
+        messages = page.messages;
+      } catch (error) {
+        console.error(`fan-out: could not read ${key} (${(error as Error).message}); retrying`);
+        setTimeout(() => {
+          conv.reading = false;
+          void this.#pump(key, conv);
+        }, 500);
+        return;
+      }
+      conv.reading = false;
+      if (this.#conversations.get(key) !== conv) return;
+      let progressed = false;
+      for (const message of messages) {
+        if (message.id <= conv.known) continue;
+        for (const id of conv.held.keys()) if (id <= message.id) conv.held.delete(id);
+        conv.known = message.id;
+        progressed = true;
+        this.#deliver({ kind: "message", message });
+      }
+      if (!progressed) {
+        // Not in the table (a bad announcement?): skip to what is held, or stop here.
+        if (before <= conv.target) conv.known = before - 1;
+        else conv.target = conv.known;
+      }
+    }
+    for (const id of conv.held.keys()) if (id <= conv.known) conv.held.delete(id);
+  }
+
+  #deliver(event: BusEvent): void {
+    for (const sub of this.#subs) {
+      try {
+        sub.handler(event);
+      } catch (error) {
+        console.error("fan-out: a subscriber failed", error);
+      }
+    }
+  }
+
+  #onNotify(text: string): void {
+    let payload: Payload;
+    try {
+      payload = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (payload.o === this.#me) {
+      if (typeof payload.ping === "number") {
+        this.#synced = Math.max(this.#synced, payload.ping);
+        this.#pingSeen = Date.now();
+      }
+      return;
+    }
+    for (const [key, from, to] of payload.p ?? []) this.#advance(key, from, to);
+    for (const event of payload.e ?? []) if (event.kind !== "message") this.#deliver(event);
+  }
+
+  /**
+   * Reads every conversation that moved since the last moment this instance
+   * is sure it heard everything, and catches up those it has members of.
+   */
+  async #catchUp(): Promise<void> {
+    try {
+      const rows = await this.#sql`
+        SELECT p.conversation, p.last::float8 AS last, t.now FROM
+          (SELECT (extract(epoch from now()) * 1000)::float8 AS now) t
+        LEFT JOIN chat_positions p
+          ON p.updated_at > to_timestamp(${(this.#synced - MARGIN_MS) / 1000})`;
+      for (const row of rows) {
+        if (row.conversation !== null) this.#advance(row.conversation, undefined, Number(row.last));
+      }
+      if (rows[0]) this.#synced = Math.max(this.#synced, Number(rows[0].now));
+    } catch (error) {
+      console.error(`fan-out: catch-up failed (${(error as Error).message}); retrying`);
+      if (!this.#closed) setTimeout(() => void this.#catchUp(), 500);
+    }
+  }
+
+  /** The watchdog: pings its own channel; when the pings stop coming back, listens again. */
+  async #watch(): Promise<void> {
+    if (this.#closed) return;
+    const now = Date.now();
+    if (
+      !this.#relistening && this.#pingSent > this.#pingSeen &&
+      now - this.#pingSeen > 3 * this.#pingMs && now - this.#pingSent < this.#pingMs * 1.5
+    ) {
+      // Pings go out but do not come back: the LISTEN connection is lost for good.
+      this.#relistening = true;
+      try {
+        await this.#listener?.unlisten().catch(() => {});
+        await this.#listen();
+        this.#pingSeen = Date.now();
+        await this.#catchUp();
+      } catch (error) {
+        console.error(`fan-out: could not listen again (${(error as Error).message})`);
+      } finally {
+        this.#relistening = false;
+      }
+    }
+    try {
+      const ping = { o: this.#me } as const;
+      await this.#sql`
+        SELECT pg_notify(${this.#channel}, json_build_object(
+          'o', ${ping.o}::text, 'ping', (extract(epoch from now()) * 1000)::float8)::text)`;
+      this.#pingSent = Date.now();
+    } catch {
+      // The database is down; postgres.js reconnects, and the next ping tells.
+    }
+    this.#prune();
+  }
+
+  /** Forgets conversations nobody here takes part in any more. */
+  #prune(): void {
+    for (const [key, conv] of this.#conversations) {
+      if (!conv.reading && conv.held.size === 0 && !this.#interested(key)) {
+        this.#conversations.delete(key);
+      }
+    }
+  }
+
+  async #poll(): Promise<void> {
+    if (this.#polling || this.#closed) return;
+    this.#polling = true;
+    try {
+      await this.#catchUp();
+      const rows = await this.#sql`
+        SELECT seq::float8 AS seq, payload FROM chat_events
+        WHERE seq > ${this.#eventSeq} AND origin <> ${this.#me} ORDER BY seq LIMIT 1000`;
+      for (const row of rows) {
+        this.#eventSeq = Math.max(this.#eventSeq, Number(row.seq));
+        this.#onNotify(row.payload);
+      }
+      if (Date.now() - this.#lastPrune > 10_000) {
+        this.#lastPrune = Date.now();
+        this.#prune();
+        await this.#sql`DELETE FROM chat_events WHERE at < now() - interval '1 minute'`;
+      }
+    } catch (error) {
+      console.error(`fan-out: polling failed (${(error as Error).message})`);
+    } finally {
+      this.#polling = false;
+    }
+  }
+
+  #scheduleFlush(ms: number): void {
+    if (this.#flushTimer !== undefined || this.#flushing || this.#closed) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = undefined;
+      this.#flushing = this.#flush().finally(() => {
+        this.#flushing = undefined;
+        if (this.#positions.size > 0 || this.#events.length > 0) this.#scheduleFlush(0);
+      });
+    }, ms);
+  }
+
+  /** Announces what moved since the last tick: one statement, one notification (or a few). */
+  async #flush(): Promise<void> {
+    const positions = this.#positions;
+    const events = this.#events;
+    if (positions.size === 0 && events.length === 0) return;
+    this.#positions = new Map();
+    this.#events = [];
+    // Sorted, so two instances upserting the same rows take their locks in one order.
+    const keys = [...positions.keys()].sort();
+    const lasts = keys.map((k) => positions.get(k)![1]);
+    const payloads = pack(this.#me, keys.map((k) => [k, ...positions.get(k)!]), events);
+    try {
+      if (this.#pollMs > 0) {
+        await this.#sql`
+          WITH up AS (${upsert(this.#sql, keys, lasts)})
+          INSERT INTO chat_events (origin, payload)
+          SELECT ${this.#me}, x FROM unnest(${payloads}::text[]) AS x`;
+      } else {
+        await this.#sql`
+          WITH up AS (${upsert(this.#sql, keys, lasts)})
+          SELECT pg_notify(${this.#channel}, x) FROM unnest(${payloads}::text[]) AS x`;
+      }
+    } catch (error) {
+      // Put them back (merged with any newer ones) and try again shortly.
+      for (const [key, [from, to]] of positions) {
+        const now = this.#positions.get(key);
+        this.#positions.set(key, now ? [Math.min(now[0], from), Math.max(now[1], to)] : [from, to]);
+      }
+      this.#events = [...events, ...this.#events].slice(-MAX_PENDING_EVENTS);
+      if (!this.#closed) {
+        console.error(`fan-out: could not announce (${(error as Error).message}); retrying`);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    }
+  }
+
+  /** Stops listening or polling after announcing what is pending. */
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    await this.#flushing;
+    if (this.#positions.size > 0 || this.#events.length > 0) {
+      await Promise.race([this.#flush(), new Promise((r) => setTimeout(r, 2000))]);
+    }
+    this.#closed = true;
+    await this.#listener?.unlisten().catch(() => {});
+  }
+}
+
+/** The upsert of conversation positions, as a fragment for a `WITH`. */
+function upsert(sql: Sql, keys: string[], lasts: number[]) {
+  return sql`
+    INSERT INTO chat_positions (conversation, last, updated_at)
+    SELECT k, l, now() FROM unnest(${keys}::text[], ${lasts}::bigint[]) AS t(k, l)
+    ON CONFLICT (conversation) DO UPDATE
+      SET last = greatest(chat_positions.last, excluded.last), updated_at = now()
+    RETURNING 1`;
+}
+
+/** An event cut into parts that fit a notification (only a revocation's session list can be long). */
+function split(event: BusEvent): BusEvent[] {
+  if (event.kind !== "revoked" || event.sessions === "all" || event.sessions.length <= 100) {
+    return [event];
+  }
+  const parts: BusEvent[] = [];
+  for (let i = 0; i < event.sessions.length; i += 100) {
+    parts.push({ ...event, sessions: event.sessions.slice(i, i + 100) });
+  }
+  return parts;
+}
+
+/** Packs positions and events into as few payloads under the limit as it can. */
+function pack(
+  me: string,
+  positions: Array<[ConversationKey, number, number]>,
+  events: BusEvent[],
+): string[] {
+  const out: string[] = [];
+  let current: Payload = { o: me };
+  let size = JSON.stringify(current).length;
+  const push = () => {
+    if (current.p || current.e) out.push(JSON.stringify(current));
+    current = { o: me };
+    size = JSON.stringify(current).length;
+  };
+  const add = (item: unknown, field: "p" | "e") => {
+    const bytes = new TextEncoder().encode(JSON.stringify(item)).length + 8;
+    if (bytes + 64 > MAX_PAYLOAD) {
+      console.error(`fan-out: an event of ${bytes} bytes is too large to announce; dropped`);
+      return;
+    }
+    if (size + bytes > MAX_PAYLOAD) push();
+    // deno-lint-ignore no-explicit-any
+    ((current[field] ??= []) as any[]).push(item);
+    size += bytes;
+  };
+  for (const p of positions) add(p, "p");
+  for (const e of events) add(e, "e");
+  push();
+  return out;
+}

@@ -1,0 +1,110 @@
+/**
+ * {@linkcode Presence} shared by instances on one PostgreSQL: a row per
+ * (user, instance) in `chat_presence`, counted only while its instance's row
+ * in `chat_instances` is fresh (see `pg_instance.ts`). A user on two
+ * instances stays online until the last tab anywhere closes; a SIGKILLed
+ * instance's users go offline everywhere within the TTL, announced by
+ * whichever instance sweeps it.
+ *
+ * @module
+ */
+
+import type { Bus } from "./bus.ts";
+import type { PgInstance } from "./pg_instance.ts";
+import type { Presence } from "./presence.ts";
+
+/** Presence in PostgreSQL with expiry. */
+export class PgPresence implements Presence {
+  #instance: PgInstance;
+  #bus: Bus;
+  /** Users with a connection here, as this instance last told the table. */
+  #local = new Set<string>();
+  /** Per user, the last operation: arrivals and departures reach the table in order. */
+  #chains = new Map<string, Promise<unknown>>();
+
+  /** Presence under an instance; announcements of swept users go out on `bus`. */
+  constructor(instance: PgInstance, bus: Bus) {
+    this.#instance = instance;
+    this.#bus = bus;
+    instance.hook({
+      revived: () => this.#revive(),
+      swept: (users) => {
+        for (const user of users) {
+          // Whoever is connected here is online, whatever the table said of another instance.
+          if (!this.#local.has(user)) this.#bus.publish({ kind: "presence", user, online: false });
+        }
+      },
+    });
+  }
+
+  #inOrder<T>(user: string, op: () => Promise<T>): Promise<T> {
+    const run = (this.#chains.get(user) ?? Promise.resolve()).catch(() => {}).then(op);
+    this.#chains.set(user, run);
+    const clear = () => {
+      if (this.#chains.get(user) === run) this.#chains.delete(user);
+    };
+    run.then(clear, clear);
+    return run;
+  }
+
+  arrive(user: string): Promise<boolean> {
+    this.#local.add(user);
+    const { sql, id } = this.#instance;
+    return this.#inOrder(user, async () => {
+      const [row] = await sql`
+        WITH ins AS (
+          INSERT INTO chat_presence ("user", instance) VALUES (${user}, ${id})
+          ON CONFLICT DO NOTHING RETURNING 1
+        )
+        SELECT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (
+          SELECT 1 FROM chat_presence p JOIN chat_instances i ON i.id = p.instance
+          WHERE p."user" = ${user} AND p.instance <> ${id} AND i.expires_at >= now()
+        ) AS first`;
+      return row.first as boolean;
+    });
+  }
+
+  depart(user: string): Promise<boolean> {
+    this.#local.delete(user);
+    const { sql, id } = this.#instance;
+    return this.#inOrder(user, async () => {
+      const [row] = await sql`
+        WITH del AS (
+          DELETE FROM chat_presence WHERE "user" = ${user} AND instance = ${id} RETURNING 1
+        )
+        SELECT NOT EXISTS (
+          SELECT 1 FROM chat_presence p JOIN chat_instances i ON i.id = p.instance
+          WHERE p."user" = ${user} AND p.instance <> ${id} AND i.expires_at >= now()
+        ) AS gone`;
+      return row.gone as boolean;
+    });
+  }
+
+  async online(): Promise<string[]> {
+    const rows = await this.#instance.sql`
+      SELECT DISTINCT p."user" AS "user" FROM chat_presence p
+      JOIN chat_instances i ON i.id = p.instance WHERE i.expires_at >= now()`;
+    const users = new Set(rows.map((r) => r.user as string));
+    for (const user of this.#local) users.add(user);
+    return [...users];
+  }
+
+  /** Writes this instance's users again after its rows were lost, and announces them. */
+  async #revive(): Promise<void> {
+    const users = [...this.#local];
+    if (users.length === 0) return;
+    const rows = await this.#instance.sql`
+      INSERT INTO chat_presence ("user", instance)
+      SELECT u, ${this.#instance.id} FROM unnest(${users}::text[]) AS u
+      ON CONFLICT DO NOTHING RETURNING "user"`;
+    for (const r of rows) this.#bus.publish({ kind: "presence", user: r.user, online: true });
+  }
+
+  /** Removes this instance's users (a clean shutdown) and announces those now offline everywhere. */
+  async close(): Promise<void> {
+    await Promise.allSettled(this.#chains.values());
+    for (const user of await this.#instance.close()) {
+      this.#bus.publish({ kind: "presence", user, online: false });
+    }
+  }
+}
