@@ -15,7 +15,7 @@
  * @module
  */
 
-import type postgres from "npm:postgres@3.4";
+import type postgres from "npm:postgres@^3.4.9";
 
 /** A postgres.js client. */
 export type Sql = postgres.Sql;

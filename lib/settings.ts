@@ -12,8 +12,13 @@ export interface Settings {
   port: number;
   /** Address to listen on (`--hostname`, `HOST`); `0.0.0.0` lets the local network join. */
   hostname: string;
-  /** The Deno KV file (`--data`, `CHAT_DATA`); `:memory:` for a throwaway server. */
+  /**
+   * Where the data lives (`--data`, `CHAT_DATA`): a SQLite file, `:memory:`
+   * for a throwaway server, or a `postgres://` URL for several instances.
+   */
   data: string;
+  /** SQLite's `synchronous` level, `full` or `normal` (`--sqlite-synchronous`). */
+  sqliteSynchronous: string;
   /** Largest frame a client may send, in bytes (`--max-frame-bytes`, `CHAT_MAX_FRAME_BYTES`). */
   maxFrameBytes: number;
   /** Longest message, in characters (`--max-text-length`, `CHAT_MAX_TEXT_LENGTH`). */
@@ -40,6 +45,10 @@ export interface Settings {
   loginsPerMinute: number;
   /** Seconds without a pong before a silent client is dropped (`--idle-timeout`, `CHAT_IDLE_TIMEOUT`). */
   idleTimeout: number;
+  /** Seconds a stopped instance's users stay online elsewhere (`--presence-ttl`; PostgreSQL only). */
+  presenceTtl: number;
+  /** Poll PostgreSQL every this many ms instead of LISTEN; 0 listens (`--pg-poll-ms`). */
+  pgPollMs: number;
 }
 
 interface Spec {
@@ -66,7 +75,16 @@ const SPECS: Spec[] = [
     flag: "data",
     env: "CHAT_DATA",
     kind: "string",
-    help: "Deno KV file that keeps users, rooms and messages; :memory: keeps nothing",
+    help:
+      "where users, rooms and messages are kept: a SQLite file, :memory: (keeps nothing), or postgres://user:pass@host:port/db (several instances; on Deno Deploy DATABASE_URL/PG* are used)",
+  },
+  {
+    key: "sqliteSynchronous",
+    flag: "sqlite-synchronous",
+    env: "CHAT_SQLITE_SYNCHRONOUS",
+    kind: "string",
+    help:
+      "full: an acknowledged message survives power loss; normal: faster commits that survive a crash of the server but maybe not of the machine",
   },
   {
     key: "maxFrameBytes",
@@ -174,13 +192,32 @@ const SPECS: Spec[] = [
     help:
       "seconds a client may stay silent before a ping goes unanswered and it is dropped (0: never)",
   },
+  {
+    key: "presenceTtl",
+    flag: "presence-ttl",
+    env: "CHAT_PRESENCE_TTL",
+    kind: "number",
+    min: 0.2,
+    help:
+      "PostgreSQL: seconds within which a crashed instance's users show offline everywhere (renewed every quarter of it)",
+  },
+  {
+    key: "pgPollMs",
+    flag: "pg-poll-ms",
+    env: "CHAT_PG_POLL_MS",
+    kind: "int",
+    min: 0,
+    help:
+      "PostgreSQL: read new messages and events every this many ms instead of LISTEN, for poolers that cannot LISTEN (0: listen)",
+  },
 ];
 
 /** The defaults, used where neither a flag nor the environment says otherwise. */
 export const DEFAULT_SETTINGS: Readonly<Settings> = {
   port: 8000,
   hostname: "0.0.0.0",
-  data: "./data/chat.kv",
+  data: "./data/chat.db",
+  sqliteSynchronous: "full",
   maxFrameBytes: 64 * 1024,
   maxTextLength: 4000,
   maxBufferedBytes: 1024 * 1024,
@@ -194,6 +231,8 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   sendBurst: 20,
   loginsPerMinute: 10,
   idleTimeout: 30,
+  presenceTtl: 30,
+  pgPollMs: 0,
 };
 
 /** The result of {@linkcode parseSettings}. */
@@ -215,6 +254,11 @@ export function helpText(): string {
     `  ${"flag".padEnd(22)} ${"environment".padEnd(24)} meaning`,
     ...rows,
     "  --help                 print this and exit",
+    "",
+    "With --data postgres://… several instances share one database: per-user limits",
+    "(--send-rate, --send-burst, --max-connections-per-user) hold across all of them;",
+    "per-address limits (--max-connections-per-ip, --connects-per-minute, --logins-per-minute)",
+    "are counted by each instance on its own.",
   ].join("\n");
 }
 
@@ -263,5 +307,9 @@ export function parseSettings(
     (settings[spec.key] as number) = n;
   }
   if (settings.port > 65535) return { ok: false, error: "--port must be at most 65535" };
+  settings.sqliteSynchronous = settings.sqliteSynchronous.toLowerCase();
+  if (!["full", "normal"].includes(settings.sqliteSynchronous)) {
+    return { ok: false, error: "--sqlite-synchronous must be full or normal" };
+  }
   return { ok: true, settings };
 }
