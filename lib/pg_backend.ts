@@ -1,0 +1,78 @@
+/**
+ * The backend for several instances on one PostgreSQL: the SQL store and
+ * accounts (`sql/`), and presence, per-user limits and fan-out shared
+ * through the same database (`pg_presence.ts`, `pg_limits.ts`,
+ * `pg_bus.ts`). Those three use a client of their own (a small pool plus
+ * the LISTEN connection) that retries a lost server quickly (at most a
+ * second apart), so a PostgreSQL restart interrupts them for little longer
+ * than the restart.
+ *
+ * @module
+ */
+
+import postgres from "npm:postgres@^3.4.9";
+import type { Accounts } from "./accounts.ts";
+import type { Backend } from "./backend.ts";
+import { PgBus } from "./pg_bus.ts";
+import { PgInstance, type Sql } from "./pg_instance.ts";
+import { PgUserLimits } from "./pg_limits.ts";
+import { PgPresence } from "./pg_presence.ts";
+import type { ChatStore } from "./store.ts";
+import type { UserLimitSettings } from "./user_limits.ts";
+
+/** Options of {@linkcode openPgBackend}. */
+export interface PgBackendOptions {
+  /** The database URL; the `PG*` environment variables when absent. */
+  url?: string;
+  /** Where the data lives, for the start-up line (no password). */
+  where: string;
+  /** The store on that database; closed with the backend. */
+  store: ChatStore;
+  /** The accounts on that database. */
+  accounts: Accounts;
+  /** Per-user limits. */
+  limits: UserLimitSettings;
+  /** Milliseconds a stopped instance's users stay online elsewhere. */
+  presenceTtlMs: number;
+  /** Poll every this many milliseconds instead of LISTEN; 0 listens. */
+  pollMs: number;
+}
+
+/** Reconnect delays in seconds: quick, and never more than one apart. */
+function backoff(retries: number): number {
+  return Math.min(0.05 * 2 ** retries, 1);
+}
+
+/** Opens presence, limits and fan-out on PostgreSQL around a store on the same database. */
+export async function openPgBackend(options: PgBackendOptions): Promise<Backend> {
+  const config = { max: 4, connect_timeout: 5, backoff, onnotice: () => {} };
+  const sql: Sql = options.url === undefined ? postgres(config) : postgres(options.url, config);
+  try {
+    const instance = await PgInstance.start(sql, { ttlMs: options.presenceTtlMs });
+    const bus = await PgBus.start({
+      sql,
+      instance: instance.id,
+      store: options.store,
+      pollMs: options.pollMs,
+    });
+    const presence = new PgPresence(instance, bus);
+    const userLimits = new PgUserLimits(instance, options.limits);
+    return {
+      where: options.where,
+      store: options.store,
+      accounts: options.accounts,
+      presence,
+      userLimits,
+      bus,
+      close: async () => {
+        await presence.close();
+        await bus.close();
+        await sql.end({ timeout: 2 }).catch(() => {});
+        await options.store.close();
+      },
+    };
+  } catch (error) {
+    await sql.end({ timeout: 1 }).catch(() => {});
+    throw error;
+  }
+}
