@@ -1,0 +1,295 @@
+/**
+ * Several instances (real main.ts processes) on one real PostgreSQL, as a
+ * user would run them behind a proxy with no sticky sessions: whichever
+ * instance a tab lands on, it sees the same chat.
+ */
+
+import assert from "node:assert/strict";
+import { type Frame, TestClient, tokens } from "./_client.ts";
+import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
+import { type SpawnedServer, spawnServer } from "./_server.ts";
+import { canonicalName } from "../lib/identity.ts";
+
+const ignore = ignoreWithoutPostgres();
+
+/** A cluster and `n` instances on it, all stopped on dispose. */
+async function instances(
+  n: number,
+  args: string[] = [],
+): Promise<{ pg: TestPostgres; servers: SpawnedServer[] } & AsyncDisposable> {
+  const pg = await startPostgres();
+  const servers: SpawnedServer[] = [];
+  try {
+    // The first creates the schema; the others start together.
+    servers.push(await spawnServer({ data: pg.url, args }));
+    servers.push(
+      ...await Promise.all(
+        Array.from({ length: n - 1 }, () => spawnServer({ data: pg.url, args })),
+      ),
+    );
+  } catch (error) {
+    await Promise.all(servers.map((s) => s.close()));
+    await pg[Symbol.asyncDispose]();
+    throw error;
+  }
+  return {
+    pg,
+    servers,
+    [Symbol.asyncDispose]: async () => {
+      await Promise.all(servers.map((s) => s.close()));
+      // A later cluster may get these ports: its users are not these.
+      for (const key of tokens.keys()) {
+        if (servers.some((s) => key.startsWith(`${s.origin} `))) tokens.delete(key);
+      }
+      await pg[Symbol.asyncDispose]();
+    },
+  };
+}
+
+/**
+ * Opens a tab of `user` on `origin` and waits for its welcome. The name is
+ * claimed by its first tab anywhere in the cluster; tabs on other instances
+ * present that token, as a page behind one address would.
+ */
+async function tab(
+  cluster: { servers: SpawnedServer[] },
+  origin: string,
+  user: string,
+  query = "",
+): Promise<[TestClient, Frame]> {
+  const token = cluster.servers
+    .map((s) => tokens.get(`${s.origin} ${canonicalName(user)}`))
+    .find((t) => t !== undefined);
+  const client = await TestClient.connect(origin, user, { token: token ?? null, query });
+  try {
+    return [client, await client.next((f) => f.type === "welcome")];
+  } catch (error) {
+    await client.close();
+    throw error;
+  }
+}
+
+const isMessage = (text: string) => (f: Frame) => f.type === "message" && f.text === text;
+
+Deno.test({
+  name:
+    "three instances: a DM reaches every tab of the recipient on the other two, room messages, typing and presence are the same everywhere",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    await using cluster = await instances(3);
+    const [s1, s2, s3] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [bob2] = await tab(cluster, s2.origin, "bob");
+    const [bob3] = await tab(cluster, s3.origin, "bob");
+    const [carol, carolWelcome] = await tab(cluster, s3.origin, "carol");
+    // Everyone online anywhere is in a new tab's welcome, whichever instance it is on.
+    assert.deepEqual([...carolWelcome.online].sort(), ["alice", "bob", "carol"]);
+    await alice.next((f) => f.type === "presence" && f.user === "carol" && f.online);
+
+    alice.send({ type: "send", to: "bob", text: "你好 bob", cid: "dm-1" });
+    const ack = await alice.next(isMessage("你好 bob"));
+    for (const b of [bob2, bob3]) {
+      const got = await b.next(isMessage("你好 bob"));
+      assert.deepEqual(got, ack);
+      assert.equal(got.from, "alice");
+    }
+
+    carol.send({ type: "send", room: "lobby", text: "hello lobby" });
+    const stored = await carol.next(isMessage("hello lobby"));
+    for (const c of [alice, bob2, bob3]) {
+      assert.deepEqual(await c.next(isMessage("hello lobby")), stored);
+    }
+
+    // A room joined on one instance: members elsewhere see the join, the messages and typing.
+    const joiners: Array<[TestClient, string]> = [[alice, "alice"], [bob2, "bob"], [
+      carol,
+      "carol",
+    ]];
+    for (const [c] of joiners) c.send({ type: "join", room: "den" });
+    for (const [c, name] of joiners) {
+      await c.next((f) => f.type === "joined" && f.room === "den" && f.user === name);
+    }
+    // bob's other tab became a member too.
+    await bob3.next((f) => f.type === "joined" && f.room === "den" && f.user === "bob");
+    alice.send({ type: "typing", room: "den" });
+    for (const c of [bob2, bob3, carol]) {
+      await c.next((f) => f.type === "typing" && f.room === "den" && f.from === "alice");
+    }
+    alice.send({ type: "send", room: "den", text: "in the den" });
+    const den = await alice.next(isMessage("in the den"));
+    for (const c of [bob2, bob3, carol]) {
+      assert.deepEqual(await c.next(isMessage("in the den")), den);
+    }
+
+    // bob stays online while a tab anywhere is open.
+    await bob2.close();
+    carol.send({ type: "send", to: "bob", text: "still there?" });
+    await bob3.next(isMessage("still there?"));
+    assert.equal(
+      alice.queued.some((f) => f.type === "presence" && f.user === "bob" && !f.online),
+      false,
+      "bob went offline while his other tab was open",
+    );
+    await bob3.close();
+    await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    await carol.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    await alice.close();
+    await carol.close();
+  },
+});
+
+Deno.test({
+  name: "a user who reconnects to another instance with resume gets exactly what they missed",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    await using cluster = await instances(2);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [bob, welcome] = await tab(cluster, s1.origin, "bob", "?resume");
+    bob.send({
+      type: "resume",
+      conversations: welcome.conversations.map((c: Frame) => ({ ...c, after: c.last })),
+    });
+    for (let i = 1; i <= 3; i++) {
+      alice.send({ type: "send", to: "bob", text: `seen ${i}` });
+      await bob.next(isMessage(`seen ${i}`));
+    }
+    const last = (await alice.next(isMessage("seen 3"))).id;
+    await bob.close();
+    for (let i = 1; i <= 4; i++) {
+      alice.send({ type: "send", to: "bob", text: `missed ${i}` });
+      await alice.next(isMessage(`missed ${i}`));
+    }
+    // Back on the other instance, from where its view ended.
+    const [again] = await tab(cluster, s2.origin, "bob", "?resume");
+    again.send({ type: "resume", conversations: [{ with: "alice", after: last }] });
+    const resumed = await again.next((f) => f.type === "resumed");
+    assert.deepEqual(
+      again.queued.filter((f) => f.type === "message").map((f) => f.text),
+      ["missed 1", "missed 2", "missed 3", "missed 4"],
+    );
+    assert.equal(resumed.more, false);
+    // Live traffic carries on from there, once.
+    alice.send({ type: "send", to: "bob", text: "live" });
+    const live = await again.next(isMessage("live"));
+    assert.equal(live.id, resumed.to + 1);
+    for (let i = 1; i <= 4; i++) await again.next(isMessage(`missed ${i}`));
+    await alice.send({ type: "ping" });
+    await alice.next((f) => f.type === "pong");
+    assert.equal(again.queued.filter((f) => f.type === "message").length, 0);
+    await alice.close();
+    await again.close();
+  },
+});
+
+Deno.test({
+  name:
+    "a SIGKILLed instance loses nothing acknowledged, and its users show offline elsewhere within the presence TTL",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    const TTL = 2;
+    await using cluster = await instances(2, ["--presence-ttl", String(TTL)]);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [carol] = await tab(cluster, s2.origin, "carol");
+    await alice.next((f) => f.type === "presence" && f.user === "carol" && f.online);
+    const acked: number[] = [];
+    for (let i = 0; i < 20; i++) carol.send({ type: "send", room: "lobby", text: `c${i}` });
+    for (let i = 0; i < 20; i++) acked.push((await carol.next(isMessage(`c${i}`))).id);
+    await s2.kill("SIGKILL");
+    const killed = Date.now();
+    const offline = await alice.next((f) =>
+      f.type === "presence" && f.user === "carol" && !f.online
+    );
+    const took = Date.now() - killed;
+    assert.ok(offline && took <= TTL * 1000, `carol went offline after ${took} ms (TTL ${TTL} s)`);
+    alice.send({ type: "history", room: "lobby", limit: 100 });
+    const page = await alice.next((f) => f.type === "history");
+    const stored = page.messages.filter((m: Frame) => m.from === "carol").map((m: Frame) => m.id);
+    assert.deepEqual(stored, acked);
+    await alice.close();
+    await carol.closed;
+  },
+});
+
+Deno.test({
+  name:
+    "PostgreSQL SIGKILLed mid-traffic: sends fail with store_failed, sockets stay open, and chat across instances resumes by itself once it is back",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    await using cluster = await instances(2);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [bob] = await tab(cluster, s2.origin, "bob");
+    alice.send({ type: "send", to: "bob", text: "before" });
+    await bob.next(isMessage("before"));
+
+    await cluster.pg.crash();
+    alice.send({ type: "send", to: "bob", text: "while down", cid: "down-1" });
+    const failed = await alice.next((f) => f.type === "error");
+    assert.equal(failed.code, "store_failed");
+    assert.equal(failed.ref, "down-1");
+
+    await cluster.pg.restart();
+    const back = Date.now();
+    // The page re-sends with the same cid until it is acknowledged; so does this.
+    let ack: Frame | undefined;
+    for (let attempt = 0; !ack; attempt++) {
+      alice.send({ type: "send", to: "bob", text: "after", cid: "after-1" });
+      const answer = await alice.next((f) =>
+        (f.type === "message" && f.cid === "after-1") || (f.type === "error" && f.ref === "after-1")
+      );
+      if (answer.type === "message") ack = answer;
+      else await new Promise((r) => setTimeout(r, 100));
+      assert.ok(attempt < 50, "still failing 5 s after PostgreSQL came back");
+    }
+    assert.deepEqual(await bob.next(isMessage("after")), ack);
+    // The LISTEN is back too: typing (which travels only as a notification) arrives.
+    bob.send({ type: "typing", to: "alice" });
+    await alice.next((f) => f.type === "typing" && f.from === "bob");
+    const took = Date.now() - back;
+    assert.ok(took < 3000, `chat resumed ${took} ms after PostgreSQL was back`);
+    // Nobody was disconnected.
+    assert.equal(alice.socket.readyState, WebSocket.OPEN);
+    assert.equal(bob.socket.readyState, WebSocket.OPEN);
+    await alice.close();
+    await bob.close();
+  },
+});
+
+Deno.test({
+  name: "per-user limits hold across instances: connections per user and the send budget",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    await using cluster = await instances(3, [
+      "--max-connections-per-user",
+      "2",
+      "--send-rate",
+      "0.01",
+      "--send-burst",
+      "2",
+    ]);
+    const [s1, s2, s3] = cluster.servers;
+    const [one] = await tab(cluster, s1.origin, "dan");
+    const [two] = await tab(cluster, s2.origin, "dan");
+    await assert.rejects(tab(cluster, s3.origin, "dan"), /could not connect/);
+    one.send({ type: "send", room: "lobby", text: "one" });
+    await one.next(isMessage("one"));
+    two.send({ type: "send", room: "lobby", text: "two" });
+    await two.next(isMessage("two"));
+    // The third message, on yet another instance, is over the budget the other two used.
+    await one.close();
+    const [three] = await tab(cluster, s3.origin, "dan");
+    three.send({ type: "send", room: "lobby", text: "three", cid: "x" });
+    const refused = await three.next((f) => f.type === "error");
+    assert.equal(refused.code, "rate_limited");
+    assert.ok(refused.retry_after > 0);
+    await two.close();
+    await three.close();
+  },
+});
