@@ -1,0 +1,200 @@
+/**
+ * What the chaos tests share: a seeded PRNG, a client that behaves like the
+ * page under failures (resume, re-send by cid, reconnect, retry after
+ * `store_failed`), and the stored history to compare its view with.
+ *
+ * @module
+ */
+
+import type { Frame } from "./_client.ts";
+import { openStore } from "../lib/sql/open.ts";
+
+/** A small seeded PRNG (mulberry32), so a failing run can be replayed with its seed. */
+export function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A send not yet acknowledged. */
+export interface Sent {
+  cid: string;
+  frame: Frame;
+}
+
+/**
+ * A client that behaves like the page: it connects with `?resume`, resumes
+ * every conversation from where its view ends, re-sends what was not
+ * acknowledged with the same cid, and reconnects whenever it is cut off.
+ */
+export class ResilientClient {
+  readonly user: string;
+  /** Messages received, by conversation, in arrival order. */
+  readonly views = new Map<string, Frame[]>();
+  /** Sends not yet acknowledged, by cid, in send order. */
+  readonly pending = new Map<string, Sent>();
+  /** Acknowledged cids with their id, by conversation. */
+  readonly acked = new Map<string, { conv: string; id: number }>();
+  /** Rooms this user has joined (as the server confirmed). */
+  readonly rooms = new Set<string>();
+  duplicates = 0;
+  outOfOrder = 0;
+  reconnects = 0;
+  /** Sends refused with store_failed (and re-sent). */
+  storeFailures = 0;
+  #origin: () => string;
+  #socket: WebSocket | undefined;
+  #token: string | undefined;
+  #ready = false;
+  #stopped = false;
+  #listeners = new Set<() => void>();
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #closed = Promise.withResolvers<void>();
+
+  constructor(user: string, origin: () => string) {
+    this.user = user;
+    this.#origin = origin;
+  }
+
+  #conv(m: Frame): string {
+    if (m.room !== undefined) return `room:${m.room}`;
+    return `dm:${m.from === this.user ? m.to : m.from}`;
+  }
+
+  #last(conv: string): number {
+    return this.views.get(conv)?.at(-1)?.id ?? 0;
+  }
+
+  #notify(): void {
+    for (const listener of this.#listeners) listener();
+  }
+
+  /** Resolves when `condition` holds, checked after every frame. */
+  until(condition: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+    if (condition()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#listeners.delete(check);
+        reject(new Error(`${this.user}: timed out waiting for ${what}`));
+      }, timeoutMs);
+      const check = () => {
+        if (!condition()) return;
+        clearTimeout(timer);
+        this.#listeners.delete(check);
+        resolve();
+      };
+      this.#listeners.add(check);
+    });
+  }
+
+  connect(): void {
+    if (this.#stopped) return;
+    const url = `${this.#origin().replace("http", "ws")}/ws/${this.user}?resume`;
+    const socket = new WebSocket(
+      url,
+      this.#token ? ["chat.v1", `token.${this.#token}`] : ["chat.v1"],
+    );
+    this.#socket = socket;
+    this.#ready = false;
+    socket.onmessage = (e) => this.#onFrame(JSON.parse(e.data));
+    socket.onclose = () => {
+      this.#ready = false;
+      if (this.#stopped) return this.#closed.resolve();
+      this.reconnects++;
+      // Back off a little so a dead server is not hammered; the server's restart is awaited by the test.
+      this.#retry = setTimeout(() => this.connect(), 20 + Math.random() * 80);
+    };
+  }
+
+  #onFrame(f: Frame): void {
+    if (f.type === "welcome") {
+      // The first connection claims the name; later ones prove it with this token.
+      if (f.token) this.#token = f.token;
+      const conversations = (f.conversations as Frame[]).map((c) => ({
+        ...(c.room !== undefined ? { room: c.room } : { with: c.with }),
+        after: this.#last(c.room !== undefined ? `room:${c.room}` : `dm:${c.with}`),
+      }));
+      this.#socket!.send(JSON.stringify({ type: "resume", conversations }));
+      this.#ready = true;
+      for (const sent of this.pending.values()) this.#socket!.send(JSON.stringify(sent.frame));
+    } else if (f.type === "message") {
+      const conv = this.#conv(f);
+      const view = this.views.get(conv) ?? [];
+      this.views.set(conv, view);
+      const last = view.at(-1)?.id ?? 0;
+      if (view.some((m) => m.id === f.id)) this.duplicates++;
+      else if (f.id <= last) this.outOfOrder++;
+      view.push(f);
+      if (f.from === this.user && f.cid !== undefined && this.pending.has(f.cid)) {
+        this.pending.delete(f.cid);
+        this.acked.set(f.cid, { conv, id: f.id });
+      }
+    } else if (f.type === "joined" && f.user === this.user) {
+      this.rooms.add(f.room);
+    } else if (f.type === "error" && f.code === "store_failed" && this.acked.has(f.ref)) {
+      // A second copy (re-sent after a cut) refused while the database was down: the first made it.
+    } else if (f.type === "error" && f.code === "store_failed" && this.pending.has(f.ref)) {
+      // The database is down: the page offers Retry; this client retries by itself, same cid.
+      this.storeFailures++;
+      const sent = this.pending.get(f.ref)!;
+      const socket = this.#socket;
+      setTimeout(() => {
+        if (this.pending.has(sent.cid) && this.#socket === socket && this.#ready) {
+          socket?.send(JSON.stringify(sent.frame));
+        }
+      }, 100);
+    } else if (f.type === "error") {
+      throw new Error(`${this.user} got an error frame: ${JSON.stringify(f)}`);
+    }
+    this.#notify();
+  }
+
+  /** Sends (or queues, while disconnected) a message with a fresh cid. */
+  send(where: { room: string } | { to: string }, text: string): void {
+    const cid = crypto.randomUUID();
+    const frame = { type: "send", ...where, text, cid };
+    this.pending.set(cid, { cid, frame });
+    if (this.#ready && this.#socket?.readyState === WebSocket.OPEN) {
+      this.#socket.send(JSON.stringify(frame));
+    }
+  }
+
+  /** Joins a room (membership is stored, so it outlives reconnects) and waits for the server's word. */
+  join(room: string): Promise<void> {
+    this.#socket!.send(JSON.stringify({ type: "join", room }));
+    return this.until(() => this.rooms.has(room), `joining ${room}`);
+  }
+
+  /** Cuts the connection as a flaky network would; the client reconnects by itself. */
+  drop(): void {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#socket.close();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retry);
+    if (this.#socket && this.#socket.readyState !== WebSocket.CLOSED) {
+      this.#socket.close();
+      await this.#closed.promise;
+    }
+  }
+}
+
+/** Reads every stored message of every conversation straight from the database, as the store returns them. */
+export async function storedHistory(data: string): Promise<Map<string, Frame[]>> {
+  await using store = await openStore(data);
+  const [{ n }] = await store.db.query<{ n: number }>(`SELECT COUNT(*) AS n FROM messages`);
+  const out = new Map<string, Frame[]>();
+  for (
+    const { conv } of await store.db.query<{ conv: string }>(`SELECT DISTINCT conv FROM messages`)
+  ) {
+    const page = await store.history(conv, { limit: n });
+    out.set(conv, page.messages as unknown as Frame[]);
+  }
+  return out;
+}

@@ -1,0 +1,160 @@
+/**
+ * The chaos test across instances: three real main.ts processes on one real
+ * PostgreSQL; clients chat in two rooms and in DMs, each connected to a
+ * random instance and reconnecting to a random one whenever cut off, while
+ * connections drop at random, instances are SIGKILLed (and started again),
+ * and PostgreSQL itself is SIGKILLed and restarted mid-traffic. Afterwards
+ * every client's view of every conversation must equal the stored history:
+ * nothing lost, nothing twice, nothing out of order.
+ */
+
+import assert from "node:assert/strict";
+import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
+import { random, ResilientClient, storedHistory } from "./_resilient.ts";
+import { type SpawnedServer, spawnServer } from "./_server.ts";
+import type { Frame } from "./_client.ts";
+
+Deno.test({
+  name:
+    "chaos across three instances: SIGKILLed instances, a SIGKILLed PostgreSQL and random drops lose, repeat and reorder no acknowledged message",
+  ignore: ignoreWithoutPostgres(),
+  async fn() {
+    const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
+    const rand = random(seed);
+    await using pg = await startPostgres();
+    const USERS = 6, MESSAGES_PER_USER = 100, INSTANCE_KILLS = 3, PG_CRASHES = 2;
+    // A short TTL, so killed instances' entries do not linger through the test.
+    const args = ["--presence-ttl", "2"];
+    const servers: Array<SpawnedServer | undefined> = [await spawnServer({ data: pg.url, args })];
+    servers.push(...await Promise.all([1, 2].map(() => spawnServer({ data: pg.url, args }))));
+    const ports = servers.map((s) => s!.port);
+    const origin = () => {
+      const alive = servers.filter((s) => s !== undefined);
+      // While one is down, a client may still pick its address (as behind a proxy): it retries.
+      return (alive[Math.floor(Math.random() * alive.length)] ?? servers.find(Boolean))?.origin ??
+        `http://127.0.0.1:${ports[0]}`;
+    };
+    const clients = Array.from({ length: USERS }, (_, i) => new ResilientClient(`u${i}`, origin));
+    let kills = 0, crashes = 0;
+    try {
+      for (const c of clients) c.connect();
+      await Promise.all(clients.map((c, i) => {
+        c.send({ room: "lobby" }, `${c.user} is here`);
+        return c.until(() => c.acked.size === 1, `first ack of u${i}`);
+      }));
+      await Promise.all(clients.map((c) => c.join("den")));
+
+      const total = USERS * MESSAGES_PER_USER;
+      // The disasters, spread over the run, one at a time, each while traffic goes on.
+      const events = [
+        ...Array.from({ length: INSTANCE_KILLS }, () => "instance" as const),
+        ...Array.from({ length: PG_CRASHES }, () => "postgres" as const),
+      ].sort(() => rand() - 0.5);
+      const at = events.map((_, i) => Math.floor((total * (i + 1)) / (events.length + 1)));
+      let disaster: Promise<void> = Promise.resolve();
+      let sent = 0;
+      while (sent < total) {
+        const c = clients[Math.floor(rand() * USERS)];
+        const peer = clients[Math.floor(rand() * USERS)];
+        const pick = rand();
+        const where = pick < 0.35 ? { room: "lobby" } : pick < 0.7 ? { room: "den" } : {
+          to: peer.user,
+        };
+        c.send(where, `#${sent} from ${c.user} ${"·".repeat(Math.floor(rand() * 40))}`);
+        sent++;
+        if (rand() < 0.05) clients[Math.floor(rand() * USERS)].drop();
+        const next = at.indexOf(sent);
+        if (next !== -1) {
+          await disaster;
+          if (events[next] === "instance") {
+            const i = Math.floor(rand() * servers.length);
+            disaster = (async () => {
+              const victim = servers[i]!;
+              servers[i] = undefined;
+              await victim.kill("SIGKILL");
+              kills++;
+              // Down for a moment while traffic carries on elsewhere, then back on its address.
+              await new Promise((r) => setTimeout(r, 300));
+              servers[i] = await spawnServer({ data: pg.url, port: ports[i], args });
+            })();
+          } else {
+            disaster = (async () => {
+              await pg.crash();
+              crashes++;
+              await new Promise((r) => setTimeout(r, 300));
+              await pg.restart();
+            })();
+          }
+        }
+        await c.until(() => c.pending.size < 4, "room in the send window");
+      }
+      await disaster;
+
+      await Promise.all(clients.map((c) => c.until(() => c.pending.size === 0, "all acks")));
+      const stored = await storedHistory(pg.url);
+      const expectedFor = (c: ResilientClient) => {
+        const out = new Map<string, Frame[]>();
+        for (const [key, messages] of stored) {
+          const [kind, a, b] = key.split("/");
+          if (kind === "r") out.set(`room:${a}`, messages);
+          else if (a === c.user || b === c.user) out.set(`dm:${a === c.user ? b : a}`, messages);
+        }
+        return out;
+      };
+      await Promise.all(clients.map((c) => {
+        const expected = expectedFor(c);
+        return c.until(
+          () =>
+            [...expected].every(([conv, msgs]) =>
+              (c.views.get(conv)?.at(-1)?.id ?? 0) >= msgs.at(-1)!.id
+            ),
+          "catching up",
+        );
+      }));
+
+      let lost = 0, duplicated = 0, outOfOrder = 0, acked = 0, storedCount = 0;
+      for (const c of clients) {
+        duplicated += c.duplicates;
+        outOfOrder += c.outOfOrder;
+        acked += c.acked.size;
+        for (const [conv, msgs] of expectedFor(c)) {
+          const seen = new Set((c.views.get(conv) ?? []).map((m) => m.id));
+          lost += msgs.filter((m) => !seen.has(m.id)).length;
+        }
+      }
+      for (const msgs of stored.values()) storedCount += msgs.length;
+      const byCid = new Map<string, number>();
+      for (const [key, msgs] of stored) {
+        assert.deepEqual(
+          msgs.map((x) => x.id),
+          msgs.map((_, i) => i + 1),
+          `ids of ${key} are 1..n`,
+        );
+        for (const m of msgs) {
+          assert.equal(byCid.has(m.cid), false, `cid ${m.cid} stored twice`);
+          byCid.set(m.cid, m.id);
+        }
+      }
+      for (const c of clients) {
+        for (const [cid, { id }] of c.acked) {
+          assert.equal(byCid.get(cid), id, `acked ${cid} is stored as ${id}`);
+        }
+      }
+      const reconnects = clients.reduce((n, c) => n + c.reconnects, 0);
+      const refused = clients.reduce((n, c) => n + c.storeFailures, 0);
+      console.log(
+        `chaos on PostgreSQL, 3 instances (seed ${seed}): ${acked} acknowledged, ${storedCount} stored, ` +
+          `${kills} instance SIGKILLs, ${crashes} PostgreSQL SIGKILLs, ${reconnects} reconnects, ` +
+          `${refused} store_failed re-sent: lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
+      );
+      assert.equal(kills, INSTANCE_KILLS);
+      assert.equal(crashes, PG_CRASHES);
+      assert.equal(acked, total + USERS);
+      assert.equal(storedCount, acked);
+      assert.deepEqual({ lost, duplicated, outOfOrder }, { lost: 0, duplicated: 0, outOfOrder: 0 });
+    } finally {
+      await Promise.all(clients.map((c) => c.stop()));
+      await Promise.all(servers.map((s) => s?.close()));
+    }
+  },
+});
