@@ -277,7 +277,7 @@ try {
     const results: Result[] = [];
     for (let run = 0; run < RUNS; run++) {
       await using server = await spawnServer({
-        data: `${dir}/bench-${scenarios.indexOf(scenario)}-${run}.kv`,
+        data: `${dir}/bench-${scenarios.indexOf(scenario)}-${run}.db`,
         args: scenario.args,
       });
       results.push(await scenario.fn(server.origin, server.pid, run));

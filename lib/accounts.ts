@@ -22,10 +22,28 @@ import {
 import type { SqlDatabase } from "./sql/dialect.ts";
 import { LOBBY_KEY, readFromLatest } from "./sql/store.ts";
 
+/**
+ * Why a connection may not be a name, as a code the page translates (the
+ * close reason is `<code>: <English words>`):
+ * - `lookalike`: too much like another registered name
+ * - `taken`: claimed, with a password (log in with it)
+ * - `taken_no_password`: claimed, no password (only its own devices can use it)
+ * - `bad_token`: the token presented is not (or no longer) one of this name's
+ * - `claimed_legacy`: the original page asked for a claimed name
+ * - `just_claimed`: someone claimed it at the same moment
+ */
+export type RefusalCode =
+  | "lookalike"
+  | "taken"
+  | "taken_no_password"
+  | "bad_token"
+  | "claimed_legacy"
+  | "just_claimed";
+
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
   | { ok: true; user: string; known: boolean }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** The outcome of {@linkcode Accounts.authenticate}. */
 export type Authenticated =
@@ -36,7 +54,7 @@ export type Authenticated =
     /** A token issued now, because this connection claimed the name. */
     token?: string;
   }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** Options of {@linkcode Accounts.authenticate}. */
 export interface AuthenticateOptions {
@@ -80,7 +98,11 @@ export class Accounts {
       return { ok: true, user: byCanon.name, known: true };
     }
     if (rows.length > 0) {
-      return { ok: false, reason: `too much like the name ${rows[0].name}; pick another` };
+      return {
+        ok: false,
+        reason: `too much like the name ${rows[0].name}; pick another`,
+        code: "lookalike",
+      };
     }
     return { ok: true, user: name, known: false };
   }
@@ -140,6 +162,7 @@ export class Accounts {
         ? {
           ok: false,
           reason: `${user} is a claimed name; the original page can use only free names`,
+          code: "claimed_legacy",
         }
         : { ok: true };
     }
@@ -154,10 +177,19 @@ export class Accounts {
       return {
         ok: false,
         reason: "this token is not valid for this name (logged out?); log in again",
+        code: "bad_token",
       };
     }
-    if (await this.#account(user)) {
-      return { ok: false, reason: `${user} is taken; log in with its password` };
+    const account = await this.#account(user);
+    if (account?.password !== undefined) {
+      return { ok: false, reason: `${user} is taken; log in with its password`, code: "taken" };
+    }
+    if (account) {
+      return {
+        ok: false,
+        reason: `${user} is taken, on the devices that claimed it; pick another name`,
+        code: "taken_no_password",
+      };
     }
     const token = newToken();
     const session = await hashToken(token);
@@ -175,7 +207,13 @@ export class Accounts {
       ]);
       return true;
     });
-    if (!claimed) return { ok: false, reason: `${user} was just claimed by someone else` };
+    if (!claimed) {
+      return {
+        ok: false,
+        reason: `${user} was just claimed by someone else`,
+        code: "just_claimed",
+      };
+    }
     return { ok: true, session, token };
   }
 

@@ -54,6 +54,9 @@ const DEFAULT_MAX_BATCH = 500;
 // Rows per multi-row INSERT: 8 placeholders each stays below every engine's limit.
 const ROWS_PER_INSERT = 500;
 const MAX_ATTEMPTS = 20;
+// How long a batch keeps retrying while the database is unreachable or busy, before its
+// senders get `store_failed`: long enough to ride out a PostgreSQL restart (< 1 s).
+const RETRY_BUDGET_MS = 2500;
 
 interface Pending {
   message: NewMessage;
@@ -185,14 +188,17 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   }
 
   async #commitRetrying(batch: Pending[]): Promise<Appended[]> {
+    const started = Date.now();
     for (let attempt = 1;; attempt++) {
       try {
         return await this.#commit(batch);
       } catch (error) {
         const { dialect } = this.#db;
         const again = dialect.isUniqueViolation(error) || dialect.isRetryable(error);
-        if (!again || attempt >= MAX_ATTEMPTS) throw error;
-        await new Promise((r) => setTimeout(r, Math.min(2 ** attempt, 200)));
+        if (!again || attempt >= MAX_ATTEMPTS || Date.now() - started > RETRY_BUDGET_MS) {
+          throw error;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(5 * 2 ** attempt, 250)));
       }
     }
   }
