@@ -364,7 +364,8 @@ export class PgBus implements Bus {
     if (this.#polling || this.#closed) return;
     this.#polling = true;
     try {
-      await this.#catchUp();
+      // The events first: they carry each batch's first id, so a conversation new here is read
+      // from there; the positions then catch up anything an event did not say.
       const rows = await this.#sql`
         SELECT seq::float8 AS seq, payload FROM chat_events
         WHERE seq > ${this.#eventSeq} AND origin <> ${this.#me} ORDER BY seq LIMIT 1000`;
@@ -372,6 +373,7 @@ export class PgBus implements Bus {
         this.#eventSeq = Math.max(this.#eventSeq, Number(row.seq));
         this.#onNotify(row.payload);
       }
+      await this.#catchUp();
       if (Date.now() - this.#lastPrune > 10_000) {
         this.#lastPrune = Date.now();
         this.#prune();

@@ -293,3 +293,26 @@ Deno.test({
     await three.close();
   },
 });
+
+Deno.test({
+  name:
+    "with --pg-poll-ms (for poolers that cannot LISTEN) DMs, room messages, typing and presence still cross instances",
+  ignore,
+  sanitizeOps: false,
+  async fn() {
+    await using cluster = await instances(2, ["--pg-poll-ms", "100"]);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [bob] = await tab(cluster, s2.origin, "bob");
+    await alice.next((f) => f.type === "presence" && f.user === "bob" && f.online);
+    alice.send({ type: "send", to: "bob", text: "polled" });
+    assert.deepEqual(await bob.next(isMessage("polled")), await alice.next(isMessage("polled")));
+    bob.send({ type: "typing", to: "alice" });
+    await alice.next((f) => f.type === "typing" && f.from === "bob");
+    for (let i = 0; i < 5; i++) bob.send({ type: "send", room: "lobby", text: `p${i}` });
+    for (let i = 0; i < 5; i++) await alice.next(isMessage(`p${i}`));
+    await bob.close();
+    await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    await alice.close();
+  },
+});
