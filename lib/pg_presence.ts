@@ -9,6 +9,7 @@
  * @module
  */
 
+import type postgres from "npm:postgres@^3.4.9";
 import type { Bus } from "./bus.ts";
 import type { PgInstance } from "./pg_instance.ts";
 import type { Presence } from "./presence.ts";
@@ -49,9 +50,9 @@ export class PgPresence implements Presence {
 
   arrive(user: string): Promise<boolean> {
     this.#local.add(user);
-    const { sql, id } = this.#instance;
-    return this.#inOrder(user, async () => {
-      const [row] = await sql`
+    const id = this.#instance.id;
+    return this.#locked(user, async (tx) => {
+      const [row] = await tx`
         WITH ins AS (
           INSERT INTO chat_presence ("user", instance) VALUES (${user}, ${id})
           ON CONFLICT DO NOTHING RETURNING 1
@@ -66,9 +67,9 @@ export class PgPresence implements Presence {
 
   depart(user: string): Promise<boolean> {
     this.#local.delete(user);
-    const { sql, id } = this.#instance;
-    return this.#inOrder(user, async () => {
-      const [row] = await sql`
+    const id = this.#instance.id;
+    return this.#locked(user, async (tx) => {
+      const [row] = await tx`
         WITH del AS (
           DELETE FROM chat_presence WHERE "user" = ${user} AND instance = ${id} RETURNING 1
         )
@@ -78,6 +79,21 @@ export class PgPresence implements Presence {
         ) AS gone`;
       return row.gone as boolean;
     });
+  }
+
+  /**
+   * Runs one user's arrival or departure under a per-user lock, in order with
+   * this instance's others: two instances changing one user at once each see
+   * the other's row as it is after the other committed (without the lock, two
+   * last tabs closing together could each see the other and nobody announce
+   * the user offline).
+   */
+  #locked<T>(user: string, op: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+    return this.#inOrder(user, () =>
+      this.#instance.sql.begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock(hashtext(${"chat-presence/" + user}))`;
+        return await op(tx);
+      }) as Promise<T>);
   }
 
   async online(): Promise<string[]> {

@@ -353,3 +353,21 @@ Deno.test({
     await bob.close();
   },
 });
+
+Deno.test({
+  name: "a user whose last two tabs, on two instances, close at the same moment goes offline",
+  ignore,
+  async fn() {
+    await using cluster = await instances(2);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    for (let round = 0; round < 8; round++) {
+      const [one] = await tab(cluster, s1.origin, "bob");
+      const [two] = await tab(cluster, s2.origin, "bob");
+      await alice.next((f) => f.type === "presence" && f.user === "bob" && f.online);
+      await Promise.all([one.close(), two.close()]);
+      await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    }
+    await alice.close();
+  },
+});
