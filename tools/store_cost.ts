@@ -6,8 +6,8 @@
  *    from tests/_pg.ts, fsync on): `batch` appends issued at once, so group
  *    commit puts them in one transaction;
  * 2. how long SQLite commits hold the event loop: a probe timer's lateness
- *    while 20 senders append, p50/p99/max, with the commits on the main thread
- *    (as the server does) and, for comparison, in a Worker.
+ *    while 20 senders append, p50/p99/max: node:sqlite group commits on the
+ *    main thread, the same in a Worker, and the SqlStore as shipped.
  *
  * `deno run -A tools/store_cost.ts` (about 30 s).
  *
@@ -112,12 +112,46 @@ try {
   }
 
   console.log("event-loop stall while 20 senders append 2000 messages to SQLite (FULL):");
+  /** Group commit as the store does it: what queues while one commit is in flight goes next. */
+  const groupCommit = (commit: (rows: Array<[string, number, string]>) => Promise<void>) => {
+    let queue: Array<{ row: [string, number, string]; done: () => void }> = [];
+    let flushing: Promise<void> | undefined;
+    const ids = new Map<string, number>();
+    const drain = async () => {
+      await new Promise((r) => setTimeout(r, 0));
+      while (queue.length > 0) {
+        const batch = queue;
+        queue = [];
+        await commit(batch.map((p) => p.row));
+        for (const p of batch) p.done();
+      }
+      flushing = undefined;
+    };
+    return (i: number, j: number) =>
+      new Promise<void>((done) => {
+        const conv = `r${i % 4}`;
+        const id = (ids.get(conv) ?? 0) + 1;
+        ids.set(conv, id);
+        queue.push({ row: [conv, id, `m${j}`], done });
+        flushing ??= drain();
+      });
+  };
   {
-    await using store = await openStore(`${dir}/stall.db`);
-    const line = await stalls(() =>
-      senders((i, j) => store.append({ room: `r${i % 4}`, from: `u${i}`, text: `m${j}` }))
+    const db = new DatabaseSync(`${dir}/inline.db`);
+    db.exec(
+      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE m (conv TEXT, id INTEGER, body TEXT, PRIMARY KEY (conv, id))",
     );
-    console.log(`  commits on the event loop (the server): ${line}`);
+    const insert = db.prepare("INSERT INTO m VALUES (?, ?, ?)");
+    const line = await stalls(() =>
+      senders(groupCommit((rows) => {
+        db.exec("BEGIN IMMEDIATE");
+        for (const [conv, id, body] of rows) insert.run(conv, id, body);
+        db.exec("COMMIT");
+        return Promise.resolve();
+      }))
+    );
+    db.close();
+    console.log(`  node:sqlite commits on the event loop: ${line}`);
   }
   {
     const url = URL.createObjectURL(new Blob([WORKER], { type: "application/javascript" }));
@@ -130,41 +164,24 @@ try {
         worker.postMessage(data);
       });
     await call({ open: `${dir}/worker.db` });
-    // Group commit as the store does it: what queues while one commit is in flight goes next.
-    let queue: Array<{ row: [string, number, string]; done: () => void }> = [];
-    let flushing: Promise<void> | undefined;
-    const ids = new Map<string, number>();
-    const drain = async () => {
-      while (queue.length > 0) {
-        const batch = queue;
-        queue = [];
-        await call({ rows: batch.map((p) => p.row) });
-        for (const p of batch) p.done();
-      }
-      flushing = undefined;
-    };
-    const line = await stalls(() =>
-      senders((i, j) =>
-        new Promise<void>((done) => {
-          const conv = `r${i % 4}`;
-          const id = (ids.get(conv) ?? 0) + 1;
-          ids.set(conv, id);
-          queue.push({ row: [conv, id, `m${j}`], done });
-          flushing ??= drain();
-        })
-      )
-    );
-    console.log(`  commits in a Worker (for comparison):   ${line}`);
+    const line = await stalls(() => senders(groupCommit((rows) => call({ rows }))));
+    console.log(`  node:sqlite commits in a Worker:       ${line}`);
     worker.terminate();
     URL.revokeObjectURL(url);
   }
+  {
+    await using store = await openStore(`${dir}/stall.db`);
+    const line = await stalls(() =>
+      senders((i, j) => store.append({ room: `r${i % 4}`, from: `u${i}`, text: `m${j}` }))
+    );
+    console.log(`  SqlStore as shipped (worker):          ${line}`);
+  }
   // The probe alone, for the baseline.
   console.log(
-    `  idle baseline:                          ${await stalls(() =>
+    `  idle baseline:                         ${await stalls(() =>
       new Promise((r) => setTimeout(r, 500))
     )}`,
   );
-  void DatabaseSync;
 } finally {
   await Deno.remove(dir, { recursive: true });
 }
