@@ -123,6 +123,8 @@ export class ChatHub {
   #privacy = new Map<string, boolean>();
   #presence: Presence;
   #userLimits: UserLimits;
+  /** Connections per user between their presence arriving and their welcome. */
+  #opening = new Map<string, number>();
   #connections = 0;
   #shuttingDown = false;
   /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
@@ -220,10 +222,18 @@ export class ChatHub {
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
     // Arrived first, so the list includes the user; announced only when nobody anywhere saw
     // the user online (another tab, here or on another instance, is no news).
-    const arrived = this.#users.has(user) ? false : await this.#presence.arrive(user);
-    const online = conn.legacy ? [] : await this.#presence.online();
+    this.#opening.set(user, (this.#opening.get(user) ?? 0) + 1);
+    let arrived: boolean, online: string[];
+    try {
+      arrived = this.#users.has(user) ? false : await this.#presence.arrive(user);
+      online = conn.legacy ? [] : await this.#presence.online();
+    } finally {
+      const left = this.#opening.get(user)! - 1;
+      if (left > 0) this.#opening.set(user, left);
+      else this.#opening.delete(user);
+    }
     if (conn.closed || this.#shuttingDown) {
-      if (!this.#users.has(user)) void this.#depart(user);
+      if (!this.#users.has(user) && !this.#opening.has(user)) void this.#depart(user);
       if (!conn.closed) conn.closePeer(CloseCode.GoingAway, "server shutting down");
       return;
     }
@@ -581,7 +591,8 @@ export class ChatHub {
     if (!set?.delete(conn) || set.size > 0) return;
     this.#users.delete(conn.user);
     for (const members of this.#members.values()) members.delete(conn.user);
-    if (!this.#shuttingDown) void this.#depart(conn.user);
+    // A tab of theirs still opening here keeps them present.
+    if (!this.#shuttingDown && !this.#opening.has(conn.user)) void this.#depart(conn.user);
   }
 
   #each(users: Iterable<string>, fn: (conn: Connection) => void): void {
