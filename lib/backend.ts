@@ -14,12 +14,6 @@ import { LocalPresence, type Presence } from "./presence.ts";
 import type { ChatStore } from "./store.ts";
 import { LocalUserLimits, type UserLimits, type UserLimitSettings } from "./user_limits.ts";
 
-/** What the server needs of the accounts. */
-export type BackendAccounts = Pick<
-  Accounts,
-  "resolve" | "register" | "authenticate" | "hasPassword" | "setPassword" | "login" | "revoke"
->;
-
 /** Store, accounts, presence, per-user limits and fan-out, as one. */
 export interface Backend {
   /** Where the data lives, for the start-up line (never a password). */
