@@ -29,6 +29,7 @@ import {
   conversationOf,
   type HistoryOptions,
   type HistoryPage,
+  type JoinOutcome,
   type NewMessage,
   type RoomInfo,
   roomKey,
@@ -371,6 +372,43 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     });
   }
 
+  async joinIfAllowed(user: string, room: string): Promise<JoinOutcome> {
+    return await this.#db.transaction(async (tx): Promise<JoinOutcome> => {
+      const now = Date.now();
+      // Creating it (public, ours) if new; if another transaction is creating it right now, this
+      // waits for that one's commit and then sees its row, private or not.
+      const created = await tx.query(
+        `INSERT INTO rooms (name, private, owner, since) VALUES ($1, 0, $2, $3)
+         ON CONFLICT (name) DO NOTHING RETURNING name`,
+        [room, user, now],
+      );
+      // Locked until commit: a concurrent decision on this room waits for this one.
+      const [info] = await tx.query<{ private: number }>(
+        `SELECT private FROM rooms WHERE name = $1${this.#db.dialect.forUpdate}`,
+        [room],
+      );
+      const isPrivate = created.length === 0 && Number(info?.private ?? 0) !== 0;
+      const [member] = await tx.query(
+        `SELECT name FROM members WHERE room = $1 AND name = $2`,
+        [room, user],
+      );
+      if (member) return { result: "member", private: isPrivate };
+      const invited = await tx.query(
+        `DELETE FROM invites WHERE name = $1 AND room = $2 RETURNING name`,
+        [user, room],
+      );
+      if (isPrivate && invited.length === 0) return { result: "forbidden", private: true };
+      const added = await tx.query(
+        `INSERT INTO members (room, name, since) VALUES ($1, $2, $3)
+         ON CONFLICT (room, name) DO NOTHING RETURNING name`,
+        [room, user, now],
+      );
+      if (added.length === 0) return { result: "member", private: isPrivate };
+      await readFromLatest(tx, this.#db, user, roomKey(room));
+      return { result: "joined", private: isPrivate };
+    });
+  }
+
   async leave(user: string, room: string): Promise<void> {
     await this.#db.query(`DELETE FROM members WHERE room = $1 AND name = $2`, [room, user]);
   }
@@ -415,12 +453,21 @@ export class SqlStore implements ChatStore, AsyncDisposable {
           keys,
         )).map((r) => [r.conv, Number(r.last_id)]),
       );
-      const reads = new Map(
-        (await this.#db.query<{ conv: string; id: number }>(
+      const readsQuery = () =>
+        this.#db.query<{ conv: string; id: number }>(
           `SELECT conv, id FROM reads WHERE name = $1 AND conv IN (${list})`,
           [user, ...keys],
-        )).map((r) => [r.conv, Number(r.id)]),
-      );
+        );
+      let reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
+      // A room the user has no read mark in (the lobby, on their first welcome) starts at its
+      // newest message; the mark is kept (even at 0) so what comes later counts as unread.
+      const unmarked = keys.filter((k) => !reads.has(k));
+      if (unmarked.length > 0) {
+        await this.#db.transaction(async (tx) => {
+          for (const key of unmarked) await readFromLatest(tx, this.#db, user, key);
+        });
+        reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
+      }
       part.forEach((room, i) => {
         const last = lasts.get(keys[i]) ?? 0;
         const read = Math.min(reads.get(keys[i]) ?? 0, last);
