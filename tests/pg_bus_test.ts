@@ -1,0 +1,82 @@
+/**
+ * PgBus on a real PostgreSQL, two buses as two instances would hold them:
+ * what a hub is handed, in which order, when notifications and the
+ * instance's own messages cross.
+ */
+
+import assert from "node:assert/strict";
+import postgres from "npm:postgres@^3.4.9";
+import type { BusEvent } from "../lib/bus.ts";
+import { PgBus } from "../lib/pg_bus.ts";
+import { ensureFanoutSchema } from "../lib/pg_instance.ts";
+import type { ChatMessage } from "../lib/protocol.ts";
+import { openStore } from "../lib/sql/open.ts";
+import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
+
+/** Resolves once `events` holds `n` messages. */
+function messages(events: BusEvent[], n: number, timeoutMs = 5000): Promise<ChatMessage[]> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const check = () => {
+      const got = events.flatMap((e) => e.kind === "message" ? [e.message] : []);
+      if (got.length >= n) return resolve(got);
+      if (Date.now() - started > timeoutMs) {
+        return reject(new Error(`only ${got.length} of ${n}: ${got.map((m) => m.id)}`));
+      }
+      setTimeout(check, 10);
+    };
+    check();
+  });
+}
+
+Deno.test({
+  name:
+    "an instance hands over its own message only after the others' messages before it, read from the table, each once",
+  ignore: ignoreWithoutPostgres(),
+  async fn() {
+    await using pg = await startPostgres();
+    const sql = postgres(pg.url, { max: 2, onnotice: () => {} });
+    await using storeA = await openStore(pg.url);
+    await using storeB = await openStore(pg.url);
+    await ensureFanoutSchema(sql);
+    const a = await PgBus.start({ sql, instance: "a", store: storeA });
+    const b = await PgBus.start({ sql, instance: "b", store: storeB });
+    try {
+      const seen: BusEvent[] = [];
+      using _sub = b.subscribe((e) => seen.push(e), { has: () => true });
+      const room = { room: "lobby", from: "x" };
+      // 1 announced by a: b reads it from the table.
+      a.publish({
+        kind: "message",
+        message: (await storeA.append({ ...room, text: "1" })).message,
+      });
+      await messages(seen, 1);
+      // 2 stored by a, its announcement not out yet; 3 stored and published by b itself.
+      const two = (await storeA.append({ ...room, text: "2" })).message;
+      const three = (await storeB.append({ ...room, text: "3" })).message;
+      b.publish({ kind: "message", message: three });
+      const got = await messages(seen, 3);
+      assert.deepEqual(got.map((m) => m.text), ["1", "2", "3"]);
+      // a's late announcement of 2, and a re-sent 3, hand over nothing again.
+      a.publish({ kind: "message", message: two });
+      b.reached(three);
+      a.publish({ kind: "typing", room: "lobby", from: "x" });
+      await new Promise<void>((resolve) => {
+        const t = setInterval(() => {
+          if (seen.some((e) => e.kind === "typing")) {
+            clearInterval(t);
+            resolve();
+          }
+        }, 10);
+      });
+      assert.deepEqual(
+        seen.flatMap((e) => e.kind === "message" ? [e.message.text] : []),
+        ["1", "2", "3"],
+      );
+    } finally {
+      await a.close();
+      await b.close();
+      await sql.end();
+    }
+  },
+});
