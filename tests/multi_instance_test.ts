@@ -371,3 +371,30 @@ Deno.test({
     await alice.close();
   },
 });
+
+Deno.test({
+  name:
+    "across instances: an invitation reaches the invitee's tab elsewhere, and logging out everywhere closes the user's tabs on every instance",
+  ignore,
+  async fn() {
+    await using cluster = await instances(2);
+    const [s1, s2] = cluster.servers;
+    const [alice] = await tab(cluster, s1.origin, "alice");
+    const [bob1] = await tab(cluster, s1.origin, "bob");
+    const [bob2] = await tab(cluster, s2.origin, "bob");
+    alice.send({ type: "create", room: "attic", private: true });
+    await alice.next((f) => f.type === "joined" && f.room === "attic");
+    alice.send({ type: "invite", room: "attic", user: "bob" });
+    for (const b of [bob1, bob2]) {
+      assert.deepEqual(
+        await b.next((f) => f.type === "invited"),
+        { type: "invited", room: "attic", by: "alice" },
+      );
+    }
+    bob2.send({ type: "join", room: "attic" });
+    await alice.next((f) => f.type === "joined" && f.room === "attic" && f.user === "bob");
+    bob1.send({ type: "logout", everywhere: true });
+    for (const b of [bob1, bob2]) assert.equal((await b.closed).code, 4001);
+    await alice.close();
+  },
+});
