@@ -113,6 +113,8 @@ export class PgBus implements Bus {
   #eventSeq = 0;
   #polling = false;
   #lastPrune = 0;
+  /** What has failed and was said so: each trouble is logged once until it clears. */
+  #troubles = new Set<string>();
 
   private constructor(options: PgBusOptions) {
     this.#sql = options.sql;
@@ -243,7 +245,7 @@ export class PgBus implements Bus {
         });
         messages = page.messages;
       } catch (error) {
-        console.error(`fan-out: could not read ${key} (${(error as Error).message}); retrying`);
+        this.#trouble("read", `could not read ${key} (${(error as Error).message}); retrying`);
         setTimeout(() => {
           conv.reading = false;
           void this.#pump(key, conv);
@@ -251,6 +253,7 @@ export class PgBus implements Bus {
         return;
       }
       conv.reading = false;
+      this.#cleared("read");
       if (this.#conversations.get(key) !== conv) return;
       let progressed = false;
       for (const message of messages) {
@@ -267,6 +270,16 @@ export class PgBus implements Bus {
       }
     }
     for (const id of conv.held.keys()) if (id <= conv.known) conv.held.delete(id);
+  }
+
+  #trouble(what: string, message: string): void {
+    if (this.#troubles.has(what)) return;
+    this.#troubles.add(what);
+    console.error(`fan-out: ${message}`);
+  }
+
+  #cleared(what: string): void {
+    if (this.#troubles.delete(what)) console.error(`fan-out: ${what} works again`);
   }
 
   #deliver(event: BusEvent): void {
@@ -312,8 +325,9 @@ export class PgBus implements Bus {
         if (row.conversation !== null) this.#advance(row.conversation, undefined, Number(row.last));
       }
       if (rows[0]) this.#synced = Math.max(this.#synced, Number(rows[0].now));
+      this.#cleared("catch-up");
     } catch (error) {
-      console.error(`fan-out: catch-up failed (${(error as Error).message}); retrying`);
+      this.#trouble("catch-up", `catch-up failed (${(error as Error).message}); retrying`);
       if (!this.#closed) setTimeout(() => void this.#catchUp(), 500);
     }
   }
@@ -374,13 +388,14 @@ export class PgBus implements Bus {
         this.#onNotify(row.payload);
       }
       await this.#catchUp();
+      this.#cleared("poll");
       if (Date.now() - this.#lastPrune > 10_000) {
         this.#lastPrune = Date.now();
         this.#prune();
         await this.#sql`DELETE FROM chat_events WHERE at < now() - interval '1 minute'`;
       }
     } catch (error) {
-      console.error(`fan-out: polling failed (${(error as Error).message})`);
+      this.#trouble("poll", `polling failed (${(error as Error).message})`);
     } finally {
       this.#polling = false;
     }
@@ -419,6 +434,7 @@ export class PgBus implements Bus {
           WITH up AS (${upsert(this.#sql, keys, lasts)})
           SELECT pg_notify(${this.#channel}, x) FROM unnest(${payloads}::text[]) AS x`;
       }
+      this.#cleared("announce");
     } catch (error) {
       // Put them back (merged with any newer ones) and try again shortly.
       for (const [key, [from, to]] of positions) {
@@ -427,7 +443,7 @@ export class PgBus implements Bus {
       }
       this.#events = [...events, ...this.#events].slice(-MAX_PENDING_EVENTS);
       if (!this.#closed) {
-        console.error(`fan-out: could not announce (${(error as Error).message}); retrying`);
+        this.#trouble("announce", `could not announce (${(error as Error).message}); retrying`);
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
     }

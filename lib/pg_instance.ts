@@ -100,6 +100,8 @@ export class PgInstance {
   /** No sweeping before this (local clock): after an outage, others need a beat to renew. */
   #sweepAfter = 0;
   #beating: Promise<void> | undefined;
+  /** The heartbeat is failing (said once, until it works again). */
+  #failing = false;
 
   private constructor(sql: Sql, options: PgInstanceOptions) {
     this.sql = sql;
@@ -149,10 +151,15 @@ export class PgInstance {
         for (const h of this.#hooks) await h.revived?.();
       }
       if (Date.now() >= this.#sweepAfter) await this.#sweep();
+      if (this.#failing) console.error("instance heartbeat works again");
+      this.#failing = false;
       this.#schedule(this.beatMs);
     } catch (error) {
       if (this.#closed) return;
-      console.error(`instance heartbeat failed (${(error as Error).message}); retrying`);
+      if (!this.#failing) {
+        console.error(`instance heartbeat failed (${(error as Error).message}); retrying`);
+      }
+      this.#failing = true;
       // Sweep nobody right after an outage: the others have not renewed yet.
       this.#sweepAfter = Date.now() + 2 * this.beatMs;
       this.#schedule(Math.min(500, this.beatMs));

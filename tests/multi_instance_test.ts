@@ -234,21 +234,22 @@ Deno.test({
     const back = Date.now();
     // The page re-sends with the same cid until it is acknowledged; so does this.
     let ack: Frame | undefined;
-    for (let attempt = 0; !ack; attempt++) {
+    while (!ack) {
       alice.send({ type: "send", to: "bob", text: "after", cid: "after-1" });
       const answer = await alice.next((f) =>
         (f.type === "message" && f.cid === "after-1") || (f.type === "error" && f.ref === "after-1")
       );
       if (answer.type === "message") ack = answer;
       else await new Promise((r) => setTimeout(r, 100));
-      assert.ok(attempt < 50, "still failing 5 s after PostgreSQL came back");
+      assert.ok(Date.now() - back < 10_000, "sends still fail 10 s after PostgreSQL came back");
     }
     assert.deepEqual(await bob.next(isMessage("after")), ack);
     // The LISTEN is back too: typing (which travels only as a notification) arrives.
     bob.send({ type: "typing", to: "alice" });
     await alice.next((f) => f.type === "typing" && f.from === "bob");
     const took = Date.now() - back;
-    assert.ok(took < 3000, `chat resumed ${took} ms after PostgreSQL was back`);
+    // Reconnects are retried at most a second apart (the store's pool, the LISTEN connection).
+    assert.ok(took < 5000, `chat resumed ${took} ms after PostgreSQL was back`);
     // Nobody was disconnected.
     assert.equal(alice.socket.readyState, WebSocket.OPEN);
     assert.equal(bob.socket.readyState, WebSocket.OPEN);
