@@ -308,6 +308,35 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
       }
     },
 
+  "finds messages by any substring, Chinese included, only in the conversations asked for": async (
+    _backend,
+    data,
+  ) => {
+    await using store = await openStore(data);
+    const texts = [
+      "明天发布新版本",
+      "Release notes are UP",
+      "100% done_ok",
+      "nothing here",
+      "发布",
+    ];
+    for (const text of texts) await store.append({ room: "dev", from: "alice", text });
+    await store.append({ to: "bob", from: "alice", text: "secret 发布新 plan" });
+    const found = async (text: string, convs = [roomKey("dev")]) =>
+      (await store.search(convs, text, 10)).map((m) => m.text);
+    assert.deepEqual(await found("发布新"), ["明天发布新版本"]);
+    assert.deepEqual(await found("发布"), ["发布", "明天发布新版本"], "newest first");
+    assert.deepEqual(await found("notes are up"), ["Release notes are UP"]);
+    assert.deepEqual(await found("0%"), ["100% done_ok"], "% is a character, not a wildcard");
+    assert.deepEqual(await found("e_o"), ["100% done_ok"], "_ is a character too");
+    assert.deepEqual(await found("x_y"), []);
+    assert.deepEqual(await found("发布新", [roomKey("dev"), dmKey("alice", "bob")]), [
+      "secret 发布新 plan",
+      "明天发布新版本",
+    ]);
+    assert.deepEqual(await found("发布新", [roomKey("other")]), []);
+  },
+
   "claims a name on one server for every server, and its token works on each": async (
     backend,
     data,
