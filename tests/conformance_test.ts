@@ -147,6 +147,14 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         cid: "x1",
       });
       assert.deepEqual(copy, { message: stored.message, duplicate: true });
+      // Twice in one batch (appended in the same turn): stored once, the second answered with the first.
+      const [one, two] = await Promise.all([
+        again[0].append({ room: "lobby", from: "alice", text: "twin", cid: "t1" }),
+        again[0].append({ room: "lobby", from: "alice", text: "twin", cid: "t1" }),
+      ]);
+      assert.equal(one.duplicate, false);
+      assert.deepEqual(two, { message: one.message, duplicate: true });
+      assert.equal((await again[0].history(roomKey("lobby"), { limit: 10 })).messages.length, 1);
       const other = await again[0].append({ to: "bob", from: "carol", text: "mine", cid: "x1" });
       assert.equal(
         other.duplicate,
