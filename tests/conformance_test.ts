@@ -345,6 +345,52 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
     assert.deepEqual(await found("发布新", [roomKey("other")]), []);
   },
 
+  "registers a name once across stores, refuses look-alikes, and revokes tokens everywhere": async (
+    backend,
+    data,
+  ) => {
+    const all = await stores(backend, data);
+    try {
+      const accounts = all.map((s) => new Accounts(s.db, { iterations: 1000 }));
+      // The same name in two spellings, at once from every store: one spelling wins everywhere.
+      const results = await Promise.all(
+        accounts.flatMap((a) => [a.register("Alice"), a.register("alice")]),
+      );
+      const spellings = new Set(results.map((r) => r.ok ? r.user : r.reason));
+      assert.equal(spellings.size, 1, [...spellings].join(", "));
+      const [winner] = spellings;
+      for (const a of accounts) {
+        assert.deepEqual(await a.resolve("ALICE"), { ok: true, user: winner, known: true });
+      }
+      // A look-alike (Cyrillic а) is refused on every store.
+      const lookalike = await accounts[accounts.length - 1].register("\u0430lice");
+      assert.equal(lookalike.ok, false);
+      // Claimed on one store, logged in with a password on another, revoked from a third.
+      const claim = await accounts[0].authenticate(winner, { legacy: false });
+      assert.equal(claim.ok, true);
+      const token = claim.ok ? claim.token! : "";
+      await accounts[accounts.length - 1].setPassword(winner, "correct horse");
+      const login = await accounts[1 % accounts.length].login("alice", "correct horse");
+      assert.equal(login?.user, winner);
+      assert.equal((await accounts[0].authenticate(winner, { legacy: false, token })).ok, true);
+      assert.equal(
+        (await accounts[0].authenticate(winner, { legacy: false, token: login!.token })).ok,
+        true,
+      );
+      const revoked = await accounts[2 % accounts.length].revoke(winner);
+      assert.equal(revoked.length, 2);
+      for (const t of [token, login!.token]) {
+        assert.equal(
+          (await accounts[0].authenticate(winner, { legacy: false, token: t })).ok,
+          false,
+        );
+      }
+      assert.equal(await accounts[1 % accounts.length].login("alice", "wrong"), undefined);
+    } finally {
+      await closeAll(all);
+    }
+  },
+
   "claims a name on one server for every server, and its token works on each": async (
     backend,
     data,
