@@ -16,11 +16,11 @@
  */
 
 import { canonicalName, skeleton } from "./identity.ts";
-import type { ChatMessage } from "./protocol.ts";
+import { type ChatMessage, LOBBY } from "./protocol.ts";
 import type { Row, SqlDatabase, SqlValue } from "./sql/dialect.ts";
 import { openDatabase, parseData } from "./sql/open.ts";
 import { SqlStore } from "./sql/store.ts";
-import { conversationOf } from "./store.ts";
+import { conversationOf, roomKey } from "./store.ts";
 
 /** How a table is copied: its columns, its key, and the column that may only grow. */
 interface TableSpec {
@@ -140,8 +140,22 @@ export async function kvRows(path: string): Promise<{ source: RowSource; close()
       }
     },
     async *reads() {
+      const marked = new Set<string>();
       for await (const e of list<number>(["read"])) {
+        marked.add(`${e.key[1] as string}\n${e.key[2] as string}`);
         yield { name: e.key[1] as string, conv: e.key[2] as string, id: Number(e.value) };
+      }
+      // In KV no read mark meant nothing read; in SQL a room without one starts at its newest
+      // message (a newcomer's). Keep what users had unread: a mark at 0 where KV had none.
+      const unmarked = function* (name: string, conv: string) {
+        if (!marked.has(`${name}\n${conv}`)) {
+          marked.add(`${name}\n${conv}`);
+          yield { name, conv, id: 0 };
+        }
+      };
+      for await (const e of list(["user"])) yield* unmarked(e.key[1] as string, roomKey(LOBBY));
+      for await (const e of list(["member"])) {
+        yield* unmarked(e.key[1] as string, roomKey(e.key[2] as string));
       }
     },
   };

@@ -147,6 +147,14 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         cid: "x1",
       });
       assert.deepEqual(copy, { message: stored.message, duplicate: true });
+      // Twice in one batch (appended in the same turn): stored once, the second answered with the first.
+      const [one, two] = await Promise.all([
+        again[0].append({ room: "lobby", from: "alice", text: "twin", cid: "t1" }),
+        again[0].append({ room: "lobby", from: "alice", text: "twin", cid: "t1" }),
+      ]);
+      assert.equal(one.duplicate, false);
+      assert.deepEqual(two, { message: one.message, duplicate: true });
+      assert.equal((await again[0].history(roomKey("lobby"), { limit: 10 })).messages.length, 1);
       const other = await again[0].append({ to: "bob", from: "carol", text: "mine", cid: "x1" });
       assert.equal(
         other.duplicate,
@@ -307,6 +315,81 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         await closeAll(a === b ? [a] : [a, b]);
       }
     },
+
+  "finds messages by any substring, Chinese included, only in the conversations asked for": async (
+    _backend,
+    data,
+  ) => {
+    await using store = await openStore(data);
+    const texts = [
+      "明天发布新版本",
+      "Release notes are UP",
+      "100% done_ok",
+      "nothing here",
+      "发布",
+    ];
+    for (const text of texts) await store.append({ room: "dev", from: "alice", text });
+    await store.append({ to: "bob", from: "alice", text: "secret 发布新 plan" });
+    const found = async (text: string, convs = [roomKey("dev")]) =>
+      (await store.search(convs, text, 10)).map((m) => m.text);
+    assert.deepEqual(await found("发布新"), ["明天发布新版本"]);
+    assert.deepEqual(await found("发布"), ["发布", "明天发布新版本"], "newest first");
+    assert.deepEqual(await found("notes are up"), ["Release notes are UP"]);
+    assert.deepEqual(await found("0%"), ["100% done_ok"], "% is a character, not a wildcard");
+    assert.deepEqual(await found("e_o"), ["100% done_ok"], "_ is a character too");
+    assert.deepEqual(await found("x_y"), []);
+    assert.deepEqual(await found("发布新", [roomKey("dev"), dmKey("alice", "bob")]), [
+      "secret 发布新 plan",
+      "明天发布新版本",
+    ]);
+    assert.deepEqual(await found("发布新", [roomKey("other")]), []);
+  },
+
+  "registers a name once across stores, refuses look-alikes, and revokes tokens everywhere": async (
+    backend,
+    data,
+  ) => {
+    const all = await stores(backend, data);
+    try {
+      const accounts = all.map((s) => new Accounts(s.db, { iterations: 1000 }));
+      // The same name in two spellings, at once from every store: one spelling wins everywhere.
+      const results = await Promise.all(
+        accounts.flatMap((a) => [a.register("Alice"), a.register("alice")]),
+      );
+      const spellings = new Set(results.map((r) => r.ok ? r.user : r.reason));
+      assert.equal(spellings.size, 1, [...spellings].join(", "));
+      const [winner] = spellings;
+      for (const a of accounts) {
+        assert.deepEqual(await a.resolve("ALICE"), { ok: true, user: winner, known: true });
+      }
+      // A look-alike (Cyrillic а) is refused on every store.
+      const lookalike = await accounts[accounts.length - 1].register("\u0430lice");
+      assert.equal(lookalike.ok, false);
+      // Claimed on one store, logged in with a password on another, revoked from a third.
+      const claim = await accounts[0].authenticate(winner, { legacy: false });
+      assert.equal(claim.ok, true);
+      const token = claim.ok ? claim.token! : "";
+      await accounts[accounts.length - 1].setPassword(winner, "correct horse");
+      const login = await accounts[1 % accounts.length].login("alice", "correct horse");
+      assert.equal(login?.user, winner);
+      assert.equal((await accounts[0].authenticate(winner, { legacy: false, token })).ok, true);
+      assert.equal(
+        (await accounts[0].authenticate(winner, { legacy: false, token: login!.token })).ok,
+        true,
+      );
+      const revoked = await accounts[2 % accounts.length].revoke(winner);
+      assert.equal(revoked.length, 2);
+      for (const t of [token, login!.token]) {
+        assert.equal(
+          (await accounts[0].authenticate(winner, { legacy: false, token: t })).ok,
+          false,
+        );
+      }
+      assert.equal(await accounts[1 % accounts.length].login("alice", "wrong"), undefined);
+    } finally {
+      await closeAll(all);
+    }
+  },
 
   "claims a name on one server for every server, and its token works on each": async (
     backend,

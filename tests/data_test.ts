@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { DataError, parseData } from "../lib/sql/open.ts";
+import { TestClient } from "./_client.ts";
 import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
+import { spawnServer } from "./_server.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 
@@ -115,4 +117,40 @@ Deno.test({
     assert.equal(result.listening, true, result.output);
     assert.match(result.output, /data: PostgreSQL postgres:\/\/chat@127\.0\.0\.1/);
   },
+});
+
+Deno.test("two server processes on one SQLite file share users and number a room's messages consecutively", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-data-shared-" });
+  try {
+    const data = `${dir}/chat.db`;
+    await using a = await spawnServer({ data });
+    await using b = await spawnServer({ data });
+    const clients = [
+      await TestClient.connect(a.origin, "alice"),
+      await TestClient.connect(b.origin, "bob"),
+    ];
+    for (const c of clients) await c.next((f) => f.type === "welcome");
+    // Both send at once through their own process; each process has its own connection (and
+    // worker) on the file, so every commit takes SQLite's write lock in turn.
+    for (let i = 0; i < 100; i++) {
+      for (const [k, c] of clients.entries()) {
+        c.send({ type: "send", room: "lobby", text: `${k}:${i}`, cid: `c${k}-${i}` });
+      }
+    }
+    const ids: number[] = [];
+    for (const [k, c] of clients.entries()) {
+      for (let i = 0; i < 100; i++) {
+        const ack = await c.next((f) => f.type === "message" && f.cid === `c${k}-${i}`);
+        ids.push(ack.id);
+      }
+    }
+    assert.deepEqual(ids.sort((x, y) => x - y), Array.from({ length: 200 }, (_, i) => i + 1));
+    // bob, on the other process, pages the whole lobby in order.
+    clients[1].send({ type: "history", room: "lobby", limit: 200 });
+    const history = await clients[1].next((f) => f.type === "history");
+    assert.deepEqual(history.messages.map((m: { id: number }) => m.id), ids);
+    for (const c of clients) await c.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

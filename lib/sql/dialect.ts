@@ -33,6 +33,14 @@ export interface Dialect {
   greatest(a: string, b: string): string;
   /** The smaller of two expressions. */
   least(a: string, b: string): string;
+  /**
+   * The `FROM` and the condition of a substring search of `messages m` for
+   * the pattern in `param` (a LIKE pattern; `escaped`: with `\\` before a
+   * literal `%`, `_` or `\\`): SQLite goes through its FTS5 trigram index
+   * (which an ESCAPE clause turns off, so it comes only when needed),
+   * PostgreSQL through `ILIKE` (pg_trgm's index).
+   */
+  search(param: string, escaped: boolean): { from: string; where: string };
   /** What locks the rows a `SELECT` reads until the transaction ends (`FOR UPDATE`; SQLite's one writer needs none). */
   readonly forUpdate: string;
   /**
@@ -73,6 +81,10 @@ export const SQLITE: Dialect = {
   greatest: (a, b) => `max(${a}, ${b})`,
   least: (a, b) => `min(${a}, ${b})`,
   forUpdate: "",
+  search: (param, escaped) => ({
+    from: "messages_fts f JOIN messages m ON m.rowid = f.rowid",
+    where: `f.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
+  }),
   isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
   isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
 };
@@ -92,6 +104,10 @@ export const POSTGRES: Dialect = {
   greatest: (a, b) => `GREATEST(${a}, ${b})`,
   least: (a, b) => `LEAST(${a}, ${b})`,
   forUpdate: " FOR UPDATE",
+  search: (param, escaped) => ({
+    from: "messages m",
+    where: `m.body ILIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
+  }),
   // Any constant key: migrations of the chat schema take turns.
   schemaLock: "SELECT pg_advisory_xact_lock(7261636863)",
   isUniqueViolation: (error) => (error as { code?: string })?.code === "23505",

@@ -92,6 +92,29 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (name, peer))`,
     ],
   },
+  {
+    version: 2,
+    description: "substring search over message text (FTS5 trigram / pg_trgm)",
+    statements: (dialect) =>
+      dialect.name === "sqlite"
+        ? [
+          `CREATE VIRTUAL TABLE messages_fts USING fts5(
+            body, content='messages', content_rowid='rowid', tokenize='trigram')`,
+          `CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, body) VALUES (new.rowid, new.body);
+          END`,
+          `INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')`,
+        ]
+        // pg_trgm needs the right to create an extension; without it search still works, by scanning.
+        : [
+          `DO $$ BEGIN
+            CREATE EXTENSION IF NOT EXISTS pg_trgm;
+            CREATE INDEX messages_body_trgm ON messages USING gin (body gin_trgm_ops);
+          EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'pg_trgm unavailable (%): search scans the messages', SQLERRM;
+          END $$`,
+        ],
+  },
 ];
 
 /** The version a database has once every migration here is applied. */

@@ -57,6 +57,8 @@ export class SqliteDatabase implements SqlDatabase {
   #waiting = new Map<number, { resolve(rows: unknown[]): void; reject(error: Error): void }>();
   #turn: Promise<unknown> = Promise.resolve();
   #closed = false;
+  /** Why the worker is gone, once it is: every later statement fails at once instead of hanging. */
+  #broken: Error | undefined;
 
   private constructor(worker: Worker, description: string) {
     this.#worker = worker;
@@ -70,6 +72,7 @@ export class SqliteDatabase implements SqlDatabase {
     worker.onerror = (e) => {
       e.preventDefault();
       const error = new Error(`the SQLite worker failed: ${e.message}`);
+      this.#broken = error;
       for (const waiter of this.#waiting.values()) waiter.reject(error);
       this.#waiting.clear();
     };
@@ -102,6 +105,7 @@ export class SqliteDatabase implements SqlDatabase {
   }
 
   #send<T>(request: Record<string, unknown>): Promise<T[]> {
+    if (this.#broken) return Promise.reject(this.#broken);
     const id = this.#next++;
     return new Promise<T[]>((resolve, reject) => {
       this.#waiting.set(id, { resolve: resolve as (rows: unknown[]) => void, reject });

@@ -503,6 +503,30 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     return Number(row.id);
   }
 
+  /**
+   * Messages whose text contains `text` (case-insensitive for Latin letters;
+   * any script, Chinese included), newest first, in the given conversations
+   * only (the caller decides what the user may see). Not yet on the wire.
+   */
+  async search(
+    conversations: ConversationKey[],
+    text: string,
+    limit: number,
+  ): Promise<ChatMessage[]> {
+    if (conversations.length === 0 || text === "") return [];
+    const escaped = /[\\%_]/.test(text);
+    const { from, where } = this.#db.dialect.search("$1", escaped);
+    const pattern = `%${escaped ? text.replace(/[\\%_]/g, (c) => `\\${c}`) : text}%`;
+    const list = conversations.map((_, i) => `$${i + 2}`).join(", ");
+    const rows = await this.#db.query<MessageRow>(
+      `SELECT ${MESSAGE_COLUMNS.split(", ").map((c) => `m.${c}`).join(", ")} FROM ${from}
+       WHERE ${where} AND m.conv IN (${list}) ORDER BY m.ts DESC, m.id DESC
+       LIMIT $${conversations.length + 2}`,
+      [pattern, ...conversations, limit],
+    );
+    return rows.map(toMessage);
+  }
+
   async healthy(): Promise<boolean> {
     try {
       await this.#db.query(`SELECT 1`);
