@@ -113,6 +113,7 @@ export class PgBus implements Bus {
   #eventSeq = 0;
   #polling = false;
   #lastPrune = 0;
+  #suspect: ReturnType<typeof setTimeout> | undefined;
   /** What has failed and was said so: each trouble is logged once until it clears. */
   #troubles = new Set<string>();
 
@@ -217,8 +218,24 @@ export class PgBus implements Bus {
       this.#conversations.set(key, conv);
     }
     if (to <= conv.known) return;
+    // An announcement that starts past what was handed over: an earlier one was missed (or is
+    // late). This conversation reads its gap below; the others are checked from the table.
+    if (from !== undefined && from > conv.known + 1) this.#suspectMissed();
     conv.target = Math.max(conv.target, to);
     void this.#pump(key, conv);
+  }
+
+  /** At most once a second, catches up every conversation from the table. */
+  #suspectMissed(): void {
+    if (this.#suspect !== undefined || this.#closed) return;
+    this.#suspect = setTimeout(() => {
+      void this.#catchUp().finally(() => {
+        // A quiet second before the next one, so a burst of gaps costs one read.
+        this.#suspect = this.#closed
+          ? undefined
+          : setTimeout(() => this.#suspect = undefined, 1000);
+      });
+    }, 0);
   }
 
   /** Hands a conversation's messages to the hub in order, reading what it lacks from the store. */
@@ -452,6 +469,7 @@ export class PgBus implements Bus {
   /** Stops listening or polling after announcing what is pending. */
   async close(): Promise<void> {
     clearInterval(this.#timer);
+    clearTimeout(this.#suspect);
     clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
     await this.#flushing;
