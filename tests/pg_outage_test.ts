@@ -21,7 +21,8 @@ Deno.test({
   fn: async () => {
     await using pg = await startPostgres();
     await using server = await startServer({ data: pg.url });
-    await using alice = await TestClient.connect(server.origin, "alice");
+    // store_failed comes after the store has tried for about 5 s: wait longer than that, not forever.
+    await using alice = await TestClient.connect(server.origin, "alice", { timeoutMs: 10_000 });
     await alice.next(isType("welcome"));
     alice.send({ type: "send", room: "lobby", text: "before", cid: "c1" });
     assert.equal((await alice.next((f) => f.cid === "c1")).id, 1);
