@@ -489,7 +489,9 @@ export class SqlStore implements ChatStore, AsyncDisposable {
       const list = keys.map((_, i) => `$${i + 2}`).join(", ");
       const lasts = new Map(
         (await this.#db.query<{ conv: string; last_id: number }>(
-          `SELECT conv, last_id FROM heads WHERE conv IN (${keys.map((_, i) => `$${i + 1}`)})`,
+          `SELECT conv, last_id FROM heads WHERE conv IN (${
+            keys.map((_, i) => `$${i + 1}`).join(", ")
+          })`,
           keys,
         )).map((r) => [r.conv, Number(r.last_id)]),
       );
