@@ -57,6 +57,11 @@ export interface Dialect {
    * or a connection that could not be made.
    */
   isRetryable(error: unknown): boolean;
+  /**
+   * Whether the connection to the server was lost (a crash, a restart, the
+   * network): a transaction cut off so may or may not have committed.
+   */
+  isConnectionLost(error: unknown): boolean;
 }
 
 /** A database connection (or pool) with transactions. */
@@ -87,6 +92,7 @@ export const SQLITE: Dialect = {
   }),
   isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
   isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
+  isConnectionLost: () => false,
 };
 
 /** SQLSTATEs and client codes after which a PostgreSQL transaction can simply run again. */
@@ -96,6 +102,20 @@ const PG_RETRYABLE = new Set([
   "57P03", // cannot_connect_now (starting up)
   "ECONNREFUSED",
   "CONNECT_TIMEOUT",
+  // A pooled connection whose server went away: the write never reached a live server, so
+  // nothing of the transaction can have committed.
+  "EPIPE",
+]);
+
+/** SQLSTATEs and client codes of a connection that went away under a statement. */
+const PG_CONNECTION_LOST = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "ECONNRESET",
+  "EPIPE",
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
 ]);
 
 /** PostgreSQL's dialect. */
@@ -111,5 +131,10 @@ export const POSTGRES: Dialect = {
   // Any constant key: migrations of the chat schema take turns.
   schemaLock: "SELECT pg_advisory_xact_lock(7261636863)",
   isUniqueViolation: (error) => (error as { code?: string })?.code === "23505",
-  isRetryable: (error) => PG_RETRYABLE.has((error as { code?: string })?.code ?? ""),
+  isRetryable: (error) =>
+    PG_RETRYABLE.has((error as { code?: string })?.code ?? "") ||
+    /socket has been ended by the other party/.test(String(error)),
+  isConnectionLost: (error) =>
+    PG_CONNECTION_LOST.has((error as { code?: string })?.code ?? "") ||
+    /socket has been ended by the other party/.test(String(error)),
 };

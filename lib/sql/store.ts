@@ -56,14 +56,23 @@ const DEFAULT_MAX_BATCH = 500;
 const ROWS_PER_INSERT = 500;
 const MAX_ATTEMPTS = 20;
 // How long a batch keeps retrying while the database is unreachable or busy, before its
-// senders get `store_failed`: long enough to ride out a PostgreSQL restart (< 1 s).
-const RETRY_BUDGET_MS = 2500;
+// senders get `store_failed`: long enough to ride out a PostgreSQL restart (about 1 s; allow
+// for a loaded machine), short enough to be an answer rather than a hang.
+const RETRY_BUDGET_MS = 5000;
 
 interface Pending {
   message: NewMessage;
   conversation: ConversationKey;
   resolve(result: Appended): void;
   reject(error: unknown): void;
+}
+
+/** What one attempt of a batch got as far as sending. */
+interface Attempt {
+  /** Its answers, once everything but COMMIT was written. */
+  results?: Appended[];
+  /** One row it wrote, to look for if the connection went during COMMIT. */
+  probe?: MessageRow;
 }
 
 interface MessageRow {
@@ -190,21 +199,49 @@ export class SqlStore implements ChatStore, AsyncDisposable {
 
   async #commitRetrying(batch: Pending[]): Promise<Appended[]> {
     const started = Date.now();
+    const { dialect } = this.#db;
+    const pause = (attempt: number) =>
+      new Promise((r) => setTimeout(r, Math.min(5 * 2 ** attempt, 250)));
     for (let attempt = 1;; attempt++) {
+      const sent: Attempt = {};
       try {
-        return await this.#commit(batch);
+        return await this.#commit(batch, sent);
       } catch (error) {
-        const { dialect } = this.#db;
-        const again = dialect.isUniqueViolation(error) || dialect.isRetryable(error);
+        const lost = dialect.isConnectionLost(error);
+        const again = lost || dialect.isUniqueViolation(error) || dialect.isRetryable(error);
         if (!again || attempt >= MAX_ATTEMPTS || Date.now() - started > RETRY_BUDGET_MS) {
           throw error;
         }
-        await new Promise((r) => setTimeout(r, Math.min(5 * 2 ** attempt, 250)));
+        // The connection went while COMMIT may have been on its way: the transaction may have
+        // committed. Find out before running it again, or its messages would be stored twice.
+        if (lost && sent.results && sent.probe) {
+          for (let probe = attempt;; probe++) {
+            await pause(probe);
+            try {
+              if (await this.#committed(sent.probe)) return sent.results;
+              break;
+            } catch (error) {
+              if (Date.now() - started > RETRY_BUDGET_MS) throw error;
+            }
+          }
+          continue;
+        }
+        await pause(attempt);
       }
     }
   }
 
-  async #commit(batch: Pending[]): Promise<Appended[]> {
+  /** Whether the row a transaction wrote is there (so the transaction committed). */
+  async #committed(row: MessageRow): Promise<boolean> {
+    const [found] = await this.#db.query<MessageRow>(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conv = $1 AND id = $2`,
+      [row.conv, row.id],
+    );
+    return found !== undefined && found.sender === row.sender && Number(found.ts) === row.ts &&
+      found.body === row.body;
+  }
+
+  async #commit(batch: Pending[], sent: Attempt): Promise<Appended[]> {
     const newPairs: ConversationKey[] = [];
     const results = await this.#db.transaction(async (tx) => {
       // 1. Lock the conversations' heads, in sorted order, and read where each stands.
@@ -306,6 +343,9 @@ export class SqlStore implements ChatStore, AsyncDisposable {
         );
       }
       if (this.#onBatch && next.size > 0) await this.#onBatch(tx, next);
+      // From here COMMIT is on its way: what to answer if it turns out to have committed.
+      sent.results = out;
+      sent.probe = fresh[0];
       return out;
     });
     for (const pair of newPairs) this.#dmPairs.add(pair);
@@ -449,7 +489,9 @@ export class SqlStore implements ChatStore, AsyncDisposable {
       const list = keys.map((_, i) => `$${i + 2}`).join(", ");
       const lasts = new Map(
         (await this.#db.query<{ conv: string; last_id: number }>(
-          `SELECT conv, last_id FROM heads WHERE conv IN (${keys.map((_, i) => `$${i + 1}`)})`,
+          `SELECT conv, last_id FROM heads WHERE conv IN (${
+            keys.map((_, i) => `$${i + 1}`).join(", ")
+          })`,
           keys,
         )).map((r) => [r.conv, Number(r.last_id)]),
       );
