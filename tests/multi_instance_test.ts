@@ -60,7 +60,12 @@ async function tab(
   const token = cluster.servers
     .map((s) => tokens.get(`${s.origin} ${canonicalName(user)}`))
     .find((t) => t !== undefined);
-  const client = await TestClient.connect(origin, user, { token: token ?? null, query });
+  const client = await TestClient.connect(origin, user, {
+    token: token ?? null,
+    query,
+    // A send while PostgreSQL is down is answered store_failed after the store's 5 s of retries.
+    timeoutMs: 10_000,
+  });
   try {
     return [client, await client.next((f) => f.type === "welcome")];
   } catch (error) {
