@@ -11,7 +11,7 @@
  * Usage:
  *   deno task bench [--quick | --smoke] [--runs N] [--only dm,latency,room,crowd]
  *                   [--store kv|sqlite|postgres] [--data DIR|URL] [--rate 5000]
- *                   [--online 5000] [--json FILE] [-- more flags for main.ts]
+ *                   [--online 5000] [--json FILE] [--profile DIR] [-- more flags for main.ts]
  *
  * Exits 1 if any phase saw an error (an error frame, a refused or dropped
  * connection, a message lost, duplicated or out of order, a line on the
@@ -38,7 +38,19 @@ function option(name: string): string | undefined {
   const at = args.indexOf(`--${name}`);
   return at === -1 ? undefined : args[at + 1];
 }
-const KNOWN = ["quick", "smoke", "runs", "only", "store", "data", "rate", "online", "json", "help"];
+const KNOWN = [
+  "profile",
+  "quick",
+  "smoke",
+  "runs",
+  "only",
+  "store",
+  "data",
+  "rate",
+  "online",
+  "json",
+  "help",
+];
 for (const a of args) {
   if (a.startsWith("--") && !KNOWN.includes(a.slice(2))) usage(`unknown option ${a}`);
 }
@@ -59,6 +71,8 @@ const RATE = Number(option("rate") ?? (SMOKE ? 1000 : 5000));
 const ONLINE = Number(option("online") ?? (SMOKE ? 100 : QUICK ? 500 : 5000));
 const STORE = option("store") ?? "kv";
 const PHASES = (option("only") ?? "dm,latency,room,crowd").split(",");
+/** Where the server's V8 CPU profiles go (one per phase), if anywhere. */
+const PROFILE = option("profile");
 const JSON_FILE = option("json") ?? here("./results/bench.jsonl");
 if (!Number.isInteger(RUNS) || RUNS < 1) usage("--runs takes a whole number ≥ 1");
 if (!(RATE > 0) || !(ONLINE > 0)) usage("--rate and --online take positive numbers");
@@ -162,6 +176,9 @@ async function start(kind: "relay" | "server", name: string): Promise<Target> {
     "--allow-read",
     "--allow-write",
     "--unstable-kv",
+    ...(PROFILE
+      ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, `--cpu-prof-name=${name}.cpuprofile`]
+      : []),
     MAIN,
     ...["--hostname", "127.0.0.1", "--port", "0", "--data", dataFor(name)],
     ...OPEN_LIMITS,
@@ -197,7 +214,8 @@ async function start(kind: "relay" | "server", name: string): Promise<Target> {
     stderr: () => err,
     stop: async () => {
       try {
-        child.kill("SIGKILL");
+        // A profiled server must exit by itself to write its profile.
+        child.kill(PROFILE && kind === "server" ? "SIGTERM" : "SIGKILL");
       } catch {
         // Exited already.
       }
