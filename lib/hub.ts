@@ -27,6 +27,7 @@ import {
 import {
   type ChatStore,
   type ConversationKey,
+  conversationOf,
   dmKey,
   type HistoryPage,
   roomKey,
@@ -113,6 +114,11 @@ export class ChatHub {
   #accounts: HubAccounts;
   /** Whether a room is private, as far as this hub has looked. */
   #privacy = new Map<string, boolean>();
+  /**
+   * Names seen as their own registered spelling: a DM to one needs no lookup
+   * (names never change). As many as there are accounts, at most.
+   */
+  #registered = new Set<string>();
   /** Send budgets by user: a token bucket each. */
   #buckets = new Map<string, { tokens: number; at: number }>();
   #connections = 0;
@@ -229,8 +235,11 @@ export class ChatHub {
 
   /** The registered spelling of a user's name (`ALICE` → `alice`), or undefined if unknown. */
   async #resolveUser(name: string): Promise<string | undefined> {
+    if (this.#registered.has(name)) return name;
     const found = await this.#accounts.resolve(name);
-    return found.ok && found.known ? found.user : undefined;
+    if (!found.ok || !found.known) return undefined;
+    if (found.user === name) this.#registered.add(name);
+    return found.user;
   }
 
   async #isPrivate(room: string): Promise<boolean> {
@@ -295,7 +304,8 @@ export class ChatHub {
     message: { to: string; from: string; text: string; cid?: string },
   ): Promise<void> {
     const request = { type: "send", to: message.to } as const;
-    const to = await this.#resolveUser(message.to);
+    // The common case, a DM to a name spelled as registered, takes no extra turn of the loop.
+    const to = this.#registered.has(message.to) ? message.to : await this.#resolveUser(message.to);
     if (to === undefined) {
       return conn.error(errorFrame("unknown_user", {
         message: `no user is called ${message.to}`,
@@ -594,9 +604,11 @@ export class ChatHub {
       { type: "message", ...message },
       () => JSON.stringify(toLegacy(message)),
     );
+    // One key for all recipients: their cursor work is a map lookup each.
+    const key = conversationOf(message);
     // Legacy clients get what the original would send: lobby and DMs, never their own words back.
     const deliver = (c: Connection) => {
-      if (!c.legacy) return c.deliverMessage(message, out);
+      if (!c.legacy) return c.deliverMessage(message, out, key);
       if (c.user !== message.from && (message.to !== undefined || message.room === LOBBY)) {
         c.deliverShared(out);
       }
