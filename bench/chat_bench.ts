@@ -20,6 +20,7 @@
  * @module
  */
 
+import { DatabaseSync } from "node:sqlite";
 import { fileURLToPath } from "node:url";
 import type { PhaseConfig, PhaseResult } from "./load.ts";
 
@@ -152,6 +153,36 @@ function dataFor(name: string): string {
   return `${dataDir}/${name}.${STORE === "kv" ? "kv" : "db"}`;
 }
 
+/** A reason to stop the whole benchmark (after cleaning up). */
+class Fatal extends Error {}
+
+/**
+ * Why the server did not use the chosen store, if it did not: a Deno KV
+ * file is SQLite with a `kv` table; the SQLite store's file has no such table.
+ * (A PostgreSQL URL is taken on trust.)
+ */
+function storeMismatch(path: string): string | undefined {
+  if (STORE === "postgres") return undefined;
+  let tables: string[];
+  try {
+    const db = new DatabaseSync(path, { readOnly: true });
+    try {
+      tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all()
+        .map((row) => String(row.name));
+    } finally {
+      db.close();
+    }
+  } catch (e) {
+    return `the server wrote no SQLite file at ${path} (${(e as Error).message})`;
+  }
+  const kv = tables.includes("kv");
+  if (STORE === "kv" && !kv) return `${path} is not a Deno KV file: this main.ts has no KV store`;
+  if (STORE === "sqlite" && kv) {
+    return `${path} is a Deno KV file: this main.ts has no SQLite store (only KV exists on main)`;
+  }
+  return undefined;
+}
+
 // ---- targets ---------------------------------------------------------------
 
 interface Target {
@@ -263,6 +294,8 @@ async function phase(
         notes: [],
       };
     }
+    const wrong = kind === "server" ? storeMismatch(dataFor(`${name}-${runIndex}`)) : undefined;
+    if (wrong) throw new Fatal(`--store ${STORE}: ${wrong}`);
     const logged = target.stderr().trim();
     if (logged) {
       result.errors++;
@@ -281,6 +314,7 @@ const results: Record<Kind, PhaseResult[]> = { relay: [], server: [] };
 let errors = 0;
 const lines: string[] = [];
 const started = performance.now();
+let fatal: string | undefined;
 const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
 console.error(
   `bench (${mode}, ${RUNS} run${RUNS > 1 ? "s" : ""}, store ${STORE}): ${machine}; ` +
@@ -314,8 +348,15 @@ try {
       }
     }
   }
+} catch (e) {
+  if (!(e instanceof Fatal)) throw e;
+  fatal = e.message;
 } finally {
   await Deno.remove(tmp, { recursive: true });
+}
+if (fatal) {
+  console.error(`error: ${fatal}`);
+  Deno.exit(2);
 }
 
 await Deno.mkdir(fileURLToPath(new URL(".", `file://${JSON_FILE}`)), { recursive: true });
