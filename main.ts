@@ -5,11 +5,12 @@
  * @module
  */
 
-import { dirname } from "node:path";
 import { Accounts } from "./lib/accounts.ts";
-import { KvStore } from "./lib/kv_store.ts";
 import { startChatServer } from "./lib/server.ts";
-import { helpText, parseSettings } from "./lib/settings.ts";
+import { DEFAULT_SETTINGS, helpText, parseSettings } from "./lib/settings.ts";
+import { openDatabase, parseData } from "./lib/sql/open.ts";
+import type { SqliteSynchronous } from "./lib/sql/sqlite.ts";
+import { SqlStore } from "./lib/sql/store.ts";
 
 /** Environment lookup that treats a denied permission as "not set". */
 function env(name: string): string | undefined {
@@ -18,6 +19,11 @@ function env(name: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+if (Deno.args[0] === "migrate") {
+  const { migrateMain } = await import("./lib/migrate.ts");
+  Deno.exit(await migrateMain(Deno.args.slice(1)));
 }
 
 const parsed = parseSettings(Deno.args, env);
@@ -31,14 +37,6 @@ if (!parsed.ok) {
 }
 const settings = parsed.settings;
 
-// On Deno Deploy there is no file system to write to: use the platform's KV.
-const onDeploy = env("DENO_DEPLOYMENT_ID") !== undefined;
-const dataPath = onDeploy ? undefined : settings.data;
-if (dataPath !== undefined && dataPath !== ":memory:") {
-  await Deno.mkdir(dirname(dataPath), { recursive: true }).catch((e) =>
-    fatal(`cannot create the folder of ${dataPath}`, e)
-  );
-}
 /** Prints why the server cannot start, and exits. */
 function fatal(what: string, error: unknown): never {
   const reason = error instanceof Deno.errors.AddrInUse
@@ -50,15 +48,29 @@ function fatal(what: string, error: unknown): never {
   Deno.exit(1);
 }
 
-const store = await KvStore.open(dataPath).catch((e) => fatal(`cannot open ${dataPath}`, e));
+const target = (() => {
+  try {
+    return parseData(settings.data, {
+      onDeploy: env("DENO_DEPLOYMENT_ID") !== undefined,
+      env,
+      explicit: settings.data !== DEFAULT_SETTINGS.data,
+    });
+  } catch (e) {
+    fatal("cannot use --data", e);
+  }
+})();
+const db = await openDatabase(target, {
+  sqliteSynchronous: settings.sqliteSynchronous as SqliteSynchronous,
+}).catch((e) => fatal(`cannot open ${settings.data}`, e));
+const store = await SqlStore.open(db).catch((e) => fatal(`cannot use ${db.description}`, e));
 const server = await startChatServer({
   settings,
   store,
-  accounts: new Accounts(store.kv),
+  accounts: new Accounts(store.db),
   onListen: ({ hostname, port }) => {
     const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
     console.log(
-      `chat listening on http://${shown}:${port}/ (data: ${dataPath ?? "Deno Deploy KV"})`,
+      `chat listening on http://${shown}:${port}/ (data: ${db.description})`,
     );
   },
 }).catch((e) => fatal("cannot listen", e));

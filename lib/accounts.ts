@@ -1,13 +1,10 @@
 /**
  * Who is who: registered names (compared canonically, look-alikes refused),
  * claimed names with their tokens, passwords, and revocation. Kept in the
- * same Deno KV as the chat.
+ * same SQL database as the chat (tables `users`, `accounts`, `tokens`; see
+ * `sql/schema.ts`), so one backup, one migration, one transaction can hold both.
  *
- * Keys:
- * - `["user", name]` → `{ since }`: the name as first spelled
- * - `["canon", canonicalName]` → name; `["skel", skeleton]` → name
- * - `["account", name]` → `{ since, password? }`: the name is claimed
- * - `["token", sha256(token)]` → `{ user, since }`; `["tokens", name, sha256]` → `true`
+ * Tokens are stored only as their SHA-256; passwords only as PBKDF2 hashes.
  *
  * @module
  */
@@ -22,11 +19,31 @@ import {
   skeleton,
   verifyPassword,
 } from "./identity.ts";
+import type { SqlDatabase } from "./sql/dialect.ts";
+import { LOBBY_KEY, readFromLatest } from "./sql/store.ts";
+
+/**
+ * Why a connection may not be a name, as a code the page translates (the
+ * close reason is `<code>: <English words>`):
+ * - `lookalike`: too much like another registered name
+ * - `taken`: claimed, with a password (log in with it)
+ * - `taken_no_password`: claimed, no password (only its own devices can use it)
+ * - `bad_token`: the token presented is not (or no longer) one of this name's
+ * - `claimed_legacy`: the original page asked for a claimed name
+ * - `just_claimed`: someone claimed it at the same moment
+ */
+export type RefusalCode =
+  | "lookalike"
+  | "taken"
+  | "taken_no_password"
+  | "bad_token"
+  | "claimed_legacy"
+  | "just_claimed";
 
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
   | { ok: true; user: string; known: boolean }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** The outcome of {@linkcode Accounts.authenticate}. */
 export type Authenticated =
@@ -37,7 +54,7 @@ export type Authenticated =
     /** A token issued now, because this connection claimed the name. */
     token?: string;
   }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** Options of {@linkcode Accounts.authenticate}. */
 export interface AuthenticateOptions {
@@ -47,21 +64,19 @@ export interface AuthenticateOptions {
   legacy: boolean;
 }
 
-interface Account {
-  since: number;
-  password?: PasswordHash;
-}
-
-/** Registered names, claims, tokens and passwords. */
+/** Registered names, claims, tokens and passwords, in a SQL database. */
 export class Accounts {
-  #kv: Deno.Kv;
+  #db: SqlDatabase;
   #iterations: number;
   /** Registered spelling by canonical name: names never change, so this cache never goes stale. */
   #known = new Map<string, string>();
 
-  /** Accounts over a KV database; `iterations` is PBKDF2's work factor. */
-  constructor(kv: Deno.Kv, options: { iterations?: number } = {}) {
-    this.#kv = kv;
+  /**
+   * Accounts in a database whose schema is current (open a `SqlStore` on it
+   * first); `iterations` is PBKDF2's work factor.
+   */
+  constructor(db: SqlDatabase, options: { iterations?: number } = {}) {
+    this.#db = db;
     this.#iterations = options.iterations ?? 600_000;
   }
 
@@ -73,39 +88,67 @@ export class Accounts {
     const canon = canonicalName(name);
     const cached = this.#known.get(canon);
     if (cached !== undefined) return { ok: true, user: cached, known: true };
-    const [byCanon, bySkeleton] = await this.#kv.getMany<[string, string]>([
-      ["canon", canon],
-      ["skel", skeleton(name)],
-    ]);
-    if (byCanon.value !== null) {
-      this.#known.set(canon, byCanon.value);
-      return { ok: true, user: byCanon.value, known: true };
+    const rows = await this.#db.query<{ name: string; canon: string }>(
+      `SELECT name, canon FROM users WHERE canon = $1 OR skel = $2`,
+      [canon, skeleton(name)],
+    );
+    const byCanon = rows.find((r) => r.canon === canon);
+    if (byCanon) {
+      this.#known.set(canon, byCanon.name);
+      return { ok: true, user: byCanon.name, known: true };
     }
-    if (bySkeleton.value !== null) {
-      return { ok: false, reason: `too much like the name ${bySkeleton.value}; pick another` };
+    if (rows.length > 0) {
+      return {
+        ok: false,
+        reason: `too much like the name ${rows[0].name}; pick another`,
+        code: "lookalike",
+      };
     }
     return { ok: true, user: name, known: false };
   }
 
-  /** Registers a name (idempotent); resolves with the registered spelling, or why not. */
+  /**
+   * Registers a name (idempotent); resolves with the registered spelling, or
+   * why not. A new user's lobby read mark starts at the lobby's newest
+   * message: nothing said before they came counts as unread.
+   */
   async register(name: string): Promise<Resolved> {
     for (;;) {
       const found = await this.resolve(name);
       if (!found.ok || found.known) return found;
       const canon = canonicalName(name);
-      const result = await this.#kv.atomic()
-        .check({ key: ["canon", canon], versionstamp: null })
-        .check({ key: ["skel", skeleton(name)], versionstamp: null })
-        .set(["user", name], { since: Date.now() })
-        .set(["canon", canon], name)
-        .set(["skel", skeleton(name)], name)
-        .commit();
-      if (result.ok) {
+      const added = await this.#db.transaction(async (tx) => {
+        const rows = await tx.query(
+          `INSERT INTO users (name, canon, skel, since) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING RETURNING name`,
+          [name, canon, skeleton(name), Date.now()],
+        );
+        if (rows.length > 0) await readFromLatest(tx, this.#db, name, LOBBY_KEY);
+        return rows.length > 0;
+      });
+      if (added) {
         this.#known.set(canon, name);
         return { ok: true, user: name, known: true };
       }
       // Someone registered this name or a look-alike meanwhile: look again.
     }
+  }
+
+  async #account(user: string): Promise<{ password: PasswordHash | undefined } | undefined> {
+    const [row] = await this.#db.query<{ password: string | null }>(
+      `SELECT password FROM accounts WHERE name = $1`,
+      [user],
+    );
+    if (!row) return undefined;
+    return { password: row.password === null ? undefined : JSON.parse(row.password) };
+  }
+
+  async #issue(user: string, session: string): Promise<void> {
+    await this.#db.query(`INSERT INTO tokens (hash, name, since) VALUES ($1, $2, $3)`, [
+      session,
+      user,
+      Date.now(),
+    ]);
   }
 
   /**
@@ -114,54 +157,79 @@ export class Accounts {
    * `chat.v1` client without a token, which gets a new one.
    */
   async authenticate(user: string, options: AuthenticateOptions): Promise<Authenticated> {
-    const account = await this.#kv.get<Account>(["account", user]);
     if (options.legacy) {
-      return account.value
+      return (await this.#account(user))
         ? {
           ok: false,
           reason: `${user} is a claimed name; the original page can use only free names`,
+          code: "claimed_legacy",
         }
         : { ok: true };
     }
     if (options.token !== undefined) {
       const session = isTokenShaped(options.token) ? await hashToken(options.token) : "";
-      const entry = session ? await this.#kv.get<{ user: string }>(["token", session]) : undefined;
-      if (entry?.value?.user === user) return { ok: true, session };
+      const [row] = session
+        ? await this.#db.query<{ name: string }>(`SELECT name FROM tokens WHERE hash = $1`, [
+          session,
+        ])
+        : [];
+      if (row?.name === user) return { ok: true, session };
       return {
         ok: false,
         reason: "this token is not valid for this name (logged out?); log in again",
+        code: "bad_token",
       };
     }
-    if (account.value) {
-      return { ok: false, reason: `${user} is taken; log in with its password` };
+    const account = await this.#account(user);
+    if (account?.password !== undefined) {
+      return { ok: false, reason: `${user} is taken; log in with its password`, code: "taken" };
+    }
+    if (account) {
+      return {
+        ok: false,
+        reason: `${user} is taken, on the devices that claimed it; pick another name`,
+        code: "taken_no_password",
+      };
     }
     const token = newToken();
     const session = await hashToken(token);
-    const claimed = await this.#kv.atomic()
-      .check(account)
-      .set(["account", user], { since: Date.now() } satisfies Account)
-      .set(["token", session], { user, since: Date.now() })
-      .set(["tokens", user, session], true)
-      .commit();
-    if (!claimed.ok) return { ok: false, reason: `${user} was just claimed by someone else` };
+    const claimed = await this.#db.transaction(async (tx) => {
+      const rows = await tx.query(
+        `INSERT INTO accounts (name, since) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
+         RETURNING name`,
+        [user, Date.now()],
+      );
+      if (rows.length === 0) return false;
+      await tx.query(`INSERT INTO tokens (hash, name, since) VALUES ($1, $2, $3)`, [
+        session,
+        user,
+        Date.now(),
+      ]);
+      return true;
+    });
+    if (!claimed) {
+      return {
+        ok: false,
+        reason: `${user} was just claimed by someone else`,
+        code: "just_claimed",
+      };
+    }
     return { ok: true, session, token };
   }
 
   /** Whether a user has a password. */
   async hasPassword(user: string): Promise<boolean> {
-    return (await this.#kv.get<Account>(["account", user])).value?.password !== undefined;
+    return (await this.#account(user))?.password !== undefined;
   }
 
   /** Sets a claimed user's password. */
   async setPassword(user: string, password: string): Promise<void> {
     const hash = await hashPassword(password, this.#iterations);
-    for (;;) {
-      const account = await this.#kv.get<Account>(["account", user]);
-      if (!account.value) throw new Error(`${user} is not claimed`);
-      const result = await this.#kv.atomic().check(account)
-        .set(["account", user], { ...account.value, password: hash } satisfies Account).commit();
-      if (result.ok) return;
-    }
+    const rows = await this.#db.query(
+      `UPDATE accounts SET password = $2 WHERE name = $1 RETURNING name`,
+      [user, JSON.stringify(hash)],
+    );
+    if (rows.length === 0) throw new Error(`${user} is not claimed`);
   }
 
   /** Checks a name and password; on success issues a new token for a new device. */
@@ -171,35 +239,23 @@ export class Accounts {
   ): Promise<{ user: string; token: string } | undefined> {
     const found = await this.resolve(name);
     if (!found.ok || !found.known) return undefined;
-    const account = await this.#kv.get<Account>(["account", found.user]);
-    const stored = account.value?.password;
+    const stored = (await this.#account(found.user))?.password;
     if (!stored || !(await verifyPassword(password, stored))) return undefined;
     const token = newToken();
-    const session = await hashToken(token);
-    await this.#kv.atomic()
-      .set(["token", session], { user: found.user, since: Date.now() })
-      .set(["tokens", found.user, session], true)
-      .commit();
+    await this.#issue(found.user, await hashToken(token));
     return { user: found.user, token };
   }
 
   /** Revokes one session of a user, or all of them; resolves with those revoked. */
   async revoke(user: string, session?: string): Promise<string[]> {
-    const sessions: string[] = [];
     if (session !== undefined) {
-      sessions.push(session);
-    } else {
-      for await (const entry of this.#kv.list({ prefix: ["tokens", user] })) {
-        sessions.push(entry.key[2] as string);
-      }
+      await this.#db.query(`DELETE FROM tokens WHERE name = $1 AND hash = $2`, [user, session]);
+      return [session];
     }
-    for (let i = 0; i < sessions.length; i += 400) {
-      const atomic = this.#kv.atomic();
-      for (const s of sessions.slice(i, i + 400)) {
-        atomic.delete(["token", s]).delete(["tokens", user, s]);
-      }
-      await atomic.commit();
-    }
-    return sessions;
+    const rows = await this.#db.query<{ hash: string }>(
+      `DELETE FROM tokens WHERE name = $1 RETURNING hash`,
+      [user],
+    );
+    return rows.map((r) => r.hash);
   }
 }

@@ -12,8 +12,13 @@ export interface Settings {
   port: number;
   /** Address to listen on (`--hostname`, `HOST`); `0.0.0.0` lets the local network join. */
   hostname: string;
-  /** The Deno KV file (`--data`, `CHAT_DATA`); `:memory:` for a throwaway server. */
+  /**
+   * Where the data lives (`--data`, `CHAT_DATA`): a SQLite file, `:memory:`
+   * for a throwaway server, or a `postgres://` URL for several instances.
+   */
   data: string;
+  /** SQLite's `synchronous` level, `full` or `normal` (`--sqlite-synchronous`). */
+  sqliteSynchronous: string;
   /** Largest frame a client may send, in bytes (`--max-frame-bytes`, `CHAT_MAX_FRAME_BYTES`). */
   maxFrameBytes: number;
   /** Longest message, in characters (`--max-text-length`, `CHAT_MAX_TEXT_LENGTH`). */
@@ -66,7 +71,16 @@ const SPECS: Spec[] = [
     flag: "data",
     env: "CHAT_DATA",
     kind: "string",
-    help: "Deno KV file that keeps users, rooms and messages; :memory: keeps nothing",
+    help:
+      "where users, rooms and messages are kept: a SQLite file, :memory: (keeps nothing), or postgres://user:pass@host:port/db (several instances; on Deno Deploy DATABASE_URL/PG* are used)",
+  },
+  {
+    key: "sqliteSynchronous",
+    flag: "sqlite-synchronous",
+    env: "CHAT_SQLITE_SYNCHRONOUS",
+    kind: "string",
+    help:
+      "full: an acknowledged message survives power loss; normal: faster commits that survive a crash of the server but maybe not of the machine",
   },
   {
     key: "maxFrameBytes",
@@ -180,7 +194,8 @@ const SPECS: Spec[] = [
 export const DEFAULT_SETTINGS: Readonly<Settings> = {
   port: 8000,
   hostname: "0.0.0.0",
-  data: "./data/chat.kv",
+  data: "./data/chat.db",
+  sqliteSynchronous: "full",
   maxFrameBytes: 64 * 1024,
   maxTextLength: 4000,
   maxBufferedBytes: 1024 * 1024,
@@ -263,5 +278,9 @@ export function parseSettings(
     (settings[spec.key] as number) = n;
   }
   if (settings.port > 65535) return { ok: false, error: "--port must be at most 65535" };
+  settings.sqliteSynchronous = settings.sqliteSynchronous.toLowerCase();
+  if (!["full", "normal"].includes(settings.sqliteSynchronous)) {
+    return { ok: false, error: "--sqlite-synchronous must be full or normal" };
+  }
   return { ok: true, settings };
 }

@@ -1,7 +1,7 @@
 /**
  * What `ChatHub` needs from durable storage, and nothing about how it is
- * kept. {@linkcode KvStore} implements it on Deno KV; tests may hand the hub
- * any other implementation (a failing one, say).
+ * kept. `SqlStore` (`sql/store.ts`) implements it on SQLite and PostgreSQL;
+ * tests may hand the hub any other implementation (a failing one, say).
  *
  * @module
  */

@@ -7,9 +7,10 @@
 
 import { fileURLToPath } from "node:url";
 import { Accounts } from "../lib/accounts.ts";
-import { KvStore } from "../lib/kv_store.ts";
 import { type ChatServer, startChatServer } from "../lib/server.ts";
 import { DEFAULT_SETTINGS, type Settings } from "../lib/settings.ts";
+import type { SqlDatabase } from "../lib/sql/dialect.ts";
+import { openStore } from "../lib/sql/open.ts";
 import type { ChatStore } from "../lib/store.ts";
 
 /** A server under test. */
@@ -30,12 +31,12 @@ export interface InProcessServer extends TestServer {
 
 /** Options of {@linkcode startServer}. */
 export interface StartOptions {
-  /** A KV file; `:memory:` when absent. */
+  /** A SQLite file or a `postgres://` URL; `:memory:` when absent. */
   data?: string;
   /** Settings to change from the defaults. */
   settings?: Partial<Settings>;
-  /** A store to use instead of opening KV (the server does not own it); its accounts live in `kv`. */
-  store?: ChatStore & { kv: Deno.Kv };
+  /** A store to use instead of opening one (the server does not own it); its accounts live in `db`. */
+  store?: ChatStore & { db: SqlDatabase };
 }
 
 /**
@@ -52,7 +53,7 @@ export const RELAXED: Partial<Settings> = {
 
 /** Starts a server in this process on 127.0.0.1 and a free port. */
 export async function startServer(options: StartOptions = {}): Promise<InProcessServer> {
-  const store = options.store ?? await KvStore.open(options.data ?? ":memory:");
+  const store = options.store ?? await openStore(options.data ?? ":memory:");
   const settings: Settings = {
     ...DEFAULT_SETTINGS,
     ...RELAXED,
@@ -62,7 +63,7 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
     port: 0,
   };
   // A lighter password hash keeps tests quick; the algorithm and code path are the real ones.
-  const accounts = new Accounts(store.kv, { iterations: 1000 });
+  const accounts = new Accounts(store.db, { iterations: 1000 });
   const server = await startChatServer({ settings, store, accounts });
   let closed = false;
   const close = async () => {
@@ -92,7 +93,7 @@ export interface SpawnedServer extends TestServer {
 
 /** Options of {@linkcode spawnServer}. */
 export interface SpawnOptions {
-  /** The KV file. */
+  /** The SQLite file or `postgres://` URL. */
   data: string;
   /** The port; a free one when absent (keep it to restart on the same address). */
   port?: number;
@@ -111,7 +112,6 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
       "--allow-env",
       "--allow-read",
       "--allow-write",
-      "--unstable-kv",
       MAIN,
       "--hostname",
       "127.0.0.1",

@@ -107,7 +107,7 @@ browserTest(
   "after the server dies the page counts down to reconnecting, keeps what was typed, and resumes",
   async (h) => {
     const dir = await Deno.makeTempDir({ prefix: "chat-browser-" });
-    const data = `${dir}/chat.kv`;
+    const data = `${dir}/chat.db`;
     let server = await spawnServer({ data });
     try {
       const [carol, dave] = await h.people(server.origin, ["carol", "dave"]);
@@ -152,7 +152,7 @@ browserTest(
   "with the network gone the page says offline, and reconnects as soon as it is back",
   async (h) => {
     const dir = await Deno.makeTempDir({ prefix: "chat-browser-" });
-    const data = `${dir}/chat.kv`;
+    const data = `${dir}/chat.db`;
     let server = await spawnServer({ data });
     try {
       const [page] = await h.people(server.origin, ["erin"]);

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
 import type { Frame } from "./_client.ts";
+import { openStore } from "../lib/sql/open.ts";
 
 /** A small seeded PRNG (mulberry32), so a failing run can be replayed with its seed. */
 function random(seed: number): () => number {
@@ -171,28 +172,25 @@ class ResilientClient {
   }
 }
 
-/** Reads every stored message of every conversation straight from the KV file. */
-async function storedHistory(path: string): Promise<Map<string, Frame[]>> {
-  const kv = await Deno.openKv(path);
-  try {
-    const out = new Map<string, Frame[]>();
-    for await (const entry of kv.list<Frame>({ prefix: ["msg"] })) {
-      const key = entry.key[1] as string;
-      const list = out.get(key) ?? [];
-      list.push(entry.value);
-      out.set(key, list);
-    }
-    return out;
-  } finally {
-    kv.close();
+/** Reads every stored message of every conversation straight from the database, as the store returns them. */
+async function storedHistory(data: string): Promise<Map<string, Frame[]>> {
+  await using store = await openStore(data);
+  const [{ n }] = await store.db.query<{ n: number }>(`SELECT COUNT(*) AS n FROM messages`);
+  const out = new Map<string, Frame[]>();
+  for (
+    const { conv } of await store.db.query<{ conv: string }>(`SELECT DISTINCT conv FROM messages`)
+  ) {
+    const page = await store.history(conv, { limit: n });
+    out.set(conv, page.messages as unknown as Frame[]);
   }
+  return out;
 }
 
 Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message in rooms or DMs", async () => {
   const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
   const rand = random(seed);
   const dir = await Deno.makeTempDir({ prefix: "chat-chaos-" });
-  const data = `${dir}/chat.kv`;
+  const data = `${dir}/chat.db`;
   const USERS = 6, MESSAGES_PER_USER = 150, KILLS = 4;
   let server: SpawnedServer = await spawnServer({ data });
   const port = server.port;

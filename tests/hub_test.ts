@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { Accounts } from "../lib/accounts.ts";
 import { ChatHub, CloseCode, type Connection, type HubLimits, type Peer } from "../lib/hub.ts";
-import { KvStore } from "../lib/kv_store.ts";
+import type { SqlDatabase } from "../lib/sql/dialect.ts";
+import { openStore } from "../lib/sql/open.ts";
+import type { SqlStore } from "../lib/sql/store.ts";
 import type { ChatMessage } from "../lib/protocol.ts";
 import { type ChatStore, StoreError } from "../lib/store.ts";
 
@@ -65,12 +67,12 @@ async function withHub(
     hub: ChatHub,
     open: (user: string, legacy?: boolean) => Promise<[FakePeer, Connection]>,
   ) => Promise<void>,
-  options: { store?: ChatStore & { kv: Deno.Kv }; limits?: Partial<HubLimits> } = {},
+  options: { store?: ChatStore & { db: SqlDatabase }; limits?: Partial<HubLimits> } = {},
 ): Promise<void> {
-  const kv = options.store ?? await KvStore.open(":memory:");
+  const kv = options.store ?? await openStore(":memory:");
   const hub = new ChatHub({
     store: kv,
-    accounts: new Accounts(kv.kv, { iterations: 1000 }),
+    accounts: new Accounts(kv.db, { iterations: 1000 }),
     limits: { ...LIMITS, ...options.limits },
   });
   const conns: Connection[] = [];
@@ -338,12 +340,12 @@ Deno.test("ChatHub speaks the original protocol to legacy clients", async () => 
 /** A store whose appends fail while `failing` is set, as a full disk would make them. */
 class FailingStore implements ChatStore {
   failing = true;
-  #inner: KvStore;
-  constructor(inner: KvStore) {
+  #inner: SqlStore;
+  constructor(inner: SqlStore) {
     this.#inner = inner;
   }
-  get kv(): Deno.Kv {
-    return this.#inner.kv;
+  get db(): SqlDatabase {
+    return this.#inner.db;
   }
   append: ChatStore["append"] = (m) =>
     this.failing ? Promise.reject(new StoreError("disk full")) : this.#inner.append(m);
@@ -363,7 +365,7 @@ class FailingStore implements ChatStore {
 }
 
 Deno.test("ChatHub answers store_failed when a message cannot be stored, no one sees it, and it recovers", async () => {
-  const store = new FailingStore(await KvStore.open(":memory:"));
+  const store = new FailingStore(await openStore(":memory:"));
   await withHub(async (_hub, open) => {
     const [alice, a] = await open("alice");
     const [bob] = await open("bob");

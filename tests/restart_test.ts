@@ -143,7 +143,7 @@ async function assertAllThere(origin: string, acks: Frame[]): Promise<void> {
 
 Deno.test("restart: every message acknowledged before a SIGKILL is stored once, in id order, after a restart on the same data and port", async () => {
   await withTempDir(async (dir) => {
-    const data = join(dir, "chat.kv");
+    const data = join(dir, "chat.db");
     const acked = new Map<string, Frame>();
     let port: number;
     {
@@ -185,7 +185,7 @@ Deno.test("restart: every message acknowledged before a SIGKILL is stored once, 
 
 Deno.test("restart: SIGTERM closes clients with 1001, exits 0 within 10 s, and keeps every acknowledged message", async () => {
   await withTempDir(async (dir) => {
-    const data = join(dir, "chat.kv");
+    const data = join(dir, "chat.db");
     let port: number;
     let acks: Frame[];
     {
@@ -220,7 +220,7 @@ Deno.test("restart: SIGTERM closes clients with 1001, exits 0 within 10 s, and k
 
 Deno.test("restart: a DM to an offline user survives a restart and shows unread in their welcome", async () => {
   await withTempDir(async (dir) => {
-    const data = join(dir, "chat.kv");
+    const data = join(dir, "chat.db");
     let port: number;
     let ack: Frame;
     {
@@ -264,7 +264,7 @@ Deno.test("restart: a DM to an offline user survives a restart and shows unread 
 
 Deno.test("restart: SIGTERM in the middle of a burst acknowledges what it took, keeps it, and re-sends complete the rest once", async () => {
   await withTempDir(async (dir) => {
-    const data = join(dir, "chat.kv");
+    const data = join(dir, "chat.db");
     const total = 2000;
     const acks = new Map<string, Frame>();
     let port: number;

@@ -1,0 +1,95 @@
+/**
+ * Everything that differs between the two SQL engines, in one place. The
+ * schema and the queries (`schema.ts`, `store.ts`, `../accounts.ts`) are
+ * written once in the SQL both engines speak, with `$1, $2, …` placeholders;
+ * a {@linkcode SqlDatabase} runs them on SQLite (`sqlite.ts`) or PostgreSQL
+ * (`postgres.ts`), and the few spots where the dialects part ask the
+ * {@linkcode Dialect}.
+ *
+ * Where they agree (and what the queries rely on): `INSERT … ON CONFLICT …
+ * DO UPDATE/NOTHING … RETURNING`, row values `(a, b) IN (VALUES …)`,
+ * partial unique indexes, `BIGINT` columns read back as JavaScript numbers.
+ *
+ * @module
+ */
+
+/** A value bound to a placeholder or read from a column. */
+export type SqlValue = string | number | null;
+
+/** One row of a result, by column name. */
+export type Row = Record<string, SqlValue>;
+
+/** Something that runs one statement: the database itself or an open transaction. */
+export interface Queryable {
+  /** Runs one statement with `$n` placeholders and resolves with the rows it returns. */
+  query<T = Row>(text: string, params?: readonly SqlValue[]): Promise<T[]>;
+}
+
+/** The differences between the engines. */
+export interface Dialect {
+  /** Which engine. */
+  readonly name: "sqlite" | "postgres";
+  /** The larger of two expressions (`max(a, b)` in SQLite, `GREATEST(a, b)` in PostgreSQL). */
+  greatest(a: string, b: string): string;
+  /** The smaller of two expressions. */
+  least(a: string, b: string): string;
+  /**
+   * A statement that, run first in a transaction, keeps a second instance
+   * from migrating the schema at the same time (SQLite: `BEGIN IMMEDIATE`
+   * does it already).
+   */
+  readonly schemaLock?: string;
+  /** Whether an error is a unique-constraint violation (a concurrent insert of the same key won). */
+  isUniqueViolation(error: unknown): boolean;
+  /**
+   * Whether a transaction that failed with this error ran nothing and can be
+   * retried as it is: a deadlock or serialization failure, a busy database,
+   * or a connection that could not be made.
+   */
+  isRetryable(error: unknown): boolean;
+}
+
+/** A database connection (or pool) with transactions. */
+export interface SqlDatabase extends Queryable {
+  /** The engine's differences. */
+  readonly dialect: Dialect;
+  /** Where the data lives, for logs (no password). */
+  readonly description: string;
+  /**
+   * Runs `fn` in one transaction: committed when it resolves, rolled back
+   * when it rejects. Statements outside it never see its writes before the
+   * commit.
+   */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Closes the connection(s), after the statements in flight. */
+  close(): Promise<void>;
+}
+
+/** SQLite's dialect. */
+export const SQLITE: Dialect = {
+  name: "sqlite",
+  greatest: (a, b) => `max(${a}, ${b})`,
+  least: (a, b) => `min(${a}, ${b})`,
+  isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
+  isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
+};
+
+/** SQLSTATEs and client codes after which a PostgreSQL transaction can simply run again. */
+const PG_RETRYABLE = new Set([
+  "40001", // serialization_failure
+  "40P01", // deadlock_detected
+  "57P03", // cannot_connect_now (starting up)
+  "ECONNREFUSED",
+  "CONNECT_TIMEOUT",
+]);
+
+/** PostgreSQL's dialect. */
+export const POSTGRES: Dialect = {
+  name: "postgres",
+  greatest: (a, b) => `GREATEST(${a}, ${b})`,
+  least: (a, b) => `LEAST(${a}, ${b})`,
+  // Any constant key: migrations of the chat schema take turns.
+  schemaLock: "SELECT pg_advisory_xact_lock(7261636863)",
+  isUniqueViolation: (error) => (error as { code?: string })?.code === "23505",
+  isRetryable: (error) => PG_RETRYABLE.has((error as { code?: string })?.code ?? ""),
+};

@@ -1,0 +1,113 @@
+/**
+ * {@linkcode SqlDatabase} on PostgreSQL through `npm:postgres` (postgres.js
+ * 3.4): a pool of connections, transactions on one of them.
+ *
+ * Why postgres.js and not `pg`: it has LISTEN built in (`sql.listen`), on a
+ * dedicated connection that it re-establishes by itself after the server
+ * restarts and re-issues `LISTEN` (with an `onlisten` callback to read
+ * whatever was missed); `pg` gives a raw client whose `notification` events
+ * stop when its connection drops, and re-connecting and re-listening is left
+ * to the application (or to `pg-listen`, a third package). postgres.js also
+ * reconnects pool connections lazily on the next query, has no native
+ * dependencies, and runs under Deno as it is.
+ *
+ * `BIGINT` columns come back as JavaScript numbers (ids and millisecond times
+ * stay far below 2^53).
+ *
+ * @module
+ */
+
+import postgres from "npm:postgres@^3.4.9";
+import { POSTGRES, type Queryable, type SqlDatabase, type SqlValue } from "./dialect.ts";
+
+/** Options of {@linkcode PostgresDatabase.open}. */
+export interface PostgresOptions {
+  /** The most connections in the pool (default 10). */
+  max?: number;
+  /** Seconds to wait for a connection before a query fails (default 5). */
+  connectTimeout?: number;
+}
+
+/** The postgres.js client type. */
+export type PostgresClient = postgres.Sql;
+
+/** A PostgreSQL database. */
+export class PostgresDatabase implements SqlDatabase {
+  readonly dialect = POSTGRES;
+  readonly description: string;
+  /** The postgres.js client, for LISTEN/NOTIFY (`client.listen`, `client.notify`). */
+  readonly client: PostgresClient;
+
+  private constructor(client: PostgresClient, description: string) {
+    this.client = client;
+    this.description = description;
+  }
+
+  /**
+   * Connects to `url` (`postgres://user:password@host:port/db`), or with no
+   * URL to what the standard `PG*` variables say (`PGHOST`, `PGPORT`,
+   * `PGUSER`, `PGPASSWORD`, `PGDATABASE`). Fails when the server cannot be
+   * reached.
+   */
+  static async open(
+    url: string | undefined,
+    options: PostgresOptions = {},
+  ): Promise<PostgresDatabase> {
+    const config = {
+      max: options.max ?? 10,
+      connect_timeout: options.connectTimeout ?? 5,
+      onnotice: () => {},
+      // int8 (COUNT, BIGINT columns) as numbers, not strings.
+      types: {
+        bigint: {
+          to: 20,
+          from: [20],
+          serialize: (x: number) => String(x),
+          parse: (x: string) => Number(x),
+        },
+      },
+    };
+    const client = url === undefined ? postgres(config) : postgres(url, config);
+    const where = url === undefined ? "PostgreSQL (PG* environment)" : `PostgreSQL ${redact(url)}`;
+    try {
+      await client.unsafe("SELECT 1");
+    } catch (error) {
+      await client.end({ timeout: 1 }).catch(() => {});
+      throw new Error(`cannot connect to ${where}: ${describeError(error)}`, { cause: error });
+    }
+    return new PostgresDatabase(client, where);
+  }
+
+  async query<T>(text: string, params: readonly SqlValue[] = []): Promise<T[]> {
+    return [...await this.client.unsafe(text, params as SqlValue[])] as T[];
+  }
+
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return await this.client.begin(async (sql) => {
+      return await fn({
+        query: async <R>(text: string, params: readonly SqlValue[] = []) =>
+          [...await sql.unsafe(text, params as SqlValue[])] as R[],
+      });
+    }) as T;
+  }
+
+  async close(): Promise<void> {
+    await this.client.end({ timeout: 5 });
+  }
+}
+
+/** A connection URL with its password masked. */
+export function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
+}
+
+function describeError(error: unknown): string {
+  const e = error as { code?: string; message?: string };
+  return e?.message || e?.code || String(error);
+}

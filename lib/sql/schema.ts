@@ -1,0 +1,132 @@
+/**
+ * The chat's SQL schema, one list of versioned migrations for both engines,
+ * applied in order at start inside one transaction (so a second instance
+ * starting at the same moment waits, then finds nothing to do).
+ *
+ * Tables:
+ * - `users`: registered names, unique by canonical form and by look-alike skeleton
+ * - `accounts`: claimed names (and their password hash, JSON); `tokens`: sessions by token hash
+ * - `rooms`, `members`, `invites`: rooms, who is in them, who is invited
+ * - `heads`: per conversation, the newest id (the row locked to hand out the next ones)
+ * - `messages`: every message, keyed by `(conv, id)`; `(sender, cid)` unique when `cid` is set
+ * - `reads`: per user and conversation, the newest id read
+ * - `dms`: per user, the DMs they take part in (with the conversation key)
+ *
+ * Never edit a migration once released: add the next one.
+ *
+ * @module
+ */
+
+import type { Dialect, SqlDatabase } from "./dialect.ts";
+
+/** One step of the schema: its statements, run in order. */
+export interface Migration {
+  /** 1, 2, 3, …: the schema's version once applied. */
+  version: number;
+  /** What it adds, for the log. */
+  description: string;
+  /** Its statements (one statement per string). */
+  statements(dialect: Dialect): string[];
+}
+
+/** Every migration, oldest first. */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: "users, accounts, tokens, rooms, members, invites, messages, read state",
+    statements: () => [
+      `CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        canon TEXT NOT NULL UNIQUE,
+        skel TEXT NOT NULL UNIQUE,
+        since BIGINT NOT NULL)`,
+      `CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        since BIGINT NOT NULL,
+        password TEXT)`,
+      `CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        since BIGINT NOT NULL)`,
+      `CREATE INDEX tokens_by_name ON tokens (name)`,
+      `CREATE TABLE rooms (
+        name TEXT PRIMARY KEY,
+        private INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        since BIGINT NOT NULL)`,
+      `CREATE TABLE members (
+        room TEXT NOT NULL,
+        name TEXT NOT NULL,
+        since BIGINT NOT NULL,
+        PRIMARY KEY (room, name))`,
+      `CREATE INDEX members_by_name ON members (name, room)`,
+      `CREATE TABLE invites (
+        name TEXT NOT NULL,
+        room TEXT NOT NULL,
+        by_name TEXT NOT NULL,
+        since BIGINT NOT NULL,
+        PRIMARY KEY (name, room))`,
+      `CREATE TABLE heads (
+        conv TEXT PRIMARY KEY,
+        last_id BIGINT NOT NULL)`,
+      `CREATE TABLE messages (
+        conv TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        sender TEXT NOT NULL,
+        room TEXT,
+        recipient TEXT,
+        body TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        cid TEXT,
+        PRIMARY KEY (conv, id))`,
+      `CREATE UNIQUE INDEX messages_by_cid ON messages (sender, cid) WHERE cid IS NOT NULL`,
+      `CREATE TABLE reads (
+        name TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        PRIMARY KEY (name, conv))`,
+      `CREATE TABLE dms (
+        name TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        PRIMARY KEY (name, peer))`,
+    ],
+  },
+];
+
+/** The version a database has once every migration here is applied. */
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
+
+/**
+ * Brings a database's schema to {@linkcode SCHEMA_VERSION}; resolves with the
+ * versions applied now (empty when it was current). Refuses a database from a
+ * newer release.
+ */
+export async function migrate(db: SqlDatabase): Promise<number[]> {
+  return await db.transaction(async (tx) => {
+    if (db.dialect.schemaLock) await tx.query(db.dialect.schemaLock);
+    await tx.query(
+      `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL)`,
+    );
+    const [row] = await tx.query<{ v: number | null }>(
+      `SELECT MAX(version) AS v FROM schema_version`,
+    );
+    const current = Number(row?.v ?? 0);
+    if (current > SCHEMA_VERSION) {
+      throw new Error(
+        `the database has schema version ${current}, newer than this server's ${SCHEMA_VERSION}; upgrade the server`,
+      );
+    }
+    const applied: number[] = [];
+    for (const m of MIGRATIONS) {
+      if (m.version <= current) continue;
+      for (const statement of m.statements(db.dialect)) await tx.query(statement);
+      await tx.query(`INSERT INTO schema_version (version, applied) VALUES ($1, $2)`, [
+        m.version,
+        Date.now(),
+      ]);
+      applied.push(m.version);
+    }
+    return applied;
+  });
+}

@@ -1,0 +1,478 @@
+/**
+ * {@linkcode ChatStore} on SQL: SQLite for one machine, PostgreSQL for
+ * several instances, one set of queries.
+ *
+ * Writes are group-committed: while one transaction is in flight, new
+ * messages queue, and the next transaction takes them all (up to a bound).
+ * On SQLite, whose commits run on the event loop, messages that arrive in the
+ * same turn of the loop go in one transaction. Each sender waits only for the
+ * commit that holds its own message, and "acknowledged" means committed.
+ *
+ * Ids are per conversation and consecutive, handed out inside the
+ * transaction from the conversation's `heads` row, which the transaction
+ * locks first (`INSERT … ON CONFLICT DO UPDATE … RETURNING`): a second
+ * instance appending to the same conversation waits for the commit, then
+ * continues from the id it left. Rows are locked in sorted order, so two
+ * batches never deadlock; a deadlock or a concurrent insert of the same
+ * `(from, cid)` rolls back and runs the batch again, which then finds the
+ * other copy and answers it as a duplicate.
+ *
+ * @module
+ */
+
+import { LOBBY } from "../protocol.ts";
+import type { ChatMessage, ConversationSummary } from "../protocol.ts";
+import {
+  type Appended,
+  type ChatStore,
+  type ConversationKey,
+  conversationOf,
+  type HistoryOptions,
+  type HistoryPage,
+  type NewMessage,
+  type RoomInfo,
+  roomKey,
+  StoreError,
+} from "../store.ts";
+import type { Queryable, SqlDatabase, SqlValue } from "./dialect.ts";
+import { migrate } from "./schema.ts";
+
+/** Options of {@linkcode SqlStore.open}. */
+export interface SqlStoreOptions {
+  /** The most messages one transaction takes (default 500). */
+  maxBatch?: number;
+  /**
+   * Called inside each append transaction, after its messages are written,
+   * with the newest id of every conversation it touched: a place to queue a
+   * `NOTIFY`, which PostgreSQL delivers only if and when the transaction
+   * commits. A rejection rolls the batch back.
+   */
+  onBatch?: (tx: Queryable, heads: ReadonlyMap<ConversationKey, number>) => Promise<void>;
+}
+
+const DEFAULT_MAX_BATCH = 500;
+// Rows per multi-row INSERT: 8 placeholders each stays below every engine's limit.
+const ROWS_PER_INSERT = 500;
+const MAX_ATTEMPTS = 20;
+
+interface Pending {
+  message: NewMessage;
+  conversation: ConversationKey;
+  resolve(result: Appended): void;
+  reject(error: unknown): void;
+}
+
+interface MessageRow {
+  conv: string;
+  id: number;
+  sender: string;
+  room: string | null;
+  recipient: string | null;
+  body: string;
+  ts: number;
+  cid: string | null;
+}
+
+const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
+
+function toMessage(row: MessageRow): ChatMessage {
+  const message: ChatMessage = row.room !== null
+    ? { id: Number(row.id), room: row.room, from: row.sender, text: row.body, ts: Number(row.ts) }
+    : {
+      id: Number(row.id),
+      to: row.recipient!,
+      from: row.sender,
+      text: row.body,
+      ts: Number(row.ts),
+    };
+  if (row.cid !== null) message.cid = row.cid;
+  return message;
+}
+
+/** `($1, $2), ($3, $4), …` for `rows` rows of `width` placeholders, from `$start`. */
+function placeholders(rows: number, width: number, start = 1): string {
+  const out: string[] = [];
+  for (let r = 0; r < rows; r++) {
+    const cells: string[] = [];
+    for (let c = 0; c < width; c++) cells.push(`$${start + r * width + c}`);
+    out.push(`(${cells.join(", ")})`);
+  }
+  return out.join(", ");
+}
+
+function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/**
+ * Sets a user's read mark of a conversation to at least the conversation's
+ * newest id: a new member (or a newly registered user, for the lobby) starts
+ * with nothing unread.
+ */
+export async function readFromLatest(
+  q: Queryable,
+  db: SqlDatabase,
+  user: string,
+  conversation: ConversationKey,
+): Promise<void> {
+  await q.query(
+    `INSERT INTO reads (name, conv, id)
+     VALUES ($1, $2, COALESCE((SELECT last_id FROM heads WHERE conv = $2), 0))
+     ON CONFLICT (name, conv) DO UPDATE SET id = ${db.dialect.greatest("reads.id", "excluded.id")}`,
+    [user, conversation],
+  );
+}
+
+/** The lobby's conversation key. */
+export const LOBBY_KEY: ConversationKey = roomKey(LOBBY);
+
+/** A {@linkcode ChatStore} on a {@linkcode SqlDatabase}. */
+export class SqlStore implements ChatStore, AsyncDisposable {
+  #db: SqlDatabase;
+  #maxBatch: number;
+  #onBatch: SqlStoreOptions["onBatch"];
+  #queue: Pending[] = [];
+  #flushing: Promise<void> | undefined;
+  #dmPairs = new Set<ConversationKey>();
+  #closed = false;
+
+  private constructor(db: SqlDatabase, options: SqlStoreOptions) {
+    this.#db = db;
+    this.#maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
+    this.#onBatch = options.onBatch;
+  }
+
+  /** Opens a store on a database, creating or migrating its schema first. */
+  static async open(db: SqlDatabase, options: SqlStoreOptions = {}): Promise<SqlStore> {
+    await migrate(db);
+    return new SqlStore(db, options);
+  }
+
+  /** The database, for services that share it (accounts, the fan-out bus). */
+  get db(): SqlDatabase {
+    return this.#db;
+  }
+
+  append(message: NewMessage): Promise<Appended> {
+    if (this.#closed) return Promise.reject(new StoreError("the store is closed"));
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ message, conversation: conversationOf(message), resolve, reject });
+      this.#flushing ??= this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      // Let the messages that arrive in this turn of the event loop join the first batch.
+      await new Promise<void>((resolve) => setTimeout(resolve, 0));
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, this.#maxBatch);
+        try {
+          const results = await this.#commitRetrying(batch);
+          batch.forEach((p, i) => p.resolve(results[i]));
+        } catch (error) {
+          const reason = error instanceof StoreError
+            ? error
+            : new StoreError(`could not store the message: ${describe(error)}`, { cause: error });
+          for (const p of batch) p.reject(reason);
+        }
+      }
+    } finally {
+      this.#flushing = undefined;
+    }
+  }
+
+  async #commitRetrying(batch: Pending[]): Promise<Appended[]> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#commit(batch);
+      } catch (error) {
+        const { dialect } = this.#db;
+        const again = dialect.isUniqueViolation(error) || dialect.isRetryable(error);
+        if (!again || attempt >= MAX_ATTEMPTS) throw error;
+        await new Promise((r) => setTimeout(r, Math.min(2 ** attempt, 200)));
+      }
+    }
+  }
+
+  async #commit(batch: Pending[]): Promise<Appended[]> {
+    const newPairs: ConversationKey[] = [];
+    const results = await this.#db.transaction(async (tx) => {
+      // 1. Lock the conversations' heads, in sorted order, and read where each stands.
+      const conversations = [...new Set(batch.map((p) => p.conversation))].sort();
+      const last = new Map<ConversationKey, number>();
+      for (const part of chunks(conversations, ROWS_PER_INSERT)) {
+        const rows = await tx.query<{ conv: string; last_id: number }>(
+          `INSERT INTO heads (conv, last_id) VALUES ${
+            part.map((_, i) => `($${i + 1}, 0)`).join(", ")
+          }
+           ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
+           RETURNING conv, last_id`,
+          part,
+        );
+        for (const row of rows) last.set(row.conv, Number(row.last_id));
+      }
+      // 2. Messages already stored under their (from, cid): committed by now, as their heads were locked.
+      const withCid = batch.filter((p) => p.message.cid !== undefined);
+      const earlier = new Map<string, ChatMessage>();
+      for (const part of chunks(withCid, ROWS_PER_INSERT)) {
+        const rows = await tx.query<MessageRow>(
+          `SELECT ${MESSAGE_COLUMNS} FROM messages
+           WHERE cid IS NOT NULL AND (sender, cid) IN (VALUES ${placeholders(part.length, 2)})`,
+          part.flatMap((p) => [p.message.from, p.message.cid!]),
+        );
+        for (const row of rows) earlier.set(`${row.sender}\n${row.cid}`, toMessage(row));
+      }
+      // 3. The new messages, numbered from each head.
+      const next = new Map<ConversationKey, number>();
+      const fresh: MessageRow[] = [];
+      const readMarks = new Map<string, [string, ConversationKey, number]>();
+      const now = Date.now();
+      const out: Appended[] = batch.map((p) => {
+        const { room, to, from, text, cid } = p.message;
+        const cidKey = cid === undefined ? undefined : `${from}\n${cid}`;
+        const first = cidKey === undefined ? undefined : earlier.get(cidKey);
+        if (first) return { message: first, duplicate: true };
+        const id = (next.get(p.conversation) ?? last.get(p.conversation) ?? 0) + 1;
+        next.set(p.conversation, id);
+        const row: MessageRow = {
+          conv: p.conversation,
+          id,
+          sender: from,
+          room: room ?? null,
+          recipient: room === undefined ? to! : null,
+          body: text,
+          ts: now,
+          cid: cid ?? null,
+        };
+        fresh.push(row);
+        const message = toMessage(row);
+        if (cidKey !== undefined) earlier.set(cidKey, message);
+        // Posting in a conversation means having read it: the sender's read mark moves to its message.
+        readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
+        if (to !== undefined && room === undefined && !this.#dmPairs.has(p.conversation)) {
+          newPairs.push(p.conversation);
+        }
+        return { message, duplicate: false };
+      });
+      for (const part of chunks(fresh, ROWS_PER_INSERT)) {
+        await tx.query(
+          `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
+          part.flatMap((r): SqlValue[] => [
+            r.conv,
+            r.id,
+            r.sender,
+            r.room,
+            r.recipient,
+            r.body,
+            r.ts,
+            r.cid,
+          ]),
+        );
+      }
+      for (const [conversation, id] of [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
+        await tx.query(`UPDATE heads SET last_id = $2 WHERE conv = $1`, [conversation, id]);
+      }
+      const marks = [...readMarks.values()].sort(([u1, c1], [u2, c2]) =>
+        u1 < u2 ? -1 : u1 > u2 ? 1 : c1 < c2 ? -1 : c1 > c2 ? 1 : 0
+      );
+      for (const part of chunks(marks, ROWS_PER_INSERT)) {
+        await tx.query(
+          `INSERT INTO reads (name, conv, id) VALUES ${placeholders(part.length, 3)}
+           ON CONFLICT (name, conv) DO UPDATE SET id = ${
+            this.#db.dialect.greatest("reads.id", "excluded.id")
+          }`,
+          part.flat(),
+        );
+      }
+      const pairs = newPairs.flatMap((conversation) => {
+        const [, a, b] = conversation.split("/");
+        return [[a, b, conversation], [b, a, conversation]];
+      });
+      for (const part of chunks(pairs, ROWS_PER_INSERT)) {
+        await tx.query(
+          `INSERT INTO dms (name, peer, conv) VALUES ${placeholders(part.length, 3)}
+           ON CONFLICT (name, peer) DO NOTHING`,
+          part.flat(),
+        );
+      }
+      if (this.#onBatch && next.size > 0) await this.#onBatch(tx, next);
+      return out;
+    });
+    for (const pair of newPairs) this.#dmPairs.add(pair);
+    return results;
+  }
+
+  async history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage> {
+    const rows = await this.#db.query<MessageRow>(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conv = $1 AND id > $2 AND id < $3
+       ORDER BY id DESC LIMIT $4`,
+      [
+        conversation,
+        options.after ?? 0,
+        options.before ?? Number.MAX_SAFE_INTEGER,
+        options.limit + 1,
+      ],
+    );
+    const more = rows.length > options.limit;
+    if (more) rows.pop();
+    return { messages: rows.reverse().map(toMessage), more };
+  }
+
+  async rooms(user: string): Promise<string[]> {
+    const rows = await this.#db.query<{ room: string }>(
+      `SELECT room FROM members WHERE name = $1`,
+      [user],
+    );
+    return rows.map((r) => r.room);
+  }
+
+  async room(room: string): Promise<RoomInfo | undefined> {
+    const [row] = await this.#db.query<{ private: number; owner: string }>(
+      `SELECT private, owner FROM rooms WHERE name = $1`,
+      [room],
+    );
+    return row ? { private: Number(row.private) !== 0, owner: row.owner } : undefined;
+  }
+
+  async createRoom(room: string, info: RoomInfo): Promise<boolean> {
+    const rows = await this.#db.query(
+      `INSERT INTO rooms (name, private, owner, since) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (name) DO NOTHING RETURNING name`,
+      [room, info.private ? 1 : 0, info.owner, Date.now()],
+    );
+    return rows.length > 0;
+  }
+
+  async join(user: string, room: string): Promise<void> {
+    await this.#db.transaction(async (tx) => {
+      const now = Date.now();
+      await tx.query(
+        `INSERT INTO rooms (name, private, owner, since) VALUES ($1, 0, $2, $3)
+         ON CONFLICT (name) DO NOTHING`,
+        [room, user, now],
+      );
+      const added = await tx.query(
+        `INSERT INTO members (room, name, since) VALUES ($1, $2, $3)
+         ON CONFLICT (room, name) DO NOTHING RETURNING name`,
+        [room, user, now],
+      );
+      if (added.length === 0) return;
+      await tx.query(`DELETE FROM invites WHERE name = $1 AND room = $2`, [user, room]);
+      await readFromLatest(tx, this.#db, user, roomKey(room));
+    });
+  }
+
+  async leave(user: string, room: string): Promise<void> {
+    await this.#db.query(`DELETE FROM members WHERE room = $1 AND name = $2`, [room, user]);
+  }
+
+  async invite(user: string, room: string, by: string): Promise<void> {
+    await this.#db.query(
+      `INSERT INTO invites (name, room, by_name, since) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (name, room) DO UPDATE SET by_name = excluded.by_name, since = excluded.since`,
+      [user, room, by, Date.now()],
+    );
+  }
+
+  async invites(user: string): Promise<Array<{ room: string; by: string }>> {
+    const rows = await this.#db.query<{ room: string; by_name: string }>(
+      `SELECT room, by_name FROM invites WHERE name = $1 ORDER BY since, room`,
+      [user],
+    );
+    return rows.map((r) => ({ room: r.room, by: r.by_name }));
+  }
+
+  async publicRooms(limit: number): Promise<Array<{ room: string; members: number }>> {
+    const rows = await this.#db.query<{ room: string; members: number }>(
+      `SELECT r.name AS room, COUNT(m.name) AS members
+       FROM rooms r LEFT JOIN members m ON m.room = r.name
+       WHERE r.private = 0 GROUP BY r.name ORDER BY COUNT(m.name) DESC, r.name LIMIT $1`,
+      [limit],
+    );
+    return rows
+      .map((r) => ({ room: r.room, members: Number(r.members) }))
+      // The same order whatever the database's collation.
+      .sort((a, b) => b.members - a.members || (a.room < b.room ? -1 : a.room > b.room ? 1 : 0));
+  }
+
+  async conversations(user: string, rooms: string[]): Promise<ConversationSummary[]> {
+    const out: ConversationSummary[] = [];
+    for (const part of chunks(rooms, ROWS_PER_INSERT)) {
+      const keys = part.map(roomKey);
+      const list = keys.map((_, i) => `$${i + 2}`).join(", ");
+      const lasts = new Map(
+        (await this.#db.query<{ conv: string; last_id: number }>(
+          `SELECT conv, last_id FROM heads WHERE conv IN (${keys.map((_, i) => `$${i + 1}`)})`,
+          keys,
+        )).map((r) => [r.conv, Number(r.last_id)]),
+      );
+      const reads = new Map(
+        (await this.#db.query<{ conv: string; id: number }>(
+          `SELECT conv, id FROM reads WHERE name = $1 AND conv IN (${list})`,
+          [user, ...keys],
+        )).map((r) => [r.conv, Number(r.id)]),
+      );
+      part.forEach((room, i) => {
+        const last = lasts.get(keys[i]) ?? 0;
+        const read = Math.min(reads.get(keys[i]) ?? 0, last);
+        out.push({ room, last, read, unread: last - read });
+      });
+    }
+    const dms = await this.#db.query<{ peer: string; last_id: number | null; id: number | null }>(
+      `SELECT d.peer, h.last_id, r.id FROM dms d
+       LEFT JOIN heads h ON h.conv = d.conv
+       LEFT JOIN reads r ON r.name = d.name AND r.conv = d.conv
+       WHERE d.name = $1`,
+      [user],
+    );
+    for (const row of dms) {
+      const last = Number(row.last_id ?? 0);
+      const read = Math.min(Number(row.id ?? 0), last);
+      out.push({ with: row.peer, last, read, unread: last - read });
+    }
+    return out;
+  }
+
+  async markRead(user: string, conversation: ConversationKey, id: number): Promise<number> {
+    const { dialect } = this.#db;
+    const [row] = await this.#db.query<{ id: number }>(
+      `INSERT INTO reads (name, conv, id)
+       VALUES ($1, $2, ${
+        dialect.least("$3", "COALESCE((SELECT last_id FROM heads WHERE conv = $2), 0)")
+      })
+       ON CONFLICT (name, conv) DO UPDATE SET id = ${dialect.greatest("reads.id", "excluded.id")}
+       RETURNING id`,
+      [user, conversation, Math.max(0, Math.trunc(id))],
+    );
+    return Number(row.id);
+  }
+
+  async healthy(): Promise<boolean> {
+    try {
+      await this.#db.query(`SELECT 1`);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** `await using store = …` closes it. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#flushing;
+    await this.#db.close();
+  }
+}
+
+/** An error's message, for a `store_failed` reason. */
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
