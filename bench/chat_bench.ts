@@ -70,7 +70,7 @@ const QUICK = flag("quick") || SMOKE;
 const RUNS = Number(option("runs") ?? 1);
 const RATE = Number(option("rate") ?? (SMOKE ? 1000 : 5000));
 const ONLINE = Number(option("online") ?? (SMOKE ? 100 : QUICK ? 500 : 5000));
-const STORE = option("store") ?? "kv";
+const STORE_OPTION = option("store");
 const PHASES = (option("only") ?? "dm,latency,room,crowd").split(",");
 /** Where the server's V8 CPU profiles go (one per phase), if anywhere. */
 const PROFILE = option("profile");
@@ -78,7 +78,9 @@ const JSON_FILE = option("json") ?? here("./results/bench.jsonl");
 if (!Number.isInteger(RUNS) || RUNS < 1) usage("--runs takes a whole number ≥ 1");
 if (!(RATE > 0) || !(ONLINE > 0)) usage("--rate and --online take positive numbers");
 for (const p of PHASES) if (!["dm", "latency", "room", "crowd"].includes(p)) usage(`no phase ${p}`);
-if (!["kv", "sqlite", "postgres"].includes(STORE)) usage(`--store is kv, sqlite or postgres`);
+if (STORE_OPTION !== undefined && !["kv", "sqlite", "postgres"].includes(STORE_OPTION)) {
+  usage(`--store is kv, sqlite or postgres`);
+}
 
 /** Sizes per phase: every phase is bounded in count and in seconds. */
 const SIZES: Record<PhaseConfig["phase"], Record<string, number>> = SMOKE
@@ -133,6 +135,8 @@ const pinned = (core: number, cmd: string[]) =>
 
 /** Whether main.ts offers the chosen store: its --help must name it. */
 const help = (await run(Deno.execPath(), ["run", "-A", MAIN, "--help"])) ?? "";
+/** By default, the store main.ts uses by default: SQLite where it has one, else KV. */
+const STORE = STORE_OPTION ?? (/sqlite/i.test(help) ? "sqlite" : "kv");
 const STORE_WORD = { kv: /\bKV\b/i, sqlite: /sqlite/i, postgres: /postgres/i }[STORE]!;
 if (!STORE_WORD.test(help)) {
   console.error(
@@ -140,11 +144,21 @@ if (!STORE_WORD.test(help)) {
   );
   Deno.exit(2);
 }
-const dataOption = option("data");
-if (STORE === "postgres" && !/^postgres(ql)?:\/\//.test(dataOption ?? "")) {
-  console.error("error: --store postgres needs --data postgres://… naming a running PostgreSQL");
+let dataOption = option("data");
+if (STORE === "postgres" && dataOption !== undefined && !/^postgres(ql)?:\/\//.test(dataOption)) {
+  console.error("error: --store postgres takes --data postgres://… (or none: a throwaway cluster)");
   Deno.exit(2);
 }
+// Without a URL, a throwaway PostgreSQL cluster for this run (the tests' own helper).
+const cluster = STORE === "postgres" && dataOption === undefined
+  ? await (await import("../tests/_pg.ts")).startPostgres().catch((e) => {
+    console.error(`error: --store postgres: ${e.message}`);
+    Deno.exit(2);
+  })
+  : undefined;
+if (cluster) dataOption = cluster.url;
+/** Part of every user name, so runs against one PostgreSQL database never meet. */
+const RUN_ID = Date.now().toString(36).slice(-4);
 const tmp = await Deno.makeTempDir({ prefix: "chat-bench-" });
 const dataDir = STORE === "postgres" ? "" : dataOption ?? tmp;
 /** Where each fresh server keeps its data. */
@@ -269,7 +283,7 @@ async function phase(
       pid: target.pid,
       acks: kind === "server",
       tokens: kind === "server",
-      prefix: `b${runIndex}${name[0]}`,
+      prefix: `b${RUN_ID}${runIndex}${name[0]}`,
       params: SIZES[name],
     };
     const [program, ...rest] = pinned(0, [
@@ -331,6 +345,7 @@ try {
             (result.errors ? `, ${result.errors} errors: ${result.samples.join("; ")}` : "") +
             (result.notes.length ? ` (${result.notes.join("; ")})` : ""),
         );
+        result.notes = result.notes.map((note) => `${name}, ${kind}: ${note}`);
         errors += result.errors;
         results[kind].push(result);
         lines.push(JSON.stringify({
@@ -353,6 +368,7 @@ try {
   fatal = e.message;
 } finally {
   await Deno.remove(tmp, { recursive: true });
+  await cluster?.[Symbol.asyncDispose]();
 }
 if (fatal) {
   console.error(`error: ${fatal}`);
