@@ -406,12 +406,24 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
   { key: "latency_p999_ms", label: "  p99.9 ms", lower: true, gen: "latency_us" },
   { key: "latency_us", label: "  server CPU µs per DM", lower: true, gen: "latency_us" },
   {
+    key: "latency_send_lag_ms",
+    label: "  generator behind its schedule, ms (worst)",
+    lower: true,
+    gen: "",
+  },
+  {
     key: "room_us",
     label: `room of ${size.room.members}: CPU µs per delivery`,
     lower: true,
     gen: "room_us",
   },
-  { key: "new_per_s", label: `new users/s (0 → ${ONLINE} online)`, lower: false, gen: "new_per_s" },
+  {
+    key: "new_per_s",
+    label: `new users/s (0 → ${ONLINE} online, ${size.crowd.arrivalSeconds} s at most)`,
+    lower: false,
+    gen: "new_per_s",
+  },
+  { key: "online", label: "  users online at the end of it", lower: false, gen: "" },
   { key: "new_us", label: "  server CPU µs per new user", lower: true, gen: "new_per_s" },
   {
     key: "returning_per_s",
@@ -428,7 +440,7 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
   { key: "idle_kib", label: "KiB per idle connection (RSS)", lower: true, gen: "" },
   {
     key: "churn_cores",
-    label: `presence churn, ${size.crowd.churnRate}/s at ${ONLINE} online: % of a core`,
+    label: `presence churn, ${size.crowd.churnRate}/s among those online: % of a core`,
     lower: true,
     gen: "churn_cores",
     scale: 100,

@@ -335,7 +335,11 @@ async function latencyPhase(): Promise<void> {
   result.metrics.latency_send_lag_ms = lagMs;
   result.generator.latency_p99_ms = s.self;
   result.generator.latency_us = s.self;
-  if (lagMs > 5) result.notes.push(`the generator fell ${lagMs.toFixed(1)} ms behind its schedule`);
+  if (lagMs > 5) {
+    result.notes.push(
+      `the generator fell ${lagMs.toFixed(1)} ms behind its schedule (a busy machine?)`,
+    );
+  }
 }
 
 /**
