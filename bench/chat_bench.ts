@@ -11,7 +11,8 @@
  * Usage:
  *   deno task bench [--quick | --smoke] [--runs N] [--only dm,latency,room,crowd]
  *                   [--store kv|sqlite|postgres] [--data DIR|URL] [--rate 5000]
- *                   [--online 5000] [--json FILE] [--profile DIR] [-- more flags for main.ts]
+ *                   [--online 5000] [--json FILE] [--profile DIR] [--main PATH]
+ *                   [--instances N (with postgres)] [-- more flags for main.ts]
  *
  * Exits 1 if any phase saw an error (an error frame, a refused or dropped
  * connection, a message lost, duplicated or out of order, a line on the
@@ -21,11 +22,14 @@
  */
 
 import { DatabaseSync } from "node:sqlite";
+import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { PhaseConfig, PhaseResult } from "./load.ts";
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
-const MAIN = here("../main.ts");
+const MAIN_OPTION = Deno.args.indexOf("--main");
+/** The server to measure: this checkout's, or another's with `--main PATH`. */
+const MAIN = MAIN_OPTION === -1 ? here("../main.ts") : Deno.args[MAIN_OPTION + 1];
 const RELAY = here("./relay.ts");
 const LOAD = here("./load.ts");
 
@@ -40,6 +44,8 @@ function option(name: string): string | undefined {
   return at === -1 ? undefined : args[at + 1];
 }
 const KNOWN = [
+  "main",
+  "instances",
   "profile",
   "quick",
   "smoke",
@@ -120,8 +126,9 @@ const cores = navigator.hardwareConcurrency;
 const taskset = cores >= 2 && (await run("taskset", ["-c", "0", "true"])) !== undefined;
 const cpuModel = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/)?.[1] ??
   "unknown CPU";
-const commit = (await run("git", ["-C", here(".."), "rev-parse", "--short", "HEAD"])) ?? "unknown";
-const dirty = (await run("git", ["-C", here(".."), "status", "--porcelain"])) ? "+dirty" : "";
+const checkout = dirname(MAIN);
+const commit = (await run("git", ["-C", checkout, "rev-parse", "--short", "HEAD"])) ?? "unknown";
+const dirty = (await run("git", ["-C", checkout, "status", "--porcelain"])) ? "+dirty" : "";
 const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
 const machine = `${cores} × ${cpuModel}, ${
   Math.round(Deno.systemMemoryInfo().total / 2 ** 30)
@@ -157,6 +164,31 @@ const cluster = STORE === "postgres" && dataOption === undefined
   })
   : undefined;
 if (cluster) dataOption = cluster.url;
+const INSTANCES = Number(option("instances") ?? 1);
+if (!Number.isInteger(INSTANCES) || INSTANCES < 1) usage("--instances takes a whole number ≥ 1");
+if (INSTANCES > 1 && STORE !== "postgres") usage("--instances needs --store postgres");
+/**
+ * PostgreSQL's postmaster for the URL's port, found by its command line: its
+ * CPU and its backends' count as the server's (storage included).
+ */
+const dbPid = STORE === "postgres"
+  ? findPostmaster(new URL(dataOption!).port || "5432")
+  : undefined;
+function findPostmaster(port: string): number | undefined {
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const argv = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).split("\0");
+      const at = argv.indexOf("-p");
+      if (/\/postgres$/.test(argv[0]) && at !== -1 && argv[at + 1] === port) {
+        return Number(entry.name);
+      }
+    } catch {
+      // Gone, or not ours to read.
+    }
+  }
+  return undefined;
+}
 /** Part of every user name, so runs against one PostgreSQL database never meet. */
 const RUN_ID = Date.now().toString(36).slice(-4);
 const tmp = await Deno.makeTempDir({ prefix: "chat-bench-" });
@@ -275,12 +307,17 @@ async function phase(
   name: PhaseConfig["phase"],
   runIndex: number,
 ): Promise<PhaseResult> {
-  const target = await start(kind, `${name}-${runIndex}`);
+  const targets: Target[] = [];
   try {
+    // Several instances start one after the other: the first creates the schema.
+    for (let i = 0; i < (kind === "server" ? INSTANCES : 1); i++) {
+      targets.push(await start(kind, `${name}-${runIndex}`));
+    }
     const config: PhaseConfig = {
       phase: name,
-      port: target.port,
-      pid: target.pid,
+      ports: targets.map((t) => t.port),
+      pids: targets.map((t) => t.pid),
+      dbPid: kind === "server" ? dbPid : undefined,
       acks: kind === "server",
       tokens: kind === "server",
       prefix: `b${RUN_ID}${runIndex}${name[0]}`,
@@ -310,14 +347,16 @@ async function phase(
     }
     const wrong = kind === "server" ? storeMismatch(dataFor(`${name}-${runIndex}`)) : undefined;
     if (wrong) throw new Fatal(`--store ${STORE}: ${wrong}`);
-    const logged = target.stderr().trim();
-    if (logged) {
-      result.errors++;
-      result.samples.push(`${kind} stderr: ${logged.split("\n").slice(0, 3).join(" / ")}`);
+    for (const target of targets) {
+      const logged = target.stderr().trim();
+      if (logged) {
+        result.errors++;
+        result.samples.push(`${kind} stderr: ${logged.split("\n").slice(0, 3).join(" / ")}`);
+      }
     }
     return result;
   } finally {
-    await target.stop();
+    await Promise.all(targets.map((t) => t.stop()));
   }
 }
 
@@ -328,10 +367,14 @@ const results: Record<Kind, PhaseResult[]> = { relay: [], server: [] };
 let errors = 0;
 const lines: string[] = [];
 const started = performance.now();
+const storeText = `store ${STORE}` + (INSTANCES > 1 ? `, ${INSTANCES} instances` : "") +
+  (STORE === "postgres"
+    ? (dbPid ? ", PostgreSQL's CPU included" : ", PostgreSQL's CPU NOT included")
+    : "");
 let fatal: string | undefined;
 const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
 console.error(
-  `bench (${mode}, ${RUNS} run${RUNS > 1 ? "s" : ""}, store ${STORE}): ${machine}; ` +
+  `bench (${mode}, ${RUNS} run${RUNS > 1 ? "s" : ""}, ${storeText}): ${machine}; ` +
     (taskset ? "targets on core 1, generator on core 0" : "not pinned (no taskset or one core)"),
 );
 try {
@@ -355,6 +398,8 @@ try {
           pinned: taskset,
           mode,
           store: kind === "server" ? STORE : "none",
+          instances: kind === "server" ? INSTANCES : 1,
+          main: MAIN,
           run: r + 1,
           target: kind,
           phase: name,
@@ -486,7 +531,7 @@ for (const row of ROWS) {
 const widths = table[0].map((_, i) => Math.max(...table.map((r) => r[i].length)));
 const line = (cells: string[]) =>
   `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ")} |`;
-console.log(`\n${machine}; ${date}; commit ${commit}${dirty}; store ${STORE}; ${mode}`);
+console.log(`\n${machine}; ${date}; commit ${commit}${dirty}; ${storeText}; ${mode}`);
 console.log(line(table[0]));
 console.log(
   `|${widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`,

@@ -20,9 +20,11 @@ import { clientFrame, isType, RawSocket, seqOf, Template, typeBytes } from "./ws
 /** What chat_bench.ts asks for. */
 export interface PhaseConfig {
   phase: "dm" | "latency" | "room" | "crowd";
-  /** The target's port and process id. */
-  port: number;
-  pid: number;
+  /** The target's ports and process ids: several for instances of one server on one database. */
+  ports: number[];
+  pids: number[];
+  /** The database's main process (PostgreSQL's postmaster): its CPU, its children's included, counts as the target's. */
+  dbPid?: number;
   /** Whether the target acknowledges a send with the sender's own copy (the server does). */
   acks: boolean;
   /** Whether it issues tokens in `welcome` (returning users present them). */
@@ -44,7 +46,7 @@ export interface PhaseResult {
 }
 
 const config: PhaseConfig = JSON.parse(Deno.args[0]);
-const { port, pid, params, prefix } = config;
+const { ports, pids, params, prefix } = config;
 
 const result: PhaseResult = { metrics: {}, generator: {}, errors: 0, samples: [], notes: [] };
 const decoder = new TextDecoder();
@@ -69,10 +71,39 @@ function cpuSeconds(of: number | "self"): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** Resident memory of a process in KiB. */
-function rssKiB(of: number): number {
-  const status = Deno.readTextFileSync(`/proc/${of}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+/** Resident memory of the target's processes in KiB. */
+function rssKiB(): number {
+  let sum = 0;
+  for (const pid of pids) {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    sum += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  }
+  return sum;
+}
+
+/** CPU seconds of a process tree's root (with the children it reaped) and its live children. */
+function treeSeconds(root: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${root}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  let ticks = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const child = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      const c = child.slice(child.lastIndexOf(")") + 2).split(" ");
+      if (Number(c[1]) === root) ticks += Number(c[11]) + Number(c[12]);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return ticks / 100;
+}
+
+/** CPU seconds of the whole target: its processes, and the database's if it has one. */
+function targetSeconds(): number {
+  let sum = config.dbPid ? treeSeconds(config.dbPid) : 0;
+  for (const pid of pids) sum += cpuSeconds(pid);
+  return sum;
 }
 
 /** A point in time with both processes' CPU, to measure a window between two. */
@@ -83,7 +114,7 @@ interface Mark {
 }
 
 function mark(): Mark {
-  return { at: performance.now(), target: cpuSeconds(pid), self: cpuSeconds("self") };
+  return { at: performance.now(), target: targetSeconds(), self: cpuSeconds("self") };
 }
 
 /** Seconds between two marks, and each process's CPU over it. */
@@ -97,10 +128,10 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Waits until the target is idle (under a tick of CPU per 100 ms, twice), at most 5 s. */
 async function quiesce(): Promise<void> {
   let calm = 0;
-  let last = cpuSeconds(pid);
+  let last = targetSeconds();
   for (let i = 0; i < 50 && calm < 2; i++) {
     await sleep(100);
-    const now = cpuSeconds(pid);
+    const now = targetSeconds();
     calm = now - last <= 0.011 ? calm + 1 : 0;
     last = now;
   }
@@ -110,6 +141,8 @@ async function quiesce(): Promise<void> {
 interface Client {
   socket: RawSocket;
   user: string;
+  /** Which instance it is connected to (an index into the ports, modulo their number). */
+  slot: number;
   token?: string;
 }
 
@@ -124,13 +157,14 @@ async function connect(
   user: string,
   onFrame: (payload: Uint8Array) => void = () => {},
   token?: string,
+  slot = 0,
 ): Promise<Client> {
   const welcomed = Promise.withResolvers<void>();
   let ready = false;
-  const client: Client = { socket: undefined!, user };
+  const client: Client = { socket: undefined!, user, slot };
   const protocols = config.tokens ? ["chat.v1", ...(token ? [`token.${token}`] : [])] : [];
   client.socket = await RawSocket.connect({
-    port,
+    port: ports[slot % ports.length],
     path: `/ws/${user}`,
     protocols,
     readBuffer: params.readBuffer ?? 16384,
@@ -185,7 +219,7 @@ async function openMany(
     while (next < names.length && performance.now() < options.deadline) {
       const i = next++;
       try {
-        clients[i] = await connect(names[i], undefined, options.tokens?.[i]);
+        clients[i] = await connect(names[i], undefined, options.tokens?.[i], i);
       } catch (e) {
         error(`connect ${names[i]}: ${(e as Error).message}`);
       }
@@ -200,18 +234,29 @@ async function pairs(count: number, onDelivery: (pair: number, seq: number) => v
   const recipients: Client[] = [];
   for (let i = 0; i < count; i++) {
     recipients.push(
-      await connect(`${prefix}r${i}`, (payload) => {
-        if (isType(payload, T.message)) onDelivery(i, seqOf(payload));
-      }),
+      await connect(
+        `${prefix}r${i}`,
+        (payload) => {
+          if (isType(payload, T.message)) onDelivery(i, seqOf(payload));
+        },
+        undefined,
+        i,
+      ),
     );
   }
   const acks = { count: 0 };
   const senders: Client[] = [];
   for (let i = 0; i < count; i++) {
     senders.push(
-      await connect(`${prefix}s${i}`, (payload) => {
-        if (isType(payload, T.message)) acks.count++;
-      }),
+      // On the next instance, when there are several: every DM crosses between them.
+      await connect(
+        `${prefix}s${i}`,
+        (payload) => {
+          if (isType(payload, T.message)) acks.count++;
+        },
+        undefined,
+        i + 1,
+      ),
     );
   }
   const templates = recipients.map((r) =>
@@ -367,26 +412,31 @@ async function roomPhase(): Promise<void> {
     const joined = Promise.withResolvers<void>();
     joins.push(joined.promise);
     const user = `${prefix}m${j}`;
-    const client = await connect(user, (payload) => {
-      if (isType(payload, T.message)) {
-        const seq = seqOf(payload);
-        if (seq < 0 || seq >= messages) return error(`${user}: unexpected message`);
-        const from = seq % senders;
-        if (seq <= last[j * senders + from]) {
-          error(`${user}: #${seq} after #${last[j * senders + from]}`);
+    const client = await connect(
+      user,
+      (payload) => {
+        if (isType(payload, T.message)) {
+          const seq = seqOf(payload);
+          if (seq < 0 || seq >= messages) return error(`${user}: unexpected message`);
+          const from = seq % senders;
+          if (seq <= last[j * senders + from]) {
+            error(`${user}: #${seq} after #${last[j * senders + from]}`);
+          }
+          last[j * senders + from] = seq;
+          deliveries++;
+          if (++counts[seq] === members) {
+            complete++;
+            pump();
+            finished.poke();
+          }
+        } else if (isType(payload, T.joined)) {
+          const frame = JSON.parse(decoder.decode(payload));
+          if (frame.user === user) joined.resolve();
         }
-        last[j * senders + from] = seq;
-        deliveries++;
-        if (++counts[seq] === members) {
-          complete++;
-          pump();
-          finished.poke();
-        }
-      } else if (isType(payload, T.joined)) {
-        const frame = JSON.parse(decoder.decode(payload));
-        if (frame.user === user) joined.resolve();
-      }
-    });
+      },
+      undefined,
+      j,
+    );
     client.socket.send(clientFrame(JSON.stringify({ type: "join", room })));
     clients.push(client);
   }
@@ -421,7 +471,7 @@ async function crowdPhase(): Promise<void> {
   // One connection first, so the baseline includes the code paths a connection needs.
   const warm = await connect(`${prefix}w`);
   await quiesce();
-  const rss0 = rssKiB(pid);
+  const rss0 = rssKiB();
   const names = Array.from({ length: online }, (_, i) => `${prefix}u${i}`);
 
   let a = mark();
@@ -441,7 +491,7 @@ async function crowdPhase(): Promise<void> {
   }
 
   await quiesce();
-  result.metrics.idle_kib = (rssKiB(pid) - rss0) / opened;
+  result.metrics.idle_kib = (rssKiB() - rss0) / opened;
 
   const tokens = clients.map((c) => c?.token);
   await Promise.all(clients.map((c) => c?.socket.close()));
@@ -471,7 +521,7 @@ async function crowdPhase(): Promise<void> {
       pending.push((async () => {
         await client.socket.close();
         try {
-          clients[i] = await connect(client.user, undefined, client.token);
+          clients[i] = await connect(client.user, undefined, client.token, client.slot);
         } catch (e) {
           error(`churn ${client.user}: ${(e as Error).message}`);
         }
