@@ -293,7 +293,8 @@ async function dmPhase(): Promise<void> {
   const sent = new Array<number>(count).fill(0);
   const got = new Array<number>(count).fill(0);
   let total = 0, delivered = 0, sending = false;
-  const finished = until(() => delivered >= max, (seconds * 1000) + warmup);
+  // The clock starts when sending does, not while the users connect.
+  let finished: ReturnType<typeof until> | undefined = undefined;
   const pump = (i: number) => {
     while (sending && sent[i] - got[i] < window && total < max) {
       setup.senders[i].socket.send(setup.templates[i].stamp(sent[i]++));
@@ -305,8 +306,9 @@ async function dmPhase(): Promise<void> {
     got[i]++;
     delivered++;
     pump(i);
-    finished.poke();
+    finished?.poke();
   });
+  finished = until(() => delivered >= max, (seconds * 1000) + warmup);
   sending = true;
   for (let i = 0; i < count; i++) pump(i);
   await sleep(warmup);
@@ -399,7 +401,8 @@ async function roomPhase(): Promise<void> {
   const counts = new Uint16Array(messages);
   const last = new Int32Array(members * senders).fill(-1);
   let k = 0, complete = 0, deliveries = 0, sending = false;
-  const finished = until(() => complete >= messages, seconds * 1000);
+  // The clock starts when sending does, not while the members connect and join.
+  let finished: ReturnType<typeof until> | undefined = undefined;
   const clients: Client[] = [];
   const pump = () => {
     while (sending && k - complete < window && k < messages) {
@@ -427,7 +430,7 @@ async function roomPhase(): Promise<void> {
           if (++counts[seq] === members) {
             complete++;
             pump();
-            finished.poke();
+            finished?.poke();
           }
         } else if (isType(payload, T.joined)) {
           const frame = JSON.parse(decoder.decode(payload));
@@ -444,6 +447,7 @@ async function roomPhase(): Promise<void> {
   const templates = clients.slice(0, senders).map(() =>
     new Template(JSON.stringify({ type: "send", room, text: "#00000000" }))
   );
+  finished = until(() => complete >= messages, seconds * 1000);
   const a = mark();
   sending = true;
   pump();
