@@ -542,6 +542,15 @@ async function crowdPhase(): Promise<void> {
   await Promise.all([warm, ...clients].map((c) => c?.socket.close()));
 }
 
+// Whatever happens (a server that stops answering a handshake, say), the phase ends in time.
+const { seconds = 0, arrivalSeconds = 0, churnSeconds = 0 } = params;
+const limitSeconds = 90 + seconds + 2 * arrivalSeconds + churnSeconds;
+Deno.unrefTimer(setTimeout(() => {
+  error(`${config.phase} did not finish within ${limitSeconds} s`);
+  console.log(JSON.stringify(result));
+  Deno.exit(0);
+}, limitSeconds * 1000));
+
 const phases = { dm: dmPhase, latency: latencyPhase, room: roomPhase, crowd: crowdPhase };
 try {
   await phases[config.phase]();
