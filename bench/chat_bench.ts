@@ -244,7 +244,7 @@ const OPEN_LIMITS = [
   ...["--connects-per-minute", "10000000", "--max-connections-per-ip", "100000"],
 ];
 
-async function start(kind: "relay" | "server", name: string): Promise<Target> {
+async function start(kind: "relay" | "server", name: string, instance = 0): Promise<Target> {
   const cmd = kind === "relay" ? [Deno.execPath(), "run", "--allow-net", RELAY, "0"] : [
     Deno.execPath(),
     "run",
@@ -254,7 +254,11 @@ async function start(kind: "relay" | "server", name: string): Promise<Target> {
     "--allow-write",
     "--unstable-kv",
     ...(PROFILE
-      ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE}`, `--cpu-prof-name=${name}.cpuprofile`]
+      ? [
+        "--cpu-prof",
+        `--cpu-prof-dir=${PROFILE}`,
+        `--cpu-prof-name=${name}${instance ? `-${instance}` : ""}.cpuprofile`,
+      ]
       : []),
     MAIN,
     ...["--hostname", "127.0.0.1", "--port", "0", "--data", dataFor(name)],
@@ -311,7 +315,7 @@ async function phase(
   try {
     // Several instances start one after the other: the first creates the schema.
     for (let i = 0; i < (kind === "server" ? INSTANCES : 1); i++) {
-      targets.push(await start(kind, `${name}-${runIndex}`));
+      targets.push(await start(kind, `${name}-${runIndex}`, i));
     }
     const config: PhaseConfig = {
       phase: name,
@@ -440,6 +444,7 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
     lower: true,
     gen: "dm_us",
   },
+  { key: "dm_db_us", label: "  of which PostgreSQL's", lower: true, gen: "dm_us" },
   { key: "dm_per_s", label: "DM saturated: DMs/s", lower: false, gen: "dm_us" },
   {
     key: "latency_p50_ms",
@@ -462,6 +467,7 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
     lower: true,
     gen: "room_us",
   },
+  { key: "room_db_us", label: "  of which PostgreSQL's", lower: true, gen: "room_us" },
   {
     key: "new_per_s",
     label: `new users/s (0 → ${ONLINE} online, ${size.crowd.arrivalSeconds} s at most)`,

@@ -100,8 +100,8 @@ function treeSeconds(root: number): number {
 }
 
 /** CPU seconds of the whole target: its processes, and the database's if it has one. */
-function targetSeconds(): number {
-  let sum = config.dbPid ? treeSeconds(config.dbPid) : 0;
+function targetSeconds(db = config.dbPid ? treeSeconds(config.dbPid) : 0): number {
+  let sum = db;
   for (const pid of pids) sum += cpuSeconds(pid);
   return sum;
 }
@@ -110,17 +110,25 @@ function targetSeconds(): number {
 interface Mark {
   at: number;
   target: number;
+  /** The database's part of `target`. */
+  db: number;
   self: number;
 }
 
 function mark(): Mark {
-  return { at: performance.now(), target: targetSeconds(), self: cpuSeconds("self") };
+  const db = config.dbPid ? treeSeconds(config.dbPid) : 0;
+  return { at: performance.now(), target: targetSeconds(db), db, self: cpuSeconds("self") };
 }
 
 /** Seconds between two marks, and each process's CPU over it. */
 function span(a: Mark, b: Mark) {
   const seconds = (b.at - a.at) / 1000;
-  return { seconds, target: b.target - a.target, self: (b.self - a.self) / seconds };
+  return {
+    seconds,
+    target: b.target - a.target,
+    db: b.db - a.db,
+    self: (b.self - a.self) / seconds,
+  };
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -320,6 +328,7 @@ async function dmPhase(): Promise<void> {
   result.metrics.dm_us = (s.target * 1e6) / n;
   result.metrics.dm_per_s = n / s.seconds;
   result.metrics.dm_target_cpu = s.target / s.seconds;
+  if (config.dbPid) result.metrics.dm_db_us = (s.db * 1e6) / n;
   result.generator.dm_us = s.self;
   await drain(() => total, () => delivered, setup.acks);
 }
@@ -458,6 +467,7 @@ async function roomPhase(): Promise<void> {
   result.metrics.room_us = (s.target * 1e6) / n;
   result.metrics.room_deliveries_per_s = n / s.seconds;
   result.metrics.room_target_cpu = s.target / s.seconds;
+  if (config.dbPid) result.metrics.room_db_us = (s.db * 1e6) / n;
   result.generator.room_us = s.self;
   const sent = k;
   await drain(() => sent * members, () => deliveries, { count: Infinity });
