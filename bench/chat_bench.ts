@@ -208,7 +208,8 @@ class Fatal extends Error {}
  * (A PostgreSQL URL is taken on trust.)
  */
 function storeMismatch(path: string): string | undefined {
-  if (STORE === "postgres") return undefined;
+  // A PostgreSQL URL is taken on trust, and so is a `--data` given to main.ts after `--`.
+  if (STORE === "postgres" || serverArgs.includes("--data")) return undefined;
   let tables: string[];
   try {
     const db = new DatabaseSync(path, { readOnly: true });
@@ -447,6 +448,13 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
   { key: "dm_db_us", label: "  of which PostgreSQL's", lower: true, gen: "dm_us" },
   { key: "dm_per_s", label: "DM saturated: DMs/s", lower: false, gen: "dm_us" },
   {
+    key: "dm_target_cpu",
+    label: "  target's CPU, % of its core (under 100: not saturated)",
+    lower: false,
+    gen: "",
+    scale: 100,
+  },
+  {
     key: "latency_p50_ms",
     label: `DM at ${RATE.toLocaleString("en")}/s open loop: p50 ms`,
     lower: true,
@@ -468,6 +476,13 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
     gen: "room_us",
   },
   { key: "room_db_us", label: "  of which PostgreSQL's", lower: true, gen: "room_us" },
+  {
+    key: "room_target_cpu",
+    label: "  target's CPU, % of its core",
+    lower: false,
+    gen: "",
+    scale: 100,
+  },
   {
     key: "new_per_s",
     label: `new users/s (0 → ${ONLINE} online, ${size.crowd.arrivalSeconds} s at most)`,
