@@ -68,8 +68,14 @@ function freePort(): number {
   return port;
 }
 
+/** Options of {@linkcode startPostgres}. */
+export interface StartPostgresOptions {
+  /** Sync commits to disk as production does (default false: tests need no power-loss safety). */
+  fsync?: boolean;
+}
+
 /** Starts a fresh cluster with a database `chat` owned by user `chat`. */
-export async function startPostgres(): Promise<TestPostgres> {
+export async function startPostgres(options: StartPostgresOptions = {}): Promise<TestPostgres> {
   if (!postgresAvailable()) {
     throw new Error(
       `PostgreSQL is not installed (looked for ${BIN}/postgres); apt-get install postgresql`,
@@ -100,7 +106,7 @@ export async function startPostgres(): Promise<TestPostgres> {
       "-c",
       "listen_addresses=127.0.0.1",
       "-c",
-      "fsync=off",
+      `fsync=${options.fsync ? "on" : "off"}`,
       "-c",
       "max_connections=200",
     ];

@@ -248,6 +248,66 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
       }
     },
 
+  "decides a join and writes it in one step: a private room needs an invitation, even racing its creation":
+    async (backend, data) => {
+      const [a, b = a] = await stores(backend, data, 2);
+      try {
+        assert.deepEqual(await a.joinIfAllowed("bob", "fresh"), {
+          result: "joined",
+          private: false,
+        });
+        assert.deepEqual(await b.joinIfAllowed("bob", "fresh"), {
+          result: "member",
+          private: false,
+        });
+        assert.deepEqual(await a.room("fresh"), { private: false, owner: "bob" });
+        assert.equal(await a.createRoom("vault", { private: true, owner: "alice" }), true);
+        await a.join("alice", "vault");
+        assert.deepEqual(await b.joinIfAllowed("bob", "vault"), {
+          result: "forbidden",
+          private: true,
+        });
+        assert.deepEqual(await a.rooms("bob"), ["fresh"]);
+        await a.invite("bob", "vault", "alice");
+        assert.deepEqual(await b.joinIfAllowed("bob", "vault"), {
+          result: "joined",
+          private: true,
+        });
+        assert.deepEqual(await a.invites("bob"), []);
+        // Creation of a private room racing a join from another store: never a member of it uninvited.
+        const rooms = Array.from({ length: 20 }, (_, i) => `race${i}`);
+        const outcomes = await Promise.all(rooms.map((room) =>
+          Promise.all([
+            a.createRoom(room, { private: true, owner: "alice" }),
+            b.joinIfAllowed("mallory", room),
+          ])
+        ));
+        const joined = new Set(await a.rooms("mallory"));
+        for (const [i, [created, outcome]] of outcomes.entries()) {
+          const info = await a.room(rooms[i]);
+          if (created) {
+            assert.deepEqual(outcome, { result: "forbidden", private: true }, rooms[i]);
+            assert.equal(info?.private, true);
+            assert.equal(joined.has(rooms[i]), false, `mallory is in private ${rooms[i]}`);
+          } else {
+            assert.deepEqual(outcome, { result: "joined", private: false }, rooms[i]);
+            assert.deepEqual(info, { private: false, owner: "mallory" });
+          }
+        }
+        // A room a user has no read mark in (the lobby at their first welcome) starts at its newest.
+        await a.append({ room: "lobby", from: "alice", text: "before erin" });
+        assert.deepEqual(await b.conversations("erin", ["lobby"]), [
+          { room: "lobby", last: 1, read: 1, unread: 0 },
+        ]);
+        await b.append({ room: "lobby", from: "alice", text: "after erin" });
+        assert.deepEqual(await a.conversations("erin", ["lobby"]), [
+          { room: "lobby", last: 2, read: 1, unread: 1 },
+        ]);
+      } finally {
+        await closeAll(a === b ? [a] : [a, b]);
+      }
+    },
+
   "claims a name on one server for every server, and its token works on each": async (
     backend,
     data,

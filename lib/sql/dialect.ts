@@ -33,6 +33,8 @@ export interface Dialect {
   greatest(a: string, b: string): string;
   /** The smaller of two expressions. */
   least(a: string, b: string): string;
+  /** What locks the rows a `SELECT` reads until the transaction ends (`FOR UPDATE`; SQLite's one writer needs none). */
+  readonly forUpdate: string;
   /**
    * A statement that, run first in a transaction, keeps a second instance
    * from migrating the schema at the same time (SQLite: `BEGIN IMMEDIATE`
@@ -70,6 +72,7 @@ export const SQLITE: Dialect = {
   name: "sqlite",
   greatest: (a, b) => `max(${a}, ${b})`,
   least: (a, b) => `min(${a}, ${b})`,
+  forUpdate: "",
   isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
   isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
 };
@@ -88,6 +91,7 @@ export const POSTGRES: Dialect = {
   name: "postgres",
   greatest: (a, b) => `GREATEST(${a}, ${b})`,
   least: (a, b) => `LEAST(${a}, ${b})`,
+  forUpdate: " FOR UPDATE",
   // Any constant key: migrations of the chat schema take turns.
   schemaLock: "SELECT pg_advisory_xact_lock(7261636863)",
   isUniqueViolation: (error) => (error as { code?: string })?.code === "23505",

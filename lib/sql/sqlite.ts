@@ -14,14 +14,15 @@
  *   on it, and a transaction holds it from `BEGIN IMMEDIATE` to `COMMIT`, so no
  *   other statement sees its writes before they are committed.
  *
- * `node:sqlite` is synchronous: a statement runs on the event loop. A commit
- * holds it for about one fsync (measured in the README); group commit keeps
- * that to one per batch.
+ * `node:sqlite` is synchronous, and a `synchronous=FULL` commit waits for an
+ * fsync: on the event loop that stalled every other user (p99 35–39 ms with
+ * 20 senders, `tools/store_cost.ts`). So the connection lives in a worker
+ * (`sqlite_worker.ts`) and the loop only posts statements to it; group commit
+ * keeps it to one fsync per batch.
  *
  * @module
  */
 
-import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { type Queryable, type SqlDatabase, SQLITE, type SqlValue } from "./dialect.ts";
 
 /** How SQLite syncs commits to disk. */
@@ -35,52 +36,85 @@ export interface SqliteOptions {
   busyTimeoutMs?: number;
 }
 
-/** A SQLite database file (or `:memory:`). */
+/**
+ * PostgreSQL's `$n` placeholders in SQLite's syntax: plain `?` when they run
+ * `$1, $2, …` in order, as most statements do (node:sqlite binds numbered
+ * `?NNN` parameters about 20 times slower: 265 against 15 µs a row in a
+ * 500-row INSERT), and `?n` where a statement reuses one.
+ */
+export function toSqlite(text: string): string {
+  const numbers = [...text.matchAll(/\$(\d+)/g)].map((m) => Number(m[1]));
+  const inOrder = numbers.every((n, i) => n === i + 1);
+  return text.replace(/\$(\d+)/g, inOrder ? "?" : "?$1");
+}
+
+/** A SQLite database file (or `:memory:`), its connection held by a worker. */
 export class SqliteDatabase implements SqlDatabase {
   readonly dialect = SQLITE;
   readonly description: string;
-  #db: DatabaseSync;
-  #statements = new Map<string, StatementSync>();
+  #worker: Worker;
+  #next = 1;
+  #waiting = new Map<number, { resolve(rows: unknown[]): void; reject(error: Error): void }>();
   #turn: Promise<unknown> = Promise.resolve();
   #closed = false;
 
-  private constructor(db: DatabaseSync, description: string) {
-    this.#db = db;
+  private constructor(worker: Worker, description: string) {
+    this.#worker = worker;
     this.description = description;
+    worker.onmessage = (e: MessageEvent<{ id: number; rows?: unknown[]; error?: string }>) => {
+      const waiter = this.#waiting.get(e.data.id);
+      this.#waiting.delete(e.data.id);
+      if (e.data.error !== undefined) waiter?.reject(new Error(e.data.error));
+      else waiter?.resolve(e.data.rows ?? []);
+    };
+    worker.onerror = (e) => {
+      e.preventDefault();
+      const error = new Error(`the SQLite worker failed: ${e.message}`);
+      for (const waiter of this.#waiting.values()) waiter.reject(error);
+      this.#waiting.clear();
+    };
   }
 
   /** Opens (creating if needed) a database file, or `:memory:`. */
-  static open(path: string, options: SqliteOptions = {}): SqliteDatabase {
-    const db = new DatabaseSync(path);
+  static async open(path: string, options: SqliteOptions = {}): Promise<SqliteDatabase> {
+    const worker = new Worker(new URL("./sqlite_worker.ts", import.meta.url), { type: "module" });
+    const db = new SqliteDatabase(
+      worker,
+      path === ":memory:" ? "SQLite in memory" : `SQLite ${path}`,
+    );
+    const pragmas = [
+      `PRAGMA busy_timeout = ${Math.trunc(options.busyTimeoutMs ?? 5000)}`,
+      ...(path === ":memory:" ? [] : ["PRAGMA journal_mode = WAL"]),
+      `PRAGMA synchronous = ${options.synchronous === "normal" ? "NORMAL" : "FULL"}`,
+    ];
     try {
-      db.exec(`PRAGMA busy_timeout = ${Math.trunc(options.busyTimeoutMs ?? 5000)}`);
-      if (path !== ":memory:") {
-        const [mode] = db.prepare("PRAGMA journal_mode = WAL").all() as Array<
-          { journal_mode: string }
-        >;
-        if (mode?.journal_mode !== "wal") throw new Error(`${path}: cannot use WAL mode`);
+      const answers = await db.#send({ open: path, pragmas }) as Array<
+        Array<Record<string, string>>
+      >;
+      if (path !== ":memory:" && answers[1]?.[0]?.journal_mode !== "wal") {
+        throw new Error(`${path}: cannot use WAL mode`);
       }
-      db.exec(`PRAGMA synchronous = ${options.synchronous === "normal" ? "NORMAL" : "FULL"}`);
-      db.exec("PRAGMA foreign_keys = ON");
     } catch (error) {
-      db.close();
+      worker.terminate();
       throw error;
     }
-    return new SqliteDatabase(db, path === ":memory:" ? "SQLite in memory" : `SQLite ${path}`);
+    return db;
   }
 
-  #run<T>(text: string, params: readonly SqlValue[]): T[] {
-    let statement = this.#statements.get(text);
-    if (!statement) {
-      // `$n` (PostgreSQL's placeholders) are `?n` in SQLite.
-      statement = this.#db.prepare(text.replace(/\$(\d+)/g, "?$1"));
-      this.#statements.set(text, statement);
-    }
-    return statement.all(...params) as T[];
+  #send<T>(request: Record<string, unknown>): Promise<T[]> {
+    const id = this.#next++;
+    return new Promise<T[]>((resolve, reject) => {
+      this.#waiting.set(id, { resolve: resolve as (rows: unknown[]) => void, reject });
+      this.#worker.postMessage({ id, ...request });
+    });
+  }
+
+  #run<T>(text: string, params: readonly SqlValue[]): Promise<T[]> {
+    return this.#send<T>({ sql: toSqlite(text), params });
   }
 
   /** Waits for the connection's turn, then runs `fn` (nothing else runs on it meanwhile). */
-  #exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const result = this.#turn.then(() => {
       if (this.#closed) throw new Error("the database is closed");
       return fn();
@@ -95,26 +129,25 @@ export class SqliteDatabase implements SqlDatabase {
 
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return this.#exclusive(async () => {
-      this.#db.exec("BEGIN IMMEDIATE");
+      await this.#send({ exec: "BEGIN IMMEDIATE" });
       try {
         const result = await fn({
-          query: <R>(text: string, params: readonly SqlValue[] = []) =>
-            Promise.resolve(this.#run<R>(text, params)),
+          query: <R>(text: string, params: readonly SqlValue[] = []) => this.#run<R>(text, params),
         });
-        this.#db.exec("COMMIT");
+        await this.#send({ exec: "COMMIT" });
         return result;
       } catch (error) {
-        if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
+        await this.#send({ exec: "ROLLBACK" }).catch(() => {});
         throw error;
       }
     });
   }
 
   async close(): Promise<void> {
-    await this.#exclusive(() => {
+    await this.#exclusive(async () => {
       this.#closed = true;
-      this.#statements.clear();
-      this.#db.close();
+      await this.#send({ close: true }).catch(() => {});
+      this.#worker.terminate();
     }).catch(() => {});
   }
 }

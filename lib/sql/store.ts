@@ -29,6 +29,7 @@ import {
   conversationOf,
   type HistoryOptions,
   type HistoryPage,
+  type JoinOutcome,
   type NewMessage,
   type RoomInfo,
   roomKey,
@@ -54,6 +55,9 @@ const DEFAULT_MAX_BATCH = 500;
 // Rows per multi-row INSERT: 8 placeholders each stays below every engine's limit.
 const ROWS_PER_INSERT = 500;
 const MAX_ATTEMPTS = 20;
+// How long a batch keeps retrying while the database is unreachable or busy, before its
+// senders get `store_failed`: long enough to ride out a PostgreSQL restart (< 1 s).
+const RETRY_BUDGET_MS = 2500;
 
 interface Pending {
   message: NewMessage;
@@ -185,14 +189,17 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   }
 
   async #commitRetrying(batch: Pending[]): Promise<Appended[]> {
+    const started = Date.now();
     for (let attempt = 1;; attempt++) {
       try {
         return await this.#commit(batch);
       } catch (error) {
         const { dialect } = this.#db;
         const again = dialect.isUniqueViolation(error) || dialect.isRetryable(error);
-        if (!again || attempt >= MAX_ATTEMPTS) throw error;
-        await new Promise((r) => setTimeout(r, Math.min(2 ** attempt, 200)));
+        if (!again || attempt >= MAX_ATTEMPTS || Date.now() - started > RETRY_BUDGET_MS) {
+          throw error;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(5 * 2 ** attempt, 250)));
       }
     }
   }
@@ -365,6 +372,43 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     });
   }
 
+  async joinIfAllowed(user: string, room: string): Promise<JoinOutcome> {
+    return await this.#db.transaction(async (tx): Promise<JoinOutcome> => {
+      const now = Date.now();
+      // Creating it (public, ours) if new; if another transaction is creating it right now, this
+      // waits for that one's commit and then sees its row, private or not.
+      const created = await tx.query(
+        `INSERT INTO rooms (name, private, owner, since) VALUES ($1, 0, $2, $3)
+         ON CONFLICT (name) DO NOTHING RETURNING name`,
+        [room, user, now],
+      );
+      // Locked until commit: a concurrent decision on this room waits for this one.
+      const [info] = await tx.query<{ private: number }>(
+        `SELECT private FROM rooms WHERE name = $1${this.#db.dialect.forUpdate}`,
+        [room],
+      );
+      const isPrivate = created.length === 0 && Number(info?.private ?? 0) !== 0;
+      const [member] = await tx.query(
+        `SELECT name FROM members WHERE room = $1 AND name = $2`,
+        [room, user],
+      );
+      if (member) return { result: "member", private: isPrivate };
+      const invited = await tx.query(
+        `DELETE FROM invites WHERE name = $1 AND room = $2 RETURNING name`,
+        [user, room],
+      );
+      if (isPrivate && invited.length === 0) return { result: "forbidden", private: true };
+      const added = await tx.query(
+        `INSERT INTO members (room, name, since) VALUES ($1, $2, $3)
+         ON CONFLICT (room, name) DO NOTHING RETURNING name`,
+        [room, user, now],
+      );
+      if (added.length === 0) return { result: "member", private: isPrivate };
+      await readFromLatest(tx, this.#db, user, roomKey(room));
+      return { result: "joined", private: isPrivate };
+    });
+  }
+
   async leave(user: string, room: string): Promise<void> {
     await this.#db.query(`DELETE FROM members WHERE room = $1 AND name = $2`, [room, user]);
   }
@@ -409,12 +453,21 @@ export class SqlStore implements ChatStore, AsyncDisposable {
           keys,
         )).map((r) => [r.conv, Number(r.last_id)]),
       );
-      const reads = new Map(
-        (await this.#db.query<{ conv: string; id: number }>(
+      const readsQuery = () =>
+        this.#db.query<{ conv: string; id: number }>(
           `SELECT conv, id FROM reads WHERE name = $1 AND conv IN (${list})`,
           [user, ...keys],
-        )).map((r) => [r.conv, Number(r.id)]),
-      );
+        );
+      let reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
+      // A room the user has no read mark in (the lobby, on their first welcome) starts at its
+      // newest message; the mark is kept (even at 0) so what comes later counts as unread.
+      const unmarked = keys.filter((k) => !reads.has(k));
+      if (unmarked.length > 0) {
+        await this.#db.transaction(async (tx) => {
+          for (const key of unmarked) await readFromLatest(tx, this.#db, user, key);
+        });
+        reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
+      }
       part.forEach((room, i) => {
         const last = lasts.get(keys[i]) ?? 0;
         const read = Math.min(reads.get(keys[i]) ?? 0, last);
