@@ -40,6 +40,8 @@ export interface PhaseResult {
   metrics: Record<string, number>;
   /** Generator CPU as a fraction of one core, per measured window. */
   generator: Record<string, number>;
+  /** CPU seconds of the target's threads over the whole phase, by thread name (first instance). */
+  threads?: Record<string, number>;
   errors: number;
   samples: string[];
   notes: string[];
@@ -561,11 +563,39 @@ Deno.unrefTimer(setTimeout(() => {
   Deno.exit(0);
 }, limitSeconds * 1000));
 
+/** CPU seconds of each thread of a process, summed by thread name. */
+function threadSeconds(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const entry of Deno.readDirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${entry.name}/stat`);
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out[name] = (out[name] ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return out;
+}
+const threads0 = threadSeconds(pids[0]);
+
 const phases = { dm: dmPhase, latency: latencyPhase, room: roomPhase, crowd: crowdPhase };
 try {
   await phases[config.phase]();
 } catch (e) {
   error(`${config.phase} failed: ${(e as Error).stack ?? e}`);
+}
+try {
+  const threads1 = threadSeconds(pids[0]);
+  result.threads = Object.fromEntries(
+    Object.entries(threads1).map((
+      [name, t],
+    ) => [name, Number((t - (threads0[name] ?? 0)).toFixed(2))])
+      .filter(([, t]) => (t as number) > 0),
+  );
+} catch {
+  // The target is gone: nothing to add.
 }
 console.log(JSON.stringify(result));
 Deno.exit(0);
