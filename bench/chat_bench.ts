@@ -100,7 +100,7 @@ const SIZES: Record<PhaseConfig["phase"], Record<string, number>> = SMOKE
   ? {
     dm: { pairs: 20, window: 16, seconds: 3, max: 1_000_000, warmup: 500 },
     latency: { pairs: 20, rate: RATE, seconds: 3, warmup: 500 },
-    room: { members: 200, senders: 4, window: 32, messages: 500, seconds: 10 },
+    room: { members: 200, senders: 4, window: 32, messages: 500, seconds: 6 },
     crowd: { online: ONLINE, concurrency: 32, arrivalSeconds: 15, churnSeconds: 3, churnRate: 20 },
   }
   : {

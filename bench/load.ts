@@ -135,11 +135,11 @@ function span(a: Mark, b: Mark) {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Waits until the target is idle (under a tick of CPU per 100 ms, twice), at most 5 s. */
+/** Waits until the target is idle (under a tick of CPU per 100 ms, twice), at most 3 s. */
 async function quiesce(): Promise<void> {
   let calm = 0;
   let last = targetSeconds();
-  for (let i = 0; i < 50 && calm < 2; i++) {
+  for (let i = 0; i < 30 && calm < 2; i++) {
     await sleep(100);
     const now = targetSeconds();
     calm = now - last <= 0.011 ? calm + 1 : 0;
