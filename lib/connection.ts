@@ -62,6 +62,9 @@ export class Connection {
   #cursors = new Map<ConversationKey, number>();
   /** ... and, while a gap is being read from the store, the live ones that wait behind it. */
   #waiting = new Map<ConversationKey, Array<[ChatMessage, Outgoing]>>();
+  /** The socket's buffered amount when last asked, and the most bytes sent since. */
+  #buffered = 0;
+  #unchecked = 0;
   /** Whether the client connected with `?resume`. */
   #resumable: boolean;
   /** Live messages held until the client's `resume` (when it connected with `?resume`). */
@@ -278,7 +281,11 @@ export class Connection {
    * @internal Delivers a stored message in conversation order: never twice,
    * never before an earlier one; a gap is filled from the store first.
    */
-  deliverMessage(message: ChatMessage, out: Outgoing): void {
+  deliverMessage(
+    message: ChatMessage,
+    out: Outgoing,
+    key: ConversationKey = conversationOf(message),
+  ): void {
     if (this.#closed) return;
     if (this.legacy) return this.deliverShared(out);
     if (this.#held) {
@@ -289,7 +296,6 @@ export class Connection {
       this.#held.push([message, out]);
       return;
     }
-    const key = conversationOf(message);
     const waiting = this.#waiting.get(key);
     if (waiting) return void waiting.push([message, out]);
     // A client that resumes knows every conversation it named; of a DM it did not name it
@@ -319,11 +325,20 @@ export class Connection {
   /** Sends an encoded frame, or disconnects a client that stopped reading. */
   deliver(text: string): void {
     if (this.#closed) return;
-    if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {
-      this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
-      this.close();
-      return;
+    // Asking the socket for its buffered amount is a call into Deno per frame; the answer can
+    // only have grown by what was sent since (at most 3 UTF-8 bytes per UTF-16 unit), so ask
+    // only when that bound could pass the limit. Same decision, far fewer calls.
+    const max = this.#hub.limits.maxBufferedBytes;
+    if (this.#buffered + this.#unchecked > max) {
+      this.#buffered = this.#peer.bufferedAmount;
+      this.#unchecked = 0;
+      if (this.#buffered > max) {
+        this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        this.close();
+        return;
+      }
     }
+    this.#unchecked += text.length * 3;
     try {
       this.#peer.send(text);
     } catch {

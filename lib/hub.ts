@@ -29,6 +29,7 @@ import {
 import {
   type ChatStore,
   type ConversationKey,
+  conversationOf,
   dmKey,
   type HistoryPage,
   roomKey,
@@ -125,6 +126,11 @@ export class ChatHub {
   #userLimits: UserLimits;
   /** Connections per user between their presence arriving and their welcome. */
   #opening = new Map<string, number>();
+  /**
+   * Names seen as their own registered spelling: a DM to one needs no lookup
+   * (names never change). As many as there are accounts, at most.
+   */
+  #registered = new Set<string>();
   #connections = 0;
   #shuttingDown = false;
   /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
@@ -286,8 +292,11 @@ export class ChatHub {
 
   /** The registered spelling of a user's name (`ALICE` → `alice`), or undefined if unknown. */
   async #resolveUser(name: string): Promise<string | undefined> {
+    if (this.#registered.has(name)) return name;
     const found = await this.#accounts.resolve(name);
-    return found.ok && found.known ? found.user : undefined;
+    if (!found.ok || !found.known) return undefined;
+    if (found.user === name) this.#registered.add(name);
+    return found.user;
   }
 
   async #isPrivate(room: string): Promise<boolean> {
@@ -360,7 +369,8 @@ export class ChatHub {
     message: { to: string; from: string; text: string; cid?: string },
   ): Promise<void> {
     const request = { type: "send", to: message.to } as const;
-    const to = await this.#resolveUser(message.to);
+    // The common case, a DM to a name spelled as registered, takes no extra turn of the loop.
+    const to = this.#registered.has(message.to) ? message.to : await this.#resolveUser(message.to);
     if (to === undefined) {
       return conn.error(errorFrame("unknown_user", {
         message: `no user is called ${message.to}`,
@@ -660,9 +670,11 @@ export class ChatHub {
       { type: "message", ...message },
       () => JSON.stringify(toLegacy(message)),
     );
+    // One key for all recipients: their cursor work is a map lookup each.
+    const key = conversationOf(message);
     // Legacy clients get what the original would send: lobby and DMs, never their own words back.
     const deliver = (c: Connection) => {
-      if (!c.legacy) return c.deliverMessage(message, out);
+      if (!c.legacy) return c.deliverMessage(message, out, key);
       if (c.user !== message.from && (message.to !== undefined || message.room === LOBBY)) {
         c.deliverShared(out);
       }

@@ -21,9 +21,12 @@ class FakePeer implements Peer {
   log: Frame[] = [];
   closedWith: { code?: number; reason?: string } | undefined;
   bufferedAmount = 0;
+  /** A reader that stopped: every frame sent from now on stays queued (as a real socket's would). */
+  stalled = false;
   #waiters: Array<() => void> = [];
 
   send(data: string): void {
+    if (this.stalled) this.bufferedAmount += data.length;
     const frame = JSON.parse(data);
     this.sent.push(frame);
     this.log.push(frame);
@@ -284,10 +287,17 @@ Deno.test("ChatHub disconnects a client that stopped reading instead of bufferin
   await withHub(async (_hub, open) => {
     const [slow] = await open("slow");
     const [alice, a] = await open("alice");
-    slow.bufferedAmount = LIMITS.maxBufferedBytes + 1;
-    send(a, { type: "send", room: "lobby", text: "flood" });
-    await alice.take(isMessage("flood"));
+    slow.stalled = true;
+    // Enough to pass the limit twice over; the loop ends once it is passed.
+    const text = "x".repeat(LIMITS.maxTextLength);
+    const most = Math.ceil((2 * LIMITS.maxBufferedBytes) / text.length);
+    for (let i = 0; i < most && !slow.closedWith; i++) {
+      send(a, { type: "send", room: "lobby", text });
+      await alice.take(isMessage(text));
+    }
     assert.equal(slow.closedWith?.code, CloseCode.SlowConsumer);
+    // Closed soon after the limit, not at the end of the flood.
+    assert.ok(slow.bufferedAmount <= LIMITS.maxBufferedBytes + 2 * text.length);
   });
 });
 
