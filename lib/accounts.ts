@@ -23,10 +23,28 @@ import {
   verifyPassword,
 } from "./identity.ts";
 
+/**
+ * Why a connection may not be a name, as a code the page translates (the
+ * close reason is `<code>: <English words>`):
+ * - `lookalike`: too much like another registered name
+ * - `taken`: claimed, with a password (log in with it)
+ * - `taken_no_password`: claimed, no password (only its own devices can use it)
+ * - `bad_token`: the token presented is not (or no longer) one of this name's
+ * - `claimed_legacy`: the original page asked for a claimed name
+ * - `just_claimed`: someone claimed it at the same moment
+ */
+export type RefusalCode =
+  | "lookalike"
+  | "taken"
+  | "taken_no_password"
+  | "bad_token"
+  | "claimed_legacy"
+  | "just_claimed";
+
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
   | { ok: true; user: string; known: boolean }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** The outcome of {@linkcode Accounts.authenticate}. */
 export type Authenticated =
@@ -37,7 +55,7 @@ export type Authenticated =
     /** A token issued now, because this connection claimed the name. */
     token?: string;
   }
-  | { ok: false; reason: string };
+  | { ok: false; reason: string; code: RefusalCode };
 
 /** Options of {@linkcode Accounts.authenticate}. */
 export interface AuthenticateOptions {
@@ -82,7 +100,11 @@ export class Accounts {
       return { ok: true, user: byCanon.value, known: true };
     }
     if (bySkeleton.value !== null) {
-      return { ok: false, reason: `too much like the name ${bySkeleton.value}; pick another` };
+      return {
+        ok: false,
+        reason: `too much like the name ${bySkeleton.value}; pick another`,
+        code: "lookalike",
+      };
     }
     return { ok: true, user: name, known: false };
   }
@@ -120,6 +142,7 @@ export class Accounts {
         ? {
           ok: false,
           reason: `${user} is a claimed name; the original page can use only free names`,
+          code: "claimed_legacy",
         }
         : { ok: true };
     }
@@ -130,10 +153,18 @@ export class Accounts {
       return {
         ok: false,
         reason: "this token is not valid for this name (logged out?); log in again",
+        code: "bad_token",
       };
     }
+    if (account.value?.password !== undefined) {
+      return { ok: false, reason: `${user} is taken; log in with its password`, code: "taken" };
+    }
     if (account.value) {
-      return { ok: false, reason: `${user} is taken; log in with its password` };
+      return {
+        ok: false,
+        reason: `${user} is taken, on the devices that claimed it; pick another name`,
+        code: "taken_no_password",
+      };
     }
     const token = newToken();
     const session = await hashToken(token);
@@ -143,7 +174,13 @@ export class Accounts {
       .set(["token", session], { user, since: Date.now() })
       .set(["tokens", user, session], true)
       .commit();
-    if (!claimed.ok) return { ok: false, reason: `${user} was just claimed by someone else` };
+    if (!claimed.ok) {
+      return {
+        ok: false,
+        reason: `${user} was just claimed by someone else`,
+        code: "just_claimed",
+      };
+    }
     return { ok: true, session, token };
   }
 

@@ -156,7 +156,20 @@ export class ChatHub {
         }),
     });
     this.#connections++;
+    // A legacy client has no welcome: to it an open socket means "reachable", so it
+    // is a member (of the lobby and its DMs, all it speaks) from this moment on.
+    if (conn.legacy) this.#addUser(conn);
     return conn;
+  }
+
+  /** Makes a connection reachable; true when it is its user's first here. */
+  #addUser(conn: Connection): boolean {
+    let set = this.#users.get(conn.user);
+    const first = set === undefined;
+    if (!set) this.#users.set(conn.user, set = new Set());
+    set.add(conn);
+    if (first) this.#bus.publish({ kind: "presence", user: conn.user, online: true });
+    return first;
   }
 
   async #open(conn: Connection): Promise<void> {
@@ -169,44 +182,39 @@ export class ChatHub {
       );
       return conn.close();
     }
+    if (conn.legacy) return;
     const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
-    const [conversations, invites, password, infos] = conn.legacy
-      ? [[], [], false, []]
-      : await Promise.all([
-        this.#store.conversations(user, rooms),
-        this.#store.invites(user),
-        this.#accounts.hasPassword(user),
-        Promise.all(rooms.map((r) => this.#isPrivate(r))),
-      ]);
+    const [conversations, invites, password, infos] = await Promise.all([
+      this.#store.conversations(user, rooms),
+      this.#store.invites(user),
+      this.#accounts.hasPassword(user),
+      Promise.all(rooms.map((r) => this.#isPrivate(r))),
+    ]);
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
-    const first = !this.#users.has(user);
-    if (first) {
-      this.#users.set(user, new Set());
-      for (const room of rooms) this.#memberSet(room).add(user);
-    }
-    this.#users.get(user)!.add(conn);
-    if (!conn.legacy) {
-      conn.deliver(JSON.stringify(
-        {
-          type: "welcome",
-          user,
-          rooms: first ? rooms : this.#roomsOf(user),
-          online: this.online(),
-          conversations,
-          privateRooms: rooms.filter((_, i) => infos[i]),
-          invites,
-          ...(conn.token === undefined ? {} : { token: conn.token }),
-          account: { password },
-          limits: {
-            maxTextLength: this.limits.maxTextLength,
-            maxFrameBytes: this.limits.maxFrameBytes,
-            replayLimit: this.limits.replayLimit,
-          },
-        } satisfies ServerFrame,
-      ));
-    }
-    if (first) this.#bus.publish({ kind: "presence", user, online: true });
+    // Room memberships are loaded with the user's first chat.v1 connection (legacy ones
+    // take part in the lobby and DMs only, which need none).
+    const first = ![...this.#users.get(user) ?? []].some((c) => !c.legacy);
+    if (first) { for (const room of rooms) this.#memberSet(room).add(user); }
+    conn.deliver(JSON.stringify(
+      {
+        type: "welcome",
+        user,
+        rooms: first ? rooms : this.#roomsOf(user),
+        online: [...new Set([...this.online(), user])],
+        conversations,
+        privateRooms: rooms.filter((_, i) => infos[i]),
+        invites,
+        ...(conn.token === undefined ? {} : { token: conn.token }),
+        account: { password },
+        limits: {
+          maxTextLength: this.limits.maxTextLength,
+          maxFrameBytes: this.limits.maxFrameBytes,
+          replayLimit: this.limits.replayLimit,
+        },
+      } satisfies ServerFrame,
+    ));
+    this.#addUser(conn);
   }
 
   #memberSet(room: string): Set<string> {

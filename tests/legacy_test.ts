@@ -19,7 +19,17 @@ import { CHROMIUM, CHROMIUM_ARGS, hasChromium } from "./_browser.ts";
 import { TestClient } from "./_client.ts";
 import { startServer } from "./_server.ts";
 
-const ARTICLE = new URL("../../shared/seed/000_7f52692642683dec.txt", import.meta.url);
+const SEED = "shared/seed/000_7f52692642683dec.txt";
+/** The article beside the repository (or beside the folder of worktrees that holds it). */
+const ARTICLE =
+  [new URL(`../../${SEED}`, import.meta.url), new URL(`../../../${SEED}`, import.meta.url)]
+    .find((url) => {
+      try {
+        return Deno.statSync(url).isFile;
+      } catch {
+        return false;
+      }
+    }) ?? new URL(`../../${SEED}`, import.meta.url);
 /** The address the original page hard-codes: the demo author's LAN machine. */
 const ORIGINAL_HOST = "192.168.13.195:9527";
 /** What stands in for it: the script then connects to the host that served the page. */
