@@ -327,13 +327,17 @@ export class KvStore implements ChatStore {
 
   async join(user: string, room: string): Promise<void> {
     for (;;) {
-      const [member, info] = await this.#kv.getMany<[true, RoomInfo]>([
+      const [member, info, last, read] = await this.#kv.getMany<[true, RoomInfo, number, number]>([
         ["member", user, room],
         ["room", room],
+        ["last", roomKey(room)],
+        ["read", user, roomKey(room)],
       ]);
       if (member.value) return;
-      const atomic = this.#kv.atomic().check(member).check(info)
+      // A newcomer has read up to the latest message: unread counts what arrives after.
+      const atomic = this.#kv.atomic().check(member).check(info).check(read)
         .set(["member", user, room], true)
+        .set(["read", user, roomKey(room)], Math.max(last.value ?? 0, read.value ?? 0))
         .delete(["invite", user, room])
         .sum(["members", room], 1n);
       if (!info.value) {
@@ -385,6 +389,20 @@ export class KvStore implements ChatStore {
     }
     const lasts = await getMany<number>(this.#kv, refs.map((r) => ["last", r.key]));
     const reads = await getMany<number>(this.#kv, refs.map((r) => ["read", user, r.key]));
+    // A room without a read mark is one the user meets for the first time (the lobby, on their
+    // first welcome): they start at its latest message. The mark is written even at 0, so that
+    // what arrives later counts as unread. A DM has no mark until read: all of it is unread.
+    const fresh = refs.flatMap((r, i) =>
+      "room" in r.ref && reads[i].versionstamp === null ? [i] : []
+    );
+    for (const i of fresh) {
+      const key = ["read", user, refs[i].key];
+      const last = lasts[i].value ?? 0;
+      const done = await this.#kv.atomic().check(reads[i]).set(key, last).commit();
+      reads[i] = done.ok
+        ? { key, value: last, versionstamp: done.versionstamp }
+        : await this.#kv.get<number>(key);
+    }
     return refs.map((r, i) => {
       const last = lasts[i].value ?? 0;
       const read = Math.min(reads[i].value ?? 0, last);

@@ -123,3 +123,63 @@ Deno.test("a handshake the upgrade refuses is answered 400 with why, and claims 
   const welcome = await newbie.next(isType("welcome"));
   assert.equal(typeof welcome.token, "string");
 });
+
+/** The summary of one conversation in a welcome. */
+function summary(welcome: Frame, ref: { room: string } | { with: string }): Frame {
+  const found = welcome.conversations.find((c: Frame) =>
+    "room" in ref ? c.room === ref.room : c.with === ref.with
+  );
+  assert.ok(found, `no ${JSON.stringify(ref)} in ${JSON.stringify(welcome.conversations)}`);
+  return found;
+}
+
+Deno.test("a newcomer starts read up to the latest message of the lobby and of each room they join; unread counts what came after", async () => {
+  await using server = await startServer();
+  await using alice = (await TestClient.join(server.origin, "alice"))[0];
+  alice.send({ type: "join", room: "rust" });
+  await alice.next(isType("joined"));
+  for (let i = 1; i <= 11; i++) {
+    alice.send({ type: "send", room: "lobby", text: `old ${i}`, cid: `l${i}` });
+    alice.send({ type: "send", room: "rust", text: `old ${i}`, cid: `r${i}` });
+  }
+  await alice.next((f) => f.cid === "r11");
+
+  // Bob arrives: nothing that was said before him is unread.
+  const [bob, welcome] = await TestClient.join(server.origin, "bob");
+  assert.deepEqual(summary(welcome, { room: "lobby" }), {
+    room: "lobby",
+    last: 11,
+    read: 11,
+    unread: 0,
+  });
+  bob.send({ type: "join", room: "rust" });
+  await bob.next((f) => f.type === "joined" && f.user === "bob");
+  await bob.close();
+
+  // While he is away: one more in each room, and a first DM.
+  alice.send({ type: "send", room: "lobby", text: "new", cid: "l12" });
+  alice.send({ type: "send", room: "rust", text: "new", cid: "r12" });
+  alice.send({ type: "send", to: "bob", text: "psst", cid: "d1" });
+  await alice.next((f) => f.cid === "d1");
+
+  const [again, next] = await TestClient.join(server.origin, "bob");
+  await using _again = again;
+  assert.deepEqual(summary(next, { room: "lobby" }), {
+    room: "lobby",
+    last: 12,
+    read: 11,
+    unread: 1,
+  });
+  assert.deepEqual(summary(next, { room: "rust" }), {
+    room: "rust",
+    last: 12,
+    read: 11,
+    unread: 1,
+  });
+  assert.deepEqual(summary(next, { with: "alice" }), {
+    with: "alice",
+    last: 1,
+    read: 0,
+    unread: 1,
+  });
+});
