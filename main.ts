@@ -7,6 +7,7 @@
 
 import { dirname } from "node:path";
 import { Accounts } from "./lib/accounts.ts";
+import { isWildcard, localInterfaces, reachableUrls } from "./lib/addresses.ts";
 import { KvStore } from "./lib/kv_store.ts";
 import { startChatServer } from "./lib/server.ts";
 import { helpText, parseSettings } from "./lib/settings.ts";
@@ -55,11 +56,16 @@ const server = await startChatServer({
   settings,
   store,
   accounts: new Accounts(store.kv),
-  onListen: ({ hostname, port }) => {
-    const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
+  onListen: (addr) => {
+    const interfaces = isWildcard(addr.hostname) ? localInterfaces() : [];
+    const [here, ...network] = reachableUrls(addr, interfaces ?? []);
     console.log(
-      `chat listening on http://${shown}:${port}/ (data: ${dataPath ?? "Deno Deploy KV"})`,
+      `chat listening on ${here} (data: ${dataPath ?? "Deno Deploy KV"}, pid ${Deno.pid})`,
     );
+    for (const url of network) console.log(`  on your network: ${url}`);
+    if (interfaces === undefined) {
+      console.log("  (network addresses not listed: run with --allow-sys=networkInterfaces)");
+    }
   },
 }).catch((e) => fatal("cannot listen", e));
 

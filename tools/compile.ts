@@ -12,8 +12,12 @@
 
 import { dirname } from "node:path";
 
-/** What the binary may do: the network, its own environment variables, files (the KV data). */
+/**
+ * What the binary may do: the network, its own environment variables, files
+ * (the KV data), and list the machine's network addresses (for the start line).
+ */
 export const COMPILE_FLAGS: readonly string[] = [
+  "--allow-sys=networkInterfaces",
   "--allow-net",
   "--allow-env=PORT,HOST,DENO_DEPLOYMENT_ID,CHAT_*",
   "--allow-read",
