@@ -87,6 +87,11 @@ export class Connection {
     this.#chain = this.ready;
   }
 
+  /** @internal Resolves once the frames taken so far are handled (it never rejects). */
+  get settled(): Promise<void> {
+    return this.#chain;
+  }
+
   /** Whether {@linkcode Connection.close} has run. */
   get closed(): boolean {
     return this.#closed;
@@ -122,7 +127,8 @@ export class Connection {
   }
 
   async #handle(data: string): Promise<void> {
-    if (this.#closed) return;
+    // A frame queued before shutdown began is not taken either: the store is about to close.
+    if (this.#closed || this.#hub.closing) return;
     const hub = this.#hub;
     if (this.legacy) {
       const parsed = parseLegacyFrame(data, hub.limits);
@@ -162,11 +168,12 @@ export class Connection {
           frame.room !== undefined ? { room: frame.room } : { to: frame.to },
         );
       case "history":
-        // Reads need no ordering with later frames: let them run beside the chain.
-        void hub.history(this, frame).catch((error) => this.#storeError(error));
+        // Reads need no ordering with later frames: let them run beside the chain (the hub
+        // tracks them, so that shutdown waits for them before the store closes).
+        void hub.track(hub.history(this, frame).catch((error) => this.#storeError(error)));
         return;
       case "read":
-        void hub.read(this, frame).catch((error) => this.#storeError(error));
+        void hub.track(hub.read(this, frame).catch((error) => this.#storeError(error)));
         return;
       case "resume":
         return await this.#resume(frame.conversations);

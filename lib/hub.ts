@@ -149,7 +149,7 @@ export class ChatHub {
       peer,
       options,
       open: (c) =>
-        this.#open(c).catch((error) => {
+        this.track(this.#open(c)).catch((error) => {
           console.error("could not open a connection", error);
           c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
           c.close();
@@ -522,7 +522,17 @@ export class ChatHub {
 
   /** @internal The newest `replayLimit` messages after `after`, for a resume or a gap. */
   replay(key: ConversationKey, after: number): Promise<HistoryPage> {
-    return this.#store.history(key, { after, limit: this.limits.replayLimit });
+    return this.track(this.#store.history(key, { after, limit: this.limits.replayLimit }));
+  }
+
+  /**
+   * @internal Work on the store that runs beside a connection's chain of
+   * frames (reads, replays, opening): shutdown waits for it before the store closes.
+   */
+  track<T>(work: Promise<T>): Promise<T> {
+    this.#inflight.add(work);
+    work.then(() => this.#inflight.delete(work), () => this.#inflight.delete(work));
+    return work;
   }
 
   /** @internal Called by {@linkcode Connection.close}. */
@@ -631,7 +641,10 @@ export class ChatHub {
    */
   async shutdown(): Promise<void> {
     this.#shuttingDown = true;
-    await Promise.allSettled(this.#inflight);
+    // Frames being handled finish (those queued are dropped), then whatever they started.
+    const conns = [...this.#users.values()].flatMap((set) => [...set]);
+    await Promise.allSettled(conns.map((c) => c.settled));
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }
