@@ -1257,7 +1257,8 @@ function loggedOut() {
   endSession(t("loggedOut"));
 }
 
-// Refusal codes the page has its own words for (the close reason is "<code>: <English>").
+// Refusal codes the page has its own words for (the close reason is "<code>: <English>"): the
+// REFUSAL_CODES of lib/protocol.ts, which tests/page_i18n_test.ts holds this list to.
 const REFUSALS = new Set([
   "taken",
   "taken_no_password",
