@@ -183,3 +183,28 @@ Deno.test("a newcomer starts read up to the latest message of the lobby and of e
     unread: 1,
   });
 });
+
+Deno.test("a refused name closes with 4003 and a reason that starts with its code", async () => {
+  await using server = await startServer();
+  const [alice] = await TestClient.join(server.origin, "alice");
+  const refusal = async (name: string, options: Parameters<typeof TestClient.connect>[2]) => {
+    const client = await TestClient.connect(server.origin, name, options);
+    const closed = await client.closed;
+    assert.equal(closed.code, 4003, closed.reason);
+    return closed.reason;
+  };
+  assert.match(await refusal("alice", { token: null }), /^taken_no_password: alice is taken/);
+  assert.match(await refusal("alice", { token: "A".repeat(43) }), /^bad_token: /);
+  assert.match(await refusal("alice", { protocol: null }), /^claimed_legacy: /);
+  assert.match(
+    await refusal("\u0430lice", { token: null }),
+    /^lookalike: too much like the name alice/,
+  );
+  alice.send({ type: "set_password", password: "correct horse battery" });
+  await alice.next(isType("password_set"));
+  assert.match(
+    await refusal("ALICE", { token: null }),
+    /^taken: alice is taken; log in with its password/,
+  );
+  await alice.close();
+});
