@@ -1,8 +1,9 @@
 /**
- * The page's header on phones: at 320, 360 and 390 px, in English and in
- * Chinese, while reconnecting (the widest state: a countdown and "Reconnect
- * now"), every control of the header is inside the screen, none overlaps
- * another, and neither the button's words nor the user's name are cut.
+ * The page's header on phones: at 320, 360 and 390 px (and on up to 720, the
+ * widest phone layout), in English and in Chinese, while reconnecting (the
+ * widest state: a countdown and "Reconnect now"), every control of the header
+ * is inside the screen, none overlaps another, and neither the button's words
+ * nor the user's name are cut.
  *
  * @module
  */
@@ -80,7 +81,7 @@ browserTest(
     await waitStatus(en, /^reconnecting in \d+s…$/);
     await waitStatus(zh, /^\d+ 秒后重新连接…$/);
     for (const [page, lang] of [[en, "en"], [zh, "zh"]] as const) {
-      for (const width of [320, 360, 390]) {
+      for (const width of [320, 360, 390, 480, 540, 720]) {
         await page.setViewportSize({ width, height: 640 });
         await assertFits(page, width, `${lang} at ${width}px`);
       }
