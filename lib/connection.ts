@@ -66,6 +66,11 @@ export class Connection {
   #resumable: boolean;
   /** Live messages held until the client's `resume` (when it connected with `?resume`). */
   #held: Array<[ChatMessage, Outgoing]> | undefined;
+  /**
+   * Messages that reached a `chat.v1` connection before its welcome (it is a member from the
+   * moment its socket opens), sent right after the welcome; undefined once welcomed.
+   */
+  #early: Array<[ChatMessage, Outgoing]> | undefined;
 
   /** @internal Made by {@linkcode ChatHub.connect}. */
   constructor(init: {
@@ -82,6 +87,7 @@ export class Connection {
     this.token = init.options.token;
     this.#resumable = (init.options.resume ?? false) && !this.legacy;
     if (this.#resumable) this.#held = [];
+    if (!this.legacy) this.#early = [];
     // Later frames wait for the welcome, so they are handled in arrival order after it.
     this.ready = Promise.resolve().then(() => init.open(this));
     this.#chain = this.ready;
@@ -90,6 +96,19 @@ export class Connection {
   /** @internal Resolves once the frames taken so far are handled (it never rejects). */
   get settled(): Promise<void> {
     return this.#chain;
+  }
+
+  /** Whether its welcome has been sent (legacy connections get none and count as welcomed). */
+  get welcomed(): boolean {
+    return this.#early === undefined;
+  }
+
+  /** @internal Sends the welcome, then the messages that arrived before it. */
+  welcome(text: string): void {
+    this.deliver(text);
+    const early = this.#early ?? [];
+    this.#early = undefined;
+    for (const [message, out] of early) this.deliverMessage(message, out);
   }
 
   /** Whether {@linkcode Connection.close} has run. */
@@ -288,6 +307,13 @@ export class Connection {
   deliverMessage(message: ChatMessage, out: Outgoing): void {
     if (this.#closed) return;
     if (this.legacy) return this.deliverShared(out);
+    if (this.#early) {
+      if (this.#early.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "too much arrived before the welcome; reconnect");
+        return this.close();
+      }
+      return void this.#early.push([message, out]);
+    }
     if (this.#held) {
       if (this.#held.length >= this.#hub.limits.replayLimit) {
         this.closePeer(CloseCode.SlowConsumer, "resume was never sent; reconnect");
@@ -341,6 +367,8 @@ export class Connection {
 
   /** @internal Sends a shared frame in this connection's protocol. */
   deliverShared(out: Outgoing): void {
+    // Before its welcome a chat.v1 client gets no live events: the welcome says where things stand.
+    if (this.#early) return;
     if (!this.legacy) return this.deliver(out.v1);
     const text = out.legacy;
     if (text !== undefined) this.deliver(text);

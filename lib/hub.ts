@@ -156,9 +156,10 @@ export class ChatHub {
         }),
     });
     this.#connections++;
-    // A legacy client has no welcome: to it an open socket means "reachable", so it
-    // is a member (of the lobby and its DMs, all it speaks) from this moment on.
-    if (conn.legacy) this.#addUser(conn);
+    // To a client an open socket means "reachable" (a legacy one has no welcome), so it is
+    // a member of the lobby and its DMs from this moment on; a chat.v1 one gets what
+    // arrives before its welcome right after it, and its rooms with the welcome.
+    this.#addUser(conn);
     return conn;
   }
 
@@ -192,16 +193,18 @@ export class ChatHub {
     ]);
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
-    // Room memberships are loaded with the user's first chat.v1 connection (legacy ones
-    // take part in the lobby and DMs only, which need none).
-    const first = ![...this.#users.get(user) ?? []].some((c) => !c.legacy);
+    // Room memberships are loaded with the user's first welcomed chat.v1 connection (legacy
+    // ones take part in the lobby and DMs only, which need none).
+    const first = ![...this.#users.get(user) ?? []].some((c) =>
+      c !== conn && !c.legacy && c.welcomed
+    );
     if (first) { for (const room of rooms) this.#memberSet(room).add(user); }
-    conn.deliver(JSON.stringify(
+    conn.welcome(JSON.stringify(
       {
         type: "welcome",
         user,
         rooms: first ? rooms : this.#roomsOf(user),
-        online: [...new Set([...this.online(), user])],
+        online: this.online(),
         conversations,
         privateRooms: rooms.filter((_, i) => infos[i]),
         invites,
@@ -214,7 +217,6 @@ export class ChatHub {
         },
       } satisfies ServerFrame,
     ));
-    this.#addUser(conn);
   }
 
   #memberSet(room: string): Set<string> {

@@ -31,6 +31,24 @@ Deno.test("a DM sent the instant a legacy recipient's socket opens is delivered,
   }
 });
 
+Deno.test("a DM sent the instant a chat.v1 recipient's socket opens arrives right after its welcome, every time of 50", async () => {
+  await using server = await startServer();
+  await using sender = (await TestClient.join(server.origin, "sender"))[0];
+  for (let i = 0; i < 50; i++) {
+    const name = `newv1${i}`;
+    await using recipient = await TestClient.connect(server.origin, name, { token: null });
+    sender.send({ type: "send", to: name, text: `hi ${i}`, cid: `v${i}` });
+    const outcome = await sender.next((f) =>
+      (f.type === "message" && f.cid === `v${i}`) || (f.type === "error" && f.ref === `v${i}`)
+    );
+    assert.equal(outcome.type, "message", `try ${i}: ${JSON.stringify(outcome)}`);
+    const first = await recipient.next();
+    assert.equal(first.type, "welcome", `try ${i}: the welcome comes first`);
+    const got = await recipient.next((f) => f.type === "message");
+    assert.equal(got.text, `hi ${i}`, `try ${i}`);
+  }
+});
+
 Deno.test("the original page's protocol connects from any origin, a file's null included; chat.v1 and logins only from the allowlist", async () => {
   await using server = await startServer();
   // Raw handshakes: a browser's Origin header, which fetch and Deno's WebSocket would not send.
