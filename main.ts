@@ -59,9 +59,9 @@ const server = await startChatServer({
   onListen: (addr) => {
     const interfaces = isWildcard(addr.hostname) ? localInterfaces() : [];
     const [here, ...network] = reachableUrls(addr, interfaces ?? []);
-    console.log(
-      `chat listening on ${here} (data: ${dataPath ?? "Deno Deploy KV"}, pid ${Deno.pid})`,
-    );
+    // The pid, to stop it by (Deno Deploy has none to give).
+    const pid = typeof Deno.pid === "number" ? `, pid ${Deno.pid}` : "";
+    console.log(`chat listening on ${here} (data: ${dataPath ?? "Deno Deploy KV"}${pid})`);
     for (const url of network) console.log(`  on your network: ${url}`);
     if (interfaces === undefined) {
       console.log("  (network addresses not listed: run with --allow-sys=networkInterfaces)");
