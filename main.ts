@@ -6,6 +6,7 @@
  */
 
 import { Accounts } from "./lib/accounts.ts";
+import { isWildcard, localInterfaces, reachableUrls } from "./lib/addresses.ts";
 import { type Backend, localBackend } from "./lib/backend.ts";
 import { openPgBackend } from "./lib/pg_backend.ts";
 import { startChatServer } from "./lib/server.ts";
@@ -90,9 +91,16 @@ const server = await startChatServer({
   presence: backend.presence,
   userLimits: backend.userLimits,
   bus: backend.bus,
-  onListen: ({ hostname, port }) => {
-    const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
-    console.log(`chat listening on http://${shown}:${port}/ (data: ${backend.where})`);
+  onListen: (addr) => {
+    const interfaces = isWildcard(addr.hostname) ? localInterfaces() : [];
+    const [here, ...network] = reachableUrls(addr, interfaces ?? []);
+    // The pid, to stop it by (Deno Deploy has none to give).
+    const pid = typeof Deno.pid === "number" ? `, pid ${Deno.pid}` : "";
+    console.log(`chat listening on ${here} (data: ${backend.where}${pid})`);
+    for (const url of network) console.log(`  on your network: ${url}`);
+    if (interfaces === undefined) {
+      console.log("  (network addresses not listed: run with --allow-sys=networkInterfaces)");
+    }
   },
 }).catch((e) => fatal("cannot listen", e));
 

@@ -19,26 +19,11 @@ import {
   skeleton,
   verifyPassword,
 } from "./identity.ts";
+import type { RefusalCode } from "./protocol.ts";
 import type { SqlDatabase } from "./sql/dialect.ts";
 import { LOBBY_KEY, readFromLatest } from "./sql/store.ts";
 
-/**
- * Why a connection may not be a name, as a code the page translates (the
- * close reason is `<code>: <English words>`):
- * - `lookalike`: too much like another registered name
- * - `taken`: claimed, with a password (log in with it)
- * - `taken_no_password`: claimed, no password (only its own devices can use it)
- * - `bad_token`: the token presented is not (or no longer) one of this name's
- * - `claimed_legacy`: the original page asked for a claimed name
- * - `just_claimed`: someone claimed it at the same moment
- */
-export type RefusalCode =
-  | "lookalike"
-  | "taken"
-  | "taken_no_password"
-  | "bad_token"
-  | "claimed_legacy"
-  | "just_claimed";
+export type { RefusalCode };
 
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =

@@ -69,6 +69,11 @@ export class Connection {
   #resumable: boolean;
   /** Live messages held until the client's `resume` (when it connected with `?resume`). */
   #held: Array<[ChatMessage, Outgoing]> | undefined;
+  /**
+   * Messages that reached a `chat.v1` connection before its welcome (it is a member from the
+   * moment its socket opens), sent right after the welcome; undefined once welcomed.
+   */
+  #early: Array<[ChatMessage, Outgoing]> | undefined;
 
   /** @internal Made by {@linkcode ChatHub.connect}. */
   constructor(init: {
@@ -85,9 +90,28 @@ export class Connection {
     this.token = init.options.token;
     this.#resumable = (init.options.resume ?? false) && !this.legacy;
     if (this.#resumable) this.#held = [];
+    if (!this.legacy) this.#early = [];
     // Later frames wait for the welcome, so they are handled in arrival order after it.
     this.ready = Promise.resolve().then(() => init.open(this));
     this.#chain = this.ready;
+  }
+
+  /** @internal Resolves once the frames taken so far are handled (it never rejects). */
+  get settled(): Promise<void> {
+    return this.#chain;
+  }
+
+  /** Whether its welcome has been sent (legacy connections get none and count as welcomed). */
+  get welcomed(): boolean {
+    return this.#early === undefined;
+  }
+
+  /** @internal Sends the welcome, then the messages that arrived before it. */
+  welcome(text: string): void {
+    this.deliver(text);
+    const early = this.#early ?? [];
+    this.#early = undefined;
+    for (const [message, out] of early) this.deliverMessage(message, out);
   }
 
   /** Whether {@linkcode Connection.close} has run. */
@@ -125,7 +149,8 @@ export class Connection {
   }
 
   async #handle(data: string): Promise<void> {
-    if (this.#closed) return;
+    // A frame queued before shutdown began is not taken either: the store is about to close.
+    if (this.#closed || this.#hub.closing) return;
     const hub = this.#hub;
     if (this.legacy) {
       const parsed = parseLegacyFrame(data, hub.limits);
@@ -165,11 +190,12 @@ export class Connection {
           frame.room !== undefined ? { room: frame.room } : { to: frame.to },
         );
       case "history":
-        // Reads need no ordering with later frames: let them run beside the chain.
-        void hub.history(this, frame).catch((error) => this.#storeError(error));
+        // Reads need no ordering with later frames: let them run beside the chain (the hub
+        // tracks them, so that shutdown waits for them before the store closes).
+        void hub.track(hub.history(this, frame).catch((error) => this.#storeError(error)));
         return;
       case "read":
-        void hub.read(this, frame).catch((error) => this.#storeError(error));
+        void hub.track(hub.read(this, frame).catch((error) => this.#storeError(error)));
         return;
       case "resume":
         return await this.#resume(frame.conversations);
@@ -288,6 +314,13 @@ export class Connection {
   ): void {
     if (this.#closed) return;
     if (this.legacy) return this.deliverShared(out);
+    if (this.#early) {
+      if (this.#early.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "too much arrived before the welcome; reconnect");
+        return this.close();
+      }
+      return void this.#early.push([message, out]);
+    }
     if (this.#held) {
       if (this.#held.length >= this.#hub.limits.replayLimit) {
         this.closePeer(CloseCode.SlowConsumer, "resume was never sent; reconnect");
@@ -349,6 +382,8 @@ export class Connection {
 
   /** @internal Sends a shared frame in this connection's protocol. */
   deliverShared(out: Outgoing): void {
+    // Before its welcome a chat.v1 client gets no live events: the welcome says where things stand.
+    if (this.#early) return;
     if (!this.legacy) return this.deliver(out.v1);
     const text = out.legacy;
     if (text !== undefined) this.deliver(text);

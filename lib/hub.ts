@@ -124,8 +124,11 @@ export class ChatHub {
   #privacy = new Map<string, boolean>();
   #presence: Presence;
   #userLimits: UserLimits;
-  /** Connections per user between their presence arriving and their welcome. */
-  #opening = new Map<string, number>();
+  /**
+   * Each user's presence changes in flight, applied one after another: an
+   * arrival is recorded before the departure that follows it.
+   */
+  #presenceSteps = new Map<string, Promise<void>>();
   /**
    * Names seen as their own registered spelling: a DM to one needs no lookup
    * (names never change). As many as there are accounts, at most.
@@ -195,14 +198,50 @@ export class ChatHub {
       peer,
       options,
       open: (c) =>
-        this.#open(c).catch((error) => {
+        this.track(this.#open(c)).catch((error) => {
           console.error("could not open a connection", error);
           c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
           c.close();
         }),
     });
     this.#connections++;
+    // To a client an open socket means "reachable" (a legacy one has no welcome), so it is
+    // a member of the lobby and its DMs from this moment on; a chat.v1 one gets what
+    // arrives before its welcome right after it, and its rooms with the welcome.
+    this.#addUser(conn);
     return conn;
+  }
+
+  /** Makes a connection reachable; true when it is its user's first here. */
+  #addUser(conn: Connection): boolean {
+    let set = this.#users.get(conn.user);
+    const first = set === undefined;
+    if (!set) this.#users.set(conn.user, set = new Set());
+    set.add(conn);
+    if (first) this.#presenceStep(conn.user, () => this.#arrive(conn.user));
+    return first;
+  }
+
+  /** Queues a presence change of a user behind the ones before it. */
+  #presenceStep(user: string, step: () => Promise<void>): void {
+    const next = (this.#presenceSteps.get(user) ?? Promise.resolve()).then(step);
+    this.#presenceSteps.set(user, next);
+    void next.finally(() => {
+      if (this.#presenceSteps.get(user) === next) this.#presenceSteps.delete(user);
+    });
+  }
+
+  /** Tells the presence a user's first connection here opened, and announces it if news. */
+  async #arrive(user: string): Promise<void> {
+    try {
+      const arrived = await this.#presence.arrive(user);
+      // Gone again meanwhile: the departure queued behind this one speaks for them.
+      if (arrived && this.#users.has(user)) {
+        this.#bus.publish({ kind: "presence", user, online: true });
+      }
+    } catch (error) {
+      console.error("presence: could not record an arrival", error);
+    }
   }
 
   async #open(conn: Connection): Promise<void> {
@@ -215,61 +254,45 @@ export class ChatHub {
       );
       return conn.close();
     }
+    if (conn.legacy) return;
     const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
-    const [conversations, invites, password, infos] = conn.legacy
-      ? [[], [], false, []]
-      : await Promise.all([
-        this.#store.conversations(user, rooms),
-        this.#store.invites(user),
-        this.#accounts.hasPassword(user),
-        Promise.all(rooms.map((r) => this.#isPrivate(r))),
-      ]);
+    const [conversations, invites, password, infos] = await Promise.all([
+      this.#store.conversations(user, rooms),
+      this.#store.invites(user),
+      this.#accounts.hasPassword(user),
+      Promise.all(rooms.map((r) => this.#isPrivate(r))),
+    ]);
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
-    // Arrived first, so the list includes the user; announced only when nobody anywhere saw
-    // the user online (another tab, here or on another instance, is no news).
-    this.#opening.set(user, (this.#opening.get(user) ?? 0) + 1);
-    let arrived: boolean, online: string[];
-    try {
-      arrived = this.#users.has(user) ? false : await this.#presence.arrive(user);
-      online = conn.legacy ? [] : await this.#presence.online();
-    } finally {
-      const left = this.#opening.get(user)! - 1;
-      if (left > 0) this.#opening.set(user, left);
-      else this.#opening.delete(user);
-    }
-    if (conn.closed || this.#shuttingDown) {
-      if (!this.#users.has(user) && !this.#opening.has(user)) void this.#depart(user);
-      if (!conn.closed) conn.closePeer(CloseCode.GoingAway, "server shutting down");
-      return;
-    }
-    const first = !this.#users.has(user);
-    if (first) {
-      this.#users.set(user, new Set());
-      for (const room of rooms) this.#memberSet(room).add(user);
-    }
-    this.#users.get(user)!.add(conn);
-    if (!conn.legacy) {
-      conn.deliver(JSON.stringify(
-        {
-          type: "welcome",
-          user,
-          rooms: first ? rooms : this.#roomsOf(user),
-          online,
-          conversations,
-          privateRooms: rooms.filter((_, i) => infos[i]),
-          invites,
-          ...(conn.token === undefined ? {} : { token: conn.token }),
-          account: { password },
-          limits: {
-            maxTextLength: this.limits.maxTextLength,
-            maxFrameBytes: this.limits.maxFrameBytes,
-            replayLimit: this.limits.replayLimit,
-          },
-        } satisfies ServerFrame,
-      ));
-    }
-    if (arrived) this.#bus.publish({ kind: "presence", user, online: true });
+    // Room memberships are loaded with the user's first welcomed chat.v1 connection (legacy
+    // ones take part in the lobby and DMs only, which need none).
+    const first = ![...this.#users.get(user) ?? []].some((c) =>
+      c !== conn && !c.legacy && c.welcomed
+    );
+    if (first) { for (const room of rooms) this.#memberSet(room).add(user); }
+    // Everyone online anywhere, this user included once their arrival is recorded.
+    await this.#presenceSteps.get(user);
+    const online = await this.#presence.online();
+    if (conn.closed) return;
+    if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
+    conn.welcome(JSON.stringify(
+      {
+        type: "welcome",
+        user,
+        rooms: first ? rooms : this.#roomsOf(user),
+        online,
+        conversations,
+        privateRooms: rooms.filter((_, i) => infos[i]),
+        invites,
+        ...(conn.token === undefined ? {} : { token: conn.token }),
+        account: { password },
+        limits: {
+          maxTextLength: this.limits.maxTextLength,
+          maxFrameBytes: this.limits.maxFrameBytes,
+          replayLimit: this.limits.replayLimit,
+        },
+      } satisfies ServerFrame,
+    ));
   }
 
   #memberSet(room: string): Set<string> {
@@ -591,7 +614,17 @@ export class ChatHub {
 
   /** @internal The newest `replayLimit` messages after `after`, for a resume or a gap. */
   replay(key: ConversationKey, after: number): Promise<HistoryPage> {
-    return this.#store.history(key, { after, limit: this.limits.replayLimit });
+    return this.track(this.#store.history(key, { after, limit: this.limits.replayLimit }));
+  }
+
+  /**
+   * @internal Work on the store that runs beside a connection's chain of
+   * frames (reads, replays, opening): shutdown waits for it before the store closes.
+   */
+  track<T>(work: Promise<T>): Promise<T> {
+    this.#inflight.add(work);
+    work.then(() => this.#inflight.delete(work), () => this.#inflight.delete(work));
+    return work;
   }
 
   /** @internal Called by {@linkcode Connection.close}. */
@@ -601,8 +634,7 @@ export class ChatHub {
     if (!set?.delete(conn) || set.size > 0) return;
     this.#users.delete(conn.user);
     for (const members of this.#members.values()) members.delete(conn.user);
-    // A tab of theirs still opening here keeps them present.
-    if (!this.#shuttingDown && !this.#opening.has(conn.user)) void this.#depart(conn.user);
+    if (!this.#shuttingDown) this.#presenceStep(conn.user, () => this.#depart(conn.user));
   }
 
   #each(users: Iterable<string>, fn: (conn: Connection) => void): void {
@@ -701,7 +733,10 @@ export class ChatHub {
    */
   async shutdown(): Promise<void> {
     this.#shuttingDown = true;
-    await Promise.allSettled(this.#inflight);
+    // Frames being handled finish (those queued are dropped), then whatever they started.
+    const conns = [...this.#users.values()].flatMap((set) => [...set]);
+    await Promise.allSettled(conns.map((c) => c.settled));
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }

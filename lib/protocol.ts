@@ -15,6 +15,28 @@ export const SUBPROTOCOL = "chat.v1";
 /** The room every connection belongs to, legacy ones included. */
 export const LOBBY = "lobby";
 
+/**
+ * Why a handshake's name was refused: the code that starts the close reason
+ * of a 4003 (`<code>: <English words>`), which clients translate.
+ * - `lookalike`: too much like another registered name
+ * - `taken`: claimed, with a password (log in with it)
+ * - `taken_no_password`: claimed, no password (only its own devices can use it)
+ * - `bad_token`: the token presented is not (or no longer) one of this name's
+ * - `claimed_legacy`: the original page asked for a claimed name
+ * - `just_claimed`: someone claimed it at the same moment
+ */
+export const REFUSAL_CODES = [
+  "lookalike",
+  "taken",
+  "taken_no_password",
+  "bad_token",
+  "claimed_legacy",
+  "just_claimed",
+] as const;
+
+/** One of {@linkcode REFUSAL_CODES}. */
+export type RefusalCode = typeof REFUSAL_CODES[number];
+
 /** The name legacy error frames carry in `from_user`; never a valid username. */
 export const SYSTEM_SENDER = "*";
 

@@ -11,7 +11,7 @@
 
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
-import type { Accounts } from "./accounts.ts";
+import type { Accounts, Authenticated } from "./accounts.ts";
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { parseName } from "./names.ts";
@@ -127,9 +127,13 @@ export function createHandler(
 
   /**
    * Browsers send `Origin` with every handshake and let any page open a
-   * socket to any server: only our own page (and the allowlist) may, which
-   * stops cross-site WebSocket hijacking. Clients without `Origin` are not
-   * browsers and carry no victim's ambient credentials.
+   * socket to any server. What a foreign page could borrow is what the
+   * browser keeps for our origin; we keep nothing ambient (no cookies), so the
+   * check guards what a page of ours does: `chat.v1` connections (claiming a
+   * name, presenting a token) and password logins come only from our own page
+   * and the allowlist. Legacy connections (the original page, opened from a
+   * file or any static server) carry no credential and may come from any
+   * origin, `null` included. Clients without `Origin` are not browsers.
    */
   function originAllowed(req: Request, url: URL): boolean {
     const origin = req.headers.get("origin");
@@ -146,6 +150,9 @@ export function createHandler(
 
   async function login(req: Request, ip: string): Promise<Response> {
     if (req.method !== "POST") return text(405, 'POST {"user","password"} as JSON');
+    if (!originAllowed(req, new URL(req.url))) {
+      return text(403, "this origin may not log in; see --allow-origin");
+    }
     if (!logins.take(ip)) {
       return Response.json({ error: "too many logins; wait a minute" }, { status: 429 });
     }
@@ -181,12 +188,17 @@ export function createHandler(
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return text(426, "this address takes a WebSocket: connect with new WebSocket(url)");
     }
-    if (!originAllowed(req, at.url)) {
-      return text(403, "this origin may not connect; see --allow-origin");
-    }
-    if (options.isClosing()) return text(503, "the server is shutting down; try again");
     const { protocol, token } = offered(req);
     if (!protocol) return text(400, `unsupported subprotocol; offer ${SUBPROTOCOL} or none`);
+    const legacy = protocol === "legacy";
+    if (!legacy && !originAllowed(req, at.url)) {
+      return text(
+        403,
+        `this origin may not open ${SUBPROTOCOL} connections; see --allow-origin ` +
+          "(the original page's protocol, with no subprotocol, may connect from anywhere)",
+      );
+    }
+    if (options.isClosing()) return text(503, "the server is shutting down; try again");
     if (perIp.count(at.ip) >= settings.maxConnectionsPerIp) {
       return text(429, `at most ${settings.maxConnectionsPerIp} connections per address`);
     }
@@ -196,16 +208,13 @@ export function createHandler(
         `at most ${settings.connectsPerMinute} new connections a minute per address`,
       );
     }
-    const legacy = protocol === "legacy";
     // Who is this? Decided before the socket exists; a refusal still upgrades, so that a
     // browser can read the reason in the close event (it cannot read an HTTP status).
     const resolved = await accounts.resolve(name.name);
-    const auth = resolved.ok
-      ? await accounts.authenticate(resolved.user, { token, legacy })
-      : { ok: false as const, reason: resolved.reason };
     const user = resolved.ok ? resolved.user : name.name;
+    // A slot of the user's connections, counted across instances on a shared backend.
     let closeUser = () => {};
-    if (auth.ok) {
+    if (resolved.ok) {
       const opened = await options.userLimits.openConnection(user).catch((error) => {
         console.error("user limits: could not count a connection", error);
         return null;
@@ -216,35 +225,57 @@ export function createHandler(
       }
       closeUser = opened;
     }
-    let upgraded;
-    try {
-      upgraded = Deno.upgradeWebSocket(req, {
-        protocol: legacy ? undefined : SUBPROTOCOL,
-        idleTimeout: settings.idleTimeout,
-      });
-    } catch (error) {
+    // The upgrade first: a handshake it cannot accept claims nothing.
+    const upgraded = upgradeSocket(req, {
+      protocol: legacy ? undefined : SUBPROTOCOL,
+      idleTimeout: settings.idleTimeout,
+    });
+    if (!upgraded.ok) {
       closeUser();
-      throw error;
+      return upgraded.response;
     }
     const { socket, response } = upgraded;
     socket.binaryType = "arraybuffer";
+    let auth: Authenticated;
+    try {
+      auth = resolved.ok
+        ? await accounts.authenticate(resolved.user, { token, legacy })
+        : { ok: false, reason: resolved.reason, code: resolved.code };
+      // Registered before the socket opens: to a legacy client an open socket means
+      // "reachable", so a DM sent to it the moment it opens must find the name.
+      if (auth.ok) {
+        const registered = await accounts.register(user);
+        if (!registered.ok) auth = { ok: false, reason: registered.reason, code: registered.code };
+      }
+    } catch (error) {
+      console.error(`handshake of ${user}: the accounts store failed`, error);
+      closeUser();
+      socket.onopen = () => socket.close(CloseCode.InternalError, "the store did not answer");
+      return response;
+    }
     if (!auth.ok) {
+      // A refused socket holds no place among the name's connections.
+      closeUser();
+      const refusal = auth;
       socket.onopen = () => {
         if (legacy) {
-          socket.send(toLegacyError({ type: "error", code: "forbidden", message: auth.reason }));
+          socket.send(
+            toLegacyError({ type: "error", code: "forbidden", message: refusal.reason }),
+          );
         }
-        socket.close(CloseCode.Forbidden, auth.reason.slice(0, 120));
+        socket.close(CloseCode.Forbidden, refusalReason(refusal));
       };
       return response;
     }
     const closeIp = perIp.open(at.ip);
+    const session = auth.session, issued = auth.token;
     socket.onopen = () => {
       const conn = hub.connect(socket, {
         user,
         legacy,
         resume: at.url.searchParams.has("resume"),
-        session: auth.session,
-        token: auth.token,
+        session,
+        token: issued,
       });
       socket.onmessage = (e) => {
         if (conn.closed) socket.onmessage = null;
@@ -263,6 +294,39 @@ export function createHandler(
     socket.addEventListener("error", release);
     return response;
   }
+}
+
+/**
+ * `Deno.upgradeWebSocket`, with the subprotocol answered here: Deno looks for
+ * it in the request's list split on `", "` exactly, while RFC 9110 lists
+ * allow any whitespace around the commas (Node's `ws` sends `a,b`). The list
+ * was parsed by {@linkcode offered}; the chosen name goes on the response.
+ * A handshake Deno refuses is logged with why, and answered 400.
+ */
+function upgradeSocket(
+  req: Request,
+  options: { protocol?: string; idleTimeout: number },
+): { ok: true; socket: WebSocket; response: Response } | { ok: false; response: Response } {
+  try {
+    const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: options.idleTimeout });
+    if (options.protocol !== undefined) {
+      response.headers.set("sec-websocket-protocol", options.protocol);
+    }
+    return { ok: true, socket, response };
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    console.error(`WebSocket handshake refused (${new URL(req.url).pathname}): ${why}`);
+    return { ok: false, response: text(400, `not a valid WebSocket handshake: ${why}`) };
+  }
+}
+
+/** A refusal's close reason: `<code>: <words>`, within the 123 bytes a close frame allows. */
+function refusalReason(refusal: { reason: string; code?: string }): string {
+  const full = refusal.code === undefined ? refusal.reason : `${refusal.code}: ${refusal.reason}`;
+  const bytes = new TextEncoder();
+  let out = full;
+  while (bytes.encode(out).length > 123) out = out.slice(0, -1);
+  return out;
 }
 
 /** Starts serving: the page, `/healthz` and the WebSocket endpoint. */

@@ -123,8 +123,8 @@ const SPECS: Spec[] = [
     flag: "allow-origin",
     env: "CHAT_ALLOW_ORIGIN",
     kind: "string",
-    help:
-      "other origins whose pages may connect, comma-separated, exact (e.g. https://chat.example)",
+    help: "other origins whose pages may open chat.v1 sockets and log in, comma-separated, exact " +
+      "(e.g. https://chat.example); the original page's protocol connects from any origin",
   },
   {
     key: "maxRoomsPerUser",
@@ -241,24 +241,55 @@ export type SettingsResult =
   | { ok: false; help: true }
   | { ok: false; help?: false; error: string };
 
-/** The text of `--help`. */
+/** The width `--help` wraps its text to. */
+const HELP_WIDTH = 80;
+
+/** Breaks text into lines of at most `width` characters, at spaces. */
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line !== "" && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line === "" ? word : `${line} ${word}`;
+  }
+  return [...lines, line];
+}
+
+/** A default as `--help` shows it: nothing for an empty one. */
+function shownDefault(value: string | number): string {
+  return value === "" ? "" : ` (default: ${value})`;
+}
+
+/**
+ * The text of `--help`: each flag with its environment variable in aligned
+ * columns (as wide as the longest of each), and its meaning indented below,
+ * so long names never run into each other.
+ */
 export function helpText(): string {
-  const rows = SPECS.map((s) =>
-    `  --${s.flag.padEnd(20)} ${s.env.padEnd(24)} ${s.help} (default: ${DEFAULT_SETTINGS[s.key]})`
-  );
+  const flags = SPECS.map((s) => `--${s.flag} <${s.kind === "string" ? "text" : "n"}>`);
+  const flagWidth = Math.max("flag".length, ...flags.map((f) => f.length));
+  const rows = SPECS.flatMap((s, i) => [
+    `  ${flags[i].padEnd(flagWidth)}  ${s.env}`,
+    ...wrap(`${s.help}${shownDefault(DEFAULT_SETTINGS[s.key])}`, HELP_WIDTH - 6)
+      .map((line) => `      ${line}`),
+  ]);
   return [
     "chat: group and private chat in one executable",
     "",
-    "Usage: chat [--flag value]...   (or --flag=value; flags win over environment variables)",
+    "Usage: chat [--flag value]...   (or --flag=value)",
+    "Flags win over environment variables, which win over the defaults.",
     "",
-    `  ${"flag".padEnd(22)} ${"environment".padEnd(24)} meaning`,
+    `  ${"flag".padEnd(flagWidth)}  environment`,
     ...rows,
-    "  --help                 print this and exit",
+    "  --help",
+    "      print this and exit",
     "",
     "With --data postgres://… several instances share one database: per-user limits",
     "(--send-rate, --send-burst, --max-connections-per-user) hold across all of them;",
-    "per-address limits (--max-connections-per-ip, --connects-per-minute, --logins-per-minute)",
-    "are counted by each instance on its own.",
+    "per-address limits (--max-connections-per-ip, --connects-per-minute,",
+    "--logins-per-minute) are counted by each instance on its own.",
   ].join("\n");
 }
 

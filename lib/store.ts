@@ -93,7 +93,22 @@ export class StoreError extends Error {
   override name = "StoreError";
 }
 
-/** Durable storage for the chat. */
+/**
+ * Durable storage for the chat.
+ *
+ * Read positions (what `conversations` reports as `read` and `unread`): a
+ * newcomer starts at the latest message of every room they meet, so unread
+ * counts only what arrived after they did.
+ * - {@linkcode ChatStore.join} sets the joiner's read position in that room to
+ *   its latest id (never lowering one they had).
+ * - {@linkcode ChatStore.conversations} gives a room the user has no read
+ *   position in (the lobby, the first time: at registration) one at its
+ *   latest id, and keeps it, even at 0, so later messages count as unread.
+ * - A DM has no read position until the user reads it: all of it is unread
+ *   (nothing in it predates the user).
+ * - Posting moves the sender's read position to their message;
+ *   {@linkcode ChatStore.markRead} moves it forward, never back.
+ */
 export interface ChatStore {
   /**
    * Stores a message and resolves with it as stored (id and time set) once it
@@ -110,7 +125,10 @@ export interface ChatStore {
   room(room: string): Promise<RoomInfo | undefined>;
   /** Creates a room; false when it exists already. */
   createRoom(room: string, info: RoomInfo): Promise<boolean>;
-  /** Makes a user a member of a room (creating it public if new), using up any invitation. */
+  /**
+   * Makes a user a member of a room (creating it public if new), using up any
+   * invitation; the user's read position there starts at the room's latest message.
+   */
   join(user: string, room: string): Promise<void>;
   /**
    * Makes a user a member of a room if the room lets them in, deciding and
@@ -143,7 +161,10 @@ export interface ChatStore {
   invites(user: string): Promise<Array<{ room: string; by: string }>>;
   /** Public rooms with their member counts, most members first. */
   publicRooms(limit: number): Promise<Array<{ room: string; members: number }>>;
-  /** A user's conversations (the given rooms and every DM) with read state. */
+  /**
+   * A user's conversations (the given rooms and every DM) with read state; a
+   * room the user has no read position in gets one at its latest message.
+   */
   conversations(user: string, rooms: string[]): Promise<ConversationSummary[]>;
   /**
    * Records that a user has read a conversation up to an id, never moving

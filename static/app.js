@@ -59,7 +59,14 @@ const STRINGS = {
     errNameChars: "Use only letters, digits, “_”, “-” and “.” (no spaces).",
     errConnect: "Could not log in as “{name}”: the server refused the name or cannot be reached.",
     refused: "Cannot log in as “{name}”: {reason}.",
-    refusedHint: "If the name is yours, enter its password.",
+    refused_taken: "“{name}” is taken. If it is yours, enter its password.",
+    refused_taken_no_password:
+      "“{name}” is taken, and it has no password: only the browser that claimed it can use it. Pick another name.",
+    refused_lookalike: "“{name}” looks too much like someone else’s name. Pick another name.",
+    refused_bad_token:
+      "This browser’s sign-in as “{name}” is no longer valid (logged out elsewhere?). If the name has a password, enter it; if not, pick another name.",
+    refused_just_claimed: "Someone claimed “{name}” at the same moment. Pick another name.",
+    refused_claimed_legacy: "“{name}” is taken. Pick another name.",
     loggedOut: "You are logged out.",
     badLogin: "Wrong name or password.",
     tooManyTries: "Too many attempts. Try again later.",
@@ -181,7 +188,14 @@ const STRINGS = {
     errNameChars: "只能使用字母、数字、“_”、“-” 和 “.”（不能有空格）。",
     errConnect: "无法以“{name}”登录：服务器拒绝了这个名字或无法访问。",
     refused: "无法以“{name}”登录（服务器：{reason}）。",
-    refusedHint: "如果这是你的名字，请输入密码。",
+    refused_taken: "“{name}”已被占用。如果这是你的名字，请输入它的密码。",
+    refused_taken_no_password:
+      "“{name}”已被占用，而且没有设置密码：只有占用它的那个浏览器能使用。请换一个名字。",
+    refused_lookalike: "“{name}”与别人的名字太像了。请换一个名字。",
+    refused_bad_token:
+      "此浏览器以“{name}”登录的凭据已失效（可能在别处退出了登录）。如果这个名字设置了密码，请输入密码；否则请换一个名字。",
+    refused_just_claimed: "有人在同一时刻占用了“{name}”。请换一个名字。",
+    refused_claimed_legacy: "“{name}”已被占用。请换一个名字。",
     loggedOut: "你已退出登录。",
     badLogin: "名字或密码错误。",
     tooManyTries: "尝试次数过多，请稍后再试。",
@@ -437,6 +451,7 @@ function setLang(l) {
 // ---- state --------------------------------------------------------------------
 
 let me = null; // the logged-in user, as the server spells it
+let refusal = null; // {name, code, reason}: the login form's refusal, re-rendered on a language switch
 let ws = null; // the current socket
 let welcomed = false; // the current socket got its welcome
 let everWelcomed = false; // some socket got a welcome since logging in
@@ -1174,6 +1189,7 @@ function login(name, viaForm) {
 // Back to the login form, forgetting everything of the session (not the stored
 // token, pending messages or drafts: those are the caller's business).
 function endSession(message = "") {
+  refusal = null;
   const sock = ws;
   ws = null;
   if (sock) detach(sock);
@@ -1241,15 +1257,35 @@ function loggedOut() {
   endSession(t("loggedOut"));
 }
 
+// Refusal codes the page has its own words for (the close reason is "<code>: <English>"): the
+// REFUSAL_CODES of lib/protocol.ts, which tests/page_i18n_test.ts holds this list to.
+const REFUSALS = new Set([
+  "taken",
+  "taken_no_password",
+  "lookalike",
+  "bad_token",
+  "just_claimed",
+  "claimed_legacy",
+]);
+
+function refusalText(r) {
+  if (REFUSALS.has(r.code)) return t("refused_" + r.code, { name: r.name });
+  return t("refused", { name: r.name, reason: r.reason });
+}
+
 // The server closed with 4003: the name is someone else's (or my token is no longer good).
-function refused(reason) {
+function refused(closeReason) {
   const name = me;
   store.set(tokenKey(name), null);
   endSession();
-  reason = String(reason || "").replace(/[.。]\s*$/, "");
-  ui.loginError.textContent = `${t("refused", { name, reason })} ${t("refusedHint")}`;
+  const m = /^([a-z_]+): (.*)$/s.exec(String(closeReason || ""));
+  const code = m ? m[1] : "";
+  const reason = (m ? m[2] : String(closeReason || "")).replace(/[.。]\s*$/, "");
+  refusal = { name, code, reason };
+  ui.loginError.textContent = refusalText(refusal);
   ui.name.setAttribute("aria-invalid", "true");
-  ui.password.focus();
+  // Only a password helps with a name that has one; otherwise the name is to change.
+  (code === "taken" || code === "bad_token" ? ui.password : ui.name).focus();
 }
 
 async function passwordLogin(name, password) {
@@ -1746,7 +1782,12 @@ function rerender() {
     renderSidebar();
     renderPublicRooms();
     renderAccount();
-  } else document.title = t("appName");
+  } else {
+    document.title = t("appName");
+    if (refusal && ui.loginError.textContent !== "") {
+      ui.loginError.textContent = refusalText(refusal);
+    }
+  }
 }
 
 // ---- events ------------------------------------------------------------------------------
@@ -1763,6 +1804,7 @@ ui.login.addEventListener("submit", async (e) => {
   if (r.error) return showLoginError(r.error);
   ui.name.removeAttribute("aria-invalid");
   ui.loginError.textContent = "";
+  refusal = null;
   const submitBtn = ui.login.querySelector("button");
   submitBtn.disabled = true;
   let name = r.name;

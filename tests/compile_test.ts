@@ -16,6 +16,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import config from "../deno.json" with { type: "json" };
+import { compileArgs as taskArgs } from "../tools/compile.ts";
 import { TestClient } from "./_client.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -24,12 +25,8 @@ const PAGE_FILES = ["static/index.html", "static/app.js", "static/style.css"];
 /** The `compile` task's arguments after `deno`, with the output put in `output`. */
 function compileArgs(output: string): string[] {
   const task: string = config.tasks.compile;
-  const words = task.trim().split(/\s+/);
-  assert.deepEqual(words.slice(0, 2), ["deno", "compile"], `tasks.compile: ${task}`);
-  const at = words.indexOf("--output");
-  assert.ok(at !== -1 && at + 1 < words.length, `tasks.compile has no --output: ${task}`);
-  words[at + 1] = output;
-  return words.slice(1);
+  assert.match(task, /tools\/compile\.ts/, `tasks.compile runs the wrapper: ${task}`);
+  return taskArgs(output);
 }
 
 /** Runs `deno compile` as the task does, with `denort` as the runtime; returns its output. */
@@ -159,4 +156,43 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("deno task compile without a network says what failed and what to do, prints no backtrace, leaves no dist/", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chat-compile-offline-" });
+  try {
+    const output = `${dir}/dist/chat`;
+    const result = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "tools/compile.ts", "--output", output],
+      cwd: ROOT,
+      // No network on any machine: the download goes to a proxy on a closed loopback port. A fresh
+      // DENO_DIR has no cached runtime; no DENORT_BIN; a backtrace asked for, to see it withheld.
+      clearEnv: true,
+      env: {
+        PATH: Deno.env.get("PATH") ?? "",
+        HOME: dir,
+        DENO_DIR: `${dir}/deno`,
+        HTTPS_PROXY: "http://127.0.0.1:1",
+        HTTP_PROXY: "http://127.0.0.1:1",
+        RUST_BACKTRACE: "1",
+        NO_COLOR: "1",
+      },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const decoder = new TextDecoder();
+    const printed = decoder.decode(result.stdout) + decoder.decode(result.stderr);
+    assert.notEqual(result.code, 0, printed);
+    assert.match(
+      printed,
+      /could not download its runtime \(denort\) from https:\/\/dl\.deno\.land\//,
+    );
+    assert.match(printed, /connect to the network/);
+    assert.match(printed, /DENORT_BIN=/);
+    assert.doesNotMatch(printed, /Stack backtrace|Caused by/, printed);
+    await assert.rejects(Deno.stat(`${dir}/dist`), Deno.errors.NotFound, "no dist/ left behind");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

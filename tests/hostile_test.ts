@@ -76,10 +76,11 @@ const CASES: Case[] = [
   badPath("a right-to-left override in the username", "/ws/abc%E2%80%AEgpj.exe", 400),
   badPath("a zero-width joiner in the username", "/ws/ali%E2%80%8Dce", 400),
   {
-    name: "a handshake from a foreign origin (cross-site WebSocket hijacking)",
+    name: "a chat.v1 handshake from a foreign origin (cross-site WebSocket hijacking)",
     run: async ({ srv }) => {
       const res = await rawGet(srv.port, "/ws/alice", {
         ...HANDSHAKE,
+        "sec-websocket-protocol": "chat.v1",
         origin: "https://evil.example",
       });
       assert.equal(res.status, 403);

@@ -241,13 +241,17 @@ Deno.test("a private room shows its messages, history and typing to members only
   await eve.close();
 });
 
-Deno.test("the server accepts upgrades from its own origin, the allowlist and non-browsers only", async () => {
+Deno.test("the server accepts chat.v1 upgrades from its own origin, the allowlist and non-browsers only", async () => {
   await using srv = await startServer({
     settings: { allowOrigin: "https://chat.example, https://other.example" },
   });
-  assert.equal(await status(srv.origin, "a", { origin: "https://evil.example" }), 403);
-  assert.equal(await status(srv.origin, "a", { origin: "null" }), 403);
-  assert.equal(await status(srv.origin, "a", { origin: "https://chat.example.evil.example" }), 403);
+  const v1 = { "sec-websocket-protocol": "chat.v1" };
+  assert.equal(await status(srv.origin, "a", { ...v1, origin: "https://evil.example" }), 403);
+  assert.equal(await status(srv.origin, "a", { ...v1, origin: "null" }), 403);
+  assert.equal(
+    await status(srv.origin, "a", { ...v1, origin: "https://chat.example.evil.example" }),
+    403,
+  );
   for (const origin of [srv.origin, "https://chat.example", "https://other.example"]) {
     await using c = await TestClient.connect(srv.origin, `u${origin.length}`, {
       headers: { origin },

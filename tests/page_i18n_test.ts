@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { REFUSAL_CODES } from "../lib/protocol.ts";
 import { startServer } from "./_server.ts";
 import { TestClient } from "./_client.ts";
 import { browserTest, logIn, say, seeOnce, waitPageTitle, waitStatus } from "./_browser.ts";
@@ -127,4 +128,9 @@ Deno.test("every string of the page exists in English and in Chinese", async () 
     ...[...js.matchAll(/\bt\("(\w+)"[,)]/g)].map((m) => m[1]),
   ]);
   assert.deepEqual([...used].filter((k) => !en.has(k)), [], "used but not defined");
+  // Every refusal code the server sends has its own words (the page shows `refused_<code>`).
+  for (const code of REFUSAL_CODES) {
+    assert.ok(en.has(`refused_${code}`) && zh.has(`refused_${code}`), `refused_${code}`);
+    assert.match(js, new RegExp(`^  "${code}",$`, "m"), `the page knows the code ${code}`);
+  }
 });

@@ -75,7 +75,7 @@ browserTest(
 
     const work = await h.open(server.origin);
     const why = await refusedLogIn(work, "alice");
-    assert.match(why, /^Cannot log in as “alice”: .+ If the name is yours, enter its password\.$/);
+    assert.equal(why, "“alice” is taken. If it is yours, enter its password.");
     assert.equal(await work.evaluate("document.activeElement.id"), "password");
     assert.equal(await tokenOf(work, "alice"), null);
 
@@ -98,9 +98,13 @@ browserTest("a name that only looks like a claimed one is refused with the reaso
   const mimic = await h.open(server.origin);
   // A Cyrillic "а" in place of the Latin "a".
   const why = await refusedLogIn(mimic, "\u0430lice");
-  assert.match(why, /^Cannot log in as “\u0430lice”: .+\./);
-  // The same name in capitals is the same account: claimed, so refused too.
-  assert.match(await refusedLogIn(mimic, "ALICE"), /^Cannot log in as “ALICE”/);
+  assert.equal(why, "“\u0430lice” looks too much like someone else’s name. Pick another name.");
+  // The same name in capitals is the same account: claimed (with no password), so refused too.
+  assert.equal(
+    await refusedLogIn(mimic, "ALICE"),
+    "“ALICE” is taken, and it has no password: only the browser that claimed it can use it. " +
+      "Pick another name.",
+  );
   assert.deepEqual(realProblems(h.problems), []);
 });
 
@@ -132,6 +136,57 @@ browserTest(
     assert.equal(await work.locator("#app").isVisible(), false);
     assert.equal(await tokenOf(work, "alice"), null);
     assert.equal(await tokenOf(home, "alice"), null);
+    assert.deepEqual(realProblems(h.problems), []);
+  },
+);
+
+browserTest(
+  "each refusal is said in the page's language with advice that fits it, and re-said on a language switch",
+  async (h) => {
+    await using server = await startServer();
+    const [alice] = await h.people(server.origin, ["alice"]);
+    // bob's token in this browser is not (or no longer) one of bob's.
+    await h.people(server.origin, ["bob"]);
+    const zh = await h.open(server.origin, {
+      locale: "zh-CN",
+      initScript: `localStorage.setItem("chat.token.bob", "${"A".repeat(43)}")`,
+    });
+    const focused = () => zh.evaluate("document.activeElement.id");
+
+    // Claimed, no password: a password cannot help, so the advice is another name.
+    assert.equal(
+      await refusedLogIn(zh, "alice"),
+      "“alice”已被占用，而且没有设置密码：只有占用它的那个浏览器能使用。请换一个名字。",
+    );
+    assert.equal(await focused(), "name");
+    // The same refusal, re-said when the reader switches language.
+    await zh.selectOption("#lang", "en");
+    await zh.locator("#login-error").filter({
+      hasText: "“alice” is taken, and it has no password: only the browser that claimed it can " +
+        "use it. Pick another name.",
+    }).waitFor();
+    await zh.selectOption("#lang", "zh");
+
+    // Claimed, with a password: enter it.
+    await setPassword(alice, PASSWORD);
+    assert.equal(
+      await refusedLogIn(zh, "alice"),
+      "“alice”已被占用。如果这是你的名字，请输入它的密码。",
+    );
+    assert.equal(await focused(), "password");
+
+    // A look-alike: no password helps; pick another name.
+    assert.equal(
+      await refusedLogIn(zh, "\u0430lice"),
+      "“\u0430lice”与别人的名字太像了。请换一个名字。",
+    );
+    assert.equal(await focused(), "name");
+
+    // A token that is not bob's.
+    assert.equal(
+      await refusedLogIn(zh, "bob"),
+      "此浏览器以“bob”登录的凭据已失效（可能在别处退出了登录）。如果这个名字设置了密码，请输入密码；否则请换一个名字。",
+    );
     assert.deepEqual(realProblems(h.problems), []);
   },
 );
