@@ -33,12 +33,26 @@ class FakePeer implements Peer {
     for (const w of this.#waiters.splice(0)) w();
   }
 
-  /** Takes the first frame that matches, waiting until it arrives. */
+  /** Takes the first frame that matches, waiting until it arrives (5 s at most). */
   async take(match: (f: Frame) => boolean): Promise<Frame> {
+    const deadline = Date.now() + 5000;
     for (;;) {
       const i = this.sent.findIndex(match);
       if (i !== -1) return this.sent.splice(i, 1)[0];
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(
+          `expected a frame matching ${match} within 5000 ms; queued: ${
+            JSON.stringify(this.sent).slice(0, 2000)
+          }${this.closedWith ? `, closed with ${JSON.stringify(this.closedWith)}` : ""}`,
+        );
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#waiters.push(resolve);
+        timer = setTimeout(resolve, left);
+      });
+      clearTimeout(timer);
     }
   }
 
