@@ -7,6 +7,7 @@
 
 import { fileURLToPath } from "node:url";
 import { Accounts } from "../lib/accounts.ts";
+import type { Bus } from "../lib/bus.ts";
 import { KvStore } from "../lib/kv_store.ts";
 import { type ChatServer, startChatServer } from "../lib/server.ts";
 import { DEFAULT_SETTINGS, type Settings } from "../lib/settings.ts";
@@ -52,6 +53,8 @@ export interface StartOptions {
   settings?: Partial<Settings>;
   /** A store to use instead of opening KV (the server does not own it); its accounts live in `kv`. */
   store?: ChatStore & { kv: Deno.Kv };
+  /** The fan-out between servers on one store; in-process when absent. */
+  bus?: Bus;
 }
 
 /**
@@ -79,7 +82,7 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
   };
   // A lighter password hash keeps tests quick; the algorithm and code path are the real ones.
   const accounts = new Accounts(store.kv, { iterations: 1000 });
-  const server = await startChatServer({ settings, store, accounts });
+  const server = await startChatServer({ settings, store, accounts, bus: options.bus });
   let closed = false;
   const close = async () => {
     if (closed) return;
