@@ -173,6 +173,8 @@ Deno.test({
     for (const client of [alice, bob, carol]) {
       await roundTrip(client);
       assert.deepEqual(client.queued.filter((f) => f.type === "message"), [], "a repeat");
+      // A filled gap is not a resume: these clients never asked for one.
+      assert.deepEqual(client.queued.filter((f) => f.type === "resumed"), []);
     }
   },
 });
@@ -234,5 +236,38 @@ Deno.test({
     await inOrder("the replay", again, inLobby, [2, 3, 4, 5, 6]);
     const resumed = await again.next((f) => f.type === "resumed");
     assert.deepEqual([resumed.from, resumed.to, resumed.more], [2, 6, true]);
+  },
+});
+
+Deno.test({
+  name:
+    "a client that does not resume gets live messages from when it connected, not the history before",
+  timeout: 30_000,
+  async fn() {
+    await using srv = await startServer();
+    await using alice = await join(srv.origin, "alice");
+    await using bob = await join(srv.origin, "bob");
+    for (const [cid, to] of [["1", "lobby"], ["2", "lobby"], ["d1", "bob"], ["d2", "bob"]]) {
+      alice.send({ type: "send", ...(to === "lobby" ? { room: to } : { to }), text: cid, cid });
+      await alice.next((f) => f.cid === cid);
+    }
+    // carol was not there, and bob reconnects without ?resume: each sees only what comes next
+    // (earlier messages are theirs to page in with `history`).
+    await bob.close();
+    await using carol = await join(srv.origin, "carol");
+    await using bob2 = await join(srv.origin, "bob");
+    alice.send({ type: "send", room: "lobby", text: "now", cid: "3" });
+    alice.send({ type: "send", to: "bob", text: "now", cid: "d3" });
+    await alice.next((f) => f.cid === "d3");
+    assert.deepEqual((await carol.next(inLobby)).id, 3);
+    assert.deepEqual((await bob2.next(inLobby)).id, 3);
+    assert.deepEqual((await bob2.next(dmOf("alice", "bob"))).id, 3);
+    for (const client of [carol, bob2]) {
+      await roundTrip(client);
+      assert.deepEqual(
+        client.queued.filter((f) => f.type === "message" || f.type === "resumed"),
+        [],
+      );
+    }
   },
 });
