@@ -116,3 +116,21 @@ async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
   const path = await Deno.makeTempDir({ prefix: "chat-kv-" });
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
+
+Deno.test("KvStore stores a cid appended twice in one batch once, and answers the second with the first", async () => {
+  const store = await KvStore.open(":memory:");
+  try {
+    // Not awaited one by one: all wait for the first commit together and share the next batch.
+    const [, first, second] = await Promise.all([
+      store.append({ room: "lobby", from: "alice", text: "lead" }),
+      store.append({ room: "lobby", from: "alice", text: "once", cid: "c1" }),
+      store.append({ room: "lobby", from: "alice", text: "once", cid: "c1" }),
+    ]);
+    assert.equal(first.duplicate, false);
+    assert.deepEqual(second, { message: first.message, duplicate: true });
+    const page = await store.history(roomKey("lobby"), { limit: 10 });
+    assert.deepEqual(page.messages.map((m) => m.text), ["lead", "once"]);
+  } finally {
+    await store.close();
+  }
+});

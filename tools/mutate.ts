@@ -21,6 +21,11 @@
  * score ((killed + timed out) / (all but errors and ignored)) and every
  * survivor with its place and change.
  *
+ * `deno task mutate --quick` instead puts each known bug of
+ * `tools/mutants.ts` into a copy of the repository and runs the test files it
+ * names (a few minutes): the same score and survivors, for bugs that break a
+ * promise of the README.
+ *
  * @module
  */
 
@@ -113,7 +118,92 @@ export function summarise(report: Report): number {
   return score;
 }
 
+/** Copies the repository's files (tracked, and new ones not ignored) into a temporary folder. */
+async function copyRepository(): Promise<string> {
+  const list = new Deno.Command("git", {
+    args: ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd: ROOT,
+    stdout: "piped",
+  }).outputSync();
+  if (!list.success) throw new Error("git ls-files failed");
+  const dir = await Deno.makeTempDir({ prefix: "chat-mutants-" });
+  for (const file of new TextDecoder().decode(list.stdout).split("\0").filter(Boolean)) {
+    const to = join(dir, file);
+    await Deno.mkdir(dirname(to), { recursive: true });
+    await Deno.copyFile(join(ROOT, file), to).catch(() => {}); // deleted but not yet staged
+  }
+  return dir;
+}
+
+/** Runs test files in `cwd`, bounded in time; true when they all pass. */
+async function testsPass(cwd: string, files: string[], seconds = 180): Promise<boolean> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["test", "--no-check", "--allow-all", "--fail-fast", ...files],
+    cwd,
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), seconds * 1000);
+  const { success } = await child.status;
+  clearTimeout(timer);
+  return success;
+}
+
+/**
+ * `--quick`: each known bug of tools/mutants.ts, put into a copy of the
+ * repository, against its test files. Returns the exit code.
+ */
+async function quick(): Promise<number> {
+  const { KNOWN_BUGS } = await import("./mutants.ts");
+  const dir = await copyRepository();
+  try {
+    const all = [...new Set(KNOWN_BUGS.flatMap((b) => b.tests))];
+    if (!(await testsPass(dir, all))) {
+      console.error(`mutate: the tests fail without any bug: ${all.join(" ")}`);
+      return 1;
+    }
+    const survived: string[] = [], stale: string[] = [];
+    let killed = 0;
+    for (const bug of KNOWN_BUGS) {
+      const path = join(dir, bug.file);
+      const source = await Deno.readTextFile(path);
+      const at = source.indexOf(bug.search);
+      if (at === -1 || source.indexOf(bug.search, at + 1) !== -1) {
+        stale.push(
+          `  ${bug.file}: ${bug.name} (its search text is ${at === -1 ? "gone" : "not unique"})`,
+        );
+        console.log(`stale     ${bug.name}`);
+        continue;
+      }
+      const started = Date.now();
+      await Deno.writeTextFile(path, source.replace(bug.search, bug.replace));
+      let caught: boolean;
+      try {
+        caught = !(await testsPass(dir, bug.tests));
+      } finally {
+        await Deno.writeTextFile(path, source);
+      }
+      const took = `${((Date.now() - started) / 1000).toFixed(1)} s`;
+      console.log(`${caught ? "killed   " : "SURVIVED "} ${bug.name} (${took})`);
+      if (caught) killed++;
+      else survived.push(`  ${bug.file}: ${bug.name} (tests: ${bug.tests.join(" ")})`);
+    }
+    const valid = killed + survived.length;
+    console.log(`\nsurvivors (${survived.length}):\n${survived.join("\n") || "  none"}`);
+    if (stale.length) console.log(`stale (${stale.length}):\n${stale.join("\n")}`);
+    console.log(
+      `\nmutation score (known bugs): ${(valid ? (100 * killed) / valid : 0).toFixed(1)}% ` +
+        `(${killed} of ${valid} caught${stale.length ? `, ${stale.length} stale` : ""})`,
+    );
+    return survived.length + stale.length === 0 ? 0 : 1;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 if (import.meta.main) {
+  if (Deno.args.includes("--quick")) Deno.exit(await quick());
   const args = [...Deno.args];
   let minutes = 60;
   const at = args.indexOf("--minutes");
