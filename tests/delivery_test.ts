@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import type { Bus, BusEvent, BusHandler } from "../lib/bus.ts";
 import { KvStore } from "../lib/kv_store.ts";
 import type { ChatMessage } from "../lib/protocol.ts";
+import { StoreError } from "../lib/store.ts";
 import { type Frame, TestClient } from "./_client.ts";
 import { type InProcessServer, startServer } from "./_server.ts";
 
@@ -299,5 +300,100 @@ Deno.test({
     alice.send({ type: "history", with: "bob" });
     const dm = await alice.next((f) => f.type === "history");
     assert.deepEqual(dm.messages.map((m: Frame) => m.cid), ["dm-twice"]);
+  },
+});
+
+Deno.test({
+  name:
+    "a gap in live traffic longer than --replay-limit is filled with the newest and said: resumed names the conversation with more=true",
+  timeout: 30_000,
+  async fn() {
+    // Server 1 (bob's) loses ids 2–8 of the lobby and of the DM; server 0 (alice's) those of
+    // the DM, so her own acknowledgements have the gap too.
+    using bus = new LossyBus((m, subscriber) =>
+      m.id >= 2 && m.id <= 8 && (subscriber === 1 || m.to !== undefined) ? "drop" : "deliver"
+    );
+    await using servers = await twoServers(bus, { settings: { replayLimit: 3 } });
+    await using alice = await join(servers.a.origin, "alice");
+    await using bob = await join(servers.b.origin, "bob");
+    for (let i = 1; i <= 9; i++) {
+      alice.send({ type: "send", room: "lobby", text: `l${i}`, cid: `l${i}` });
+      alice.send({ type: "send", to: "bob", text: `d${i}`, cid: `d${i}` });
+    }
+    const said = (client: TestClient, ref: Frame) =>
+      client.next((f) => f.type === "resumed" && (f.room ?? f.with) === (ref.room ?? ref.with));
+    // 1 came live; 9 showed the hole; the newest 3 after 1 are sent, and the rest announced.
+    await inOrder("bob's lobby", bob, inLobby, [1, 7, 8, 9]);
+    assert.deepEqual(await said(bob, { room: "lobby" }), {
+      type: "resumed",
+      room: "lobby",
+      after: 1,
+      from: 7,
+      to: 9,
+      more: true,
+    });
+    await inOrder("bob's DM", bob, dmOf("alice", "bob"), [1, 7, 8, 9]);
+    assert.deepEqual(await said(bob, { with: "alice" }), {
+      type: "resumed",
+      with: "alice",
+      after: 1,
+      from: 7,
+      to: 9,
+      more: true,
+    });
+    await inOrder("alice's lobby acks", alice, inLobby, oneTo(9));
+    await inOrder("alice's DM acks", alice, dmOf("alice", "bob"), [1, 7, 8, 9]);
+    assert.deepEqual(await said(alice, { with: "bob" }), {
+      type: "resumed",
+      with: "bob",
+      after: 1,
+      from: 7,
+      to: 9,
+      more: true,
+    });
+    // What the page then asks for: the rest of the gap, with history.
+    bob.send({ type: "history", room: "lobby", before: 7, after: 1 });
+    const page = await bob.next((f) => f.type === "history");
+    assert.deepEqual(page.messages.map((m: Frame) => m.id), [2, 3, 4, 5, 6]);
+  },
+});
+
+Deno.test({
+  name:
+    "a replay the store cannot read closes the connection with 1011 instead of leaving a hole, and the next resume gets it all",
+  timeout: 30_000,
+  async fn() {
+    const store = await KvStore.open(":memory:");
+    let failing = false;
+    // The real store, but `history` fails while `failing` is set (a database that is down).
+    const flaky = new Proxy(store, {
+      get(target, key) {
+        if (key === "history" && failing) {
+          return () => Promise.reject(new StoreError("the database is down"));
+        }
+        const value = Reflect.get(target, key, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    try {
+      await using srv = await startServer({ store: flaky });
+      await using alice = await join(srv.origin, "alice");
+      alice.send({ type: "send", room: "lobby", text: "before", cid: "1" });
+      await alice.next((f) => f.cid === "1");
+      await using bob = await join(srv.origin, "bob", "?resume");
+      failing = true;
+      bob.send({ type: "resume", conversations: [{ room: "lobby", after: 0 }] });
+      const closed = await bob.closed;
+      assert.equal(closed.code, 1011, closed.reason);
+      assert.match(closed.reason, /reconnect/);
+      assert.deepEqual(bob.queued.filter((f) => f.type === "message" || f.type === "resumed"), []);
+      failing = false;
+      await using again = await join(srv.origin, "bob", "?resume");
+      again.send({ type: "resume", conversations: [{ room: "lobby", after: 0 }] });
+      assert.equal((await again.next(inLobby)).text, "before");
+      assert.equal((await again.next((f) => f.type === "resumed")).to, 1);
+    } finally {
+      await store.close();
+    }
   },
 });

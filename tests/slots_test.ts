@@ -69,3 +69,35 @@ Deno.test({
     await assert.rejects(TestClient.connect(srv.origin, "d"), /could not connect/);
   },
 });
+
+Deno.test({
+  name:
+    "a closed socket leaves: others see its user go offline with the last tab, and /healthz stops counting it",
+  timeout: 30_000,
+  async fn() {
+    await using srv = await startServer();
+    const health = async () => {
+      const res = await fetch(`${srv.origin}/healthz`);
+      const { connections, usersOnline } = await res.json();
+      return { connections, usersOnline };
+    };
+    await using bob = await welcomed(srv.origin, "bob");
+    const tab1 = await welcomed(srv.origin, "alice");
+    const tab2 = await welcomed(srv.origin, "alice");
+    try {
+      await bob.next((f) => f.type === "presence" && f.user === "alice" && f.online);
+      assert.deepEqual(await health(), { connections: 3, usersOnline: 2 });
+      await tab1.close();
+      // One tab left: alice is still online, so nobody is told otherwise.
+      bob.send({ type: "ping" });
+      await bob.next((f) => f.type === "pong");
+      assert.deepEqual(bob.queued.filter((f) => f.type === "presence"), []);
+      assert.deepEqual(await health(), { connections: 2, usersOnline: 2 });
+      await tab2.close();
+      await bob.next((f) => f.type === "presence" && f.user === "alice" && !f.online);
+      assert.deepEqual(await health(), { connections: 1, usersOnline: 1 });
+    } finally {
+      await Promise.allSettled([tab1.close(), tab2.close()]);
+    }
+  },
+});
