@@ -375,6 +375,16 @@ Deno.test("ChatHub answers store_failed when a message cannot be stored, no one 
     const err = await alice.take((f) => f.type === "error");
     assert.equal(err.code, "store_failed");
     assert.equal(err.ref, "f1");
+    // It names what failed, so the page can mark that message (and not another) as failed.
+    assert.deepEqual(err.request, { type: "send", room: "lobby" });
+    assert.match(err.message as string, /not sent/);
+    send(a, { type: "send", to: "bob", text: "lost too?", cid: "f1d" });
+    const dmErr = await alice.take((f) => f.type === "error");
+    assert.deepEqual([dmErr.code, dmErr.ref, dmErr.request], [
+      "store_failed",
+      "f1d",
+      { type: "send", to: "bob" },
+    ]);
     assert.equal(alice.of("message").length + bob.of("message").length, 0);
     store.failing = false;
     send(a, { type: "send", room: "lobby", text: "back", cid: "f2" });
