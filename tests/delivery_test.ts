@@ -397,3 +397,45 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "after a resume with nothing to replay, a hole in live traffic is still filled, and a live message held for an unnamed room follows the resume",
+  timeout: 30_000,
+  async fn() {
+    // Server 1 (bob's) loses lobby message 4 only.
+    using bus = new LossyBus((m, subscriber) =>
+      subscriber === 1 && m.room === "lobby" && m.id === 4 ? "drop" : "deliver"
+    );
+    await using servers = await twoServers(bus);
+    await using alice = await join(servers.a.origin, "alice");
+    alice.send({ type: "create", room: "side", private: false });
+    await alice.next((f) => f.type === "joined" && f.room === "side");
+    for (const cid of ["1", "2"]) {
+      alice.send({ type: "send", room: "lobby", text: cid, cid });
+      await alice.next((f) => f.cid === cid);
+    }
+    {
+      await using first = await join(servers.b.origin, "bob");
+      first.send({ type: "join", room: "side" });
+      await first.next((f) => f.type === "joined" && f.room === "side");
+    }
+    // bob has lobby 1–2 and names only the lobby; "side" gets a message while he is held.
+    await using bob = await join(servers.b.origin, "bob", "?resume");
+    alice.send({ type: "send", room: "side", text: "while held", cid: "s1" });
+    await alice.next((f) => f.cid === "s1");
+    alice.send({ type: "send", room: "lobby", text: "3", cid: "3" });
+    await alice.next((f) => f.cid === "3");
+    bob.send({ type: "resume", conversations: [{ room: "lobby", after: 3 }] });
+    assert.deepEqual((await bob.next((f) => f.type === "resumed")).to, 0);
+    assert.equal(
+      (await bob.next((f) => f.type === "message" && f.room === "side")).text,
+      "while held",
+    );
+    // 4 never reaches bob's server; 5 shows the hole, which is filled from the store first.
+    alice.send({ type: "send", room: "lobby", text: "4", cid: "4" });
+    alice.send({ type: "send", room: "lobby", text: "5", cid: "5" });
+    await inOrder("bob's lobby", bob, inLobby, [4, 5]);
+    assert.equal(bus.counts.dropped, 1);
+  },
+});

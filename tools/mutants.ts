@@ -63,6 +63,20 @@ export const KNOWN_BUGS: KnownBug[] = [
     tests: ["tests/hub_test.ts", "tests/server_test.ts"],
   },
   {
+    name: "after a resume with nothing to replay, a hole in live traffic goes unnoticed",
+    file: "lib/connection.ts",
+    search: "      this.#cursors.set(key, after);\n",
+    replace: "",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "live messages held for a resume are dropped instead of following it",
+    file: "lib/connection.ts",
+    search: "for (const [message, out] of held ?? []) this.deliverMessage(message, out);",
+    replace: "",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
     name: "a replay is not capped at --replay-limit",
     file: "lib/hub.ts",
     search: "return this.#store.history(key, { after, limit: this.limits.replayLimit });",
