@@ -116,7 +116,7 @@ const SPECS: Spec[] = [
     env: "CHAT_REPLAY_LIMIT",
     kind: "int",
     min: 1,
-    help: "most messages replayed per conversation when a client resumes; it pages older ones",
+    help: "most messages replayed per conversation on resume, or held waiting for it",
   },
   {
     key: "allowOrigin",

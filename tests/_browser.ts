@@ -57,11 +57,30 @@ export interface Harness {
   people(origin: string, names: string[]): Promise<Page[]>;
 }
 
+/** The longest one browser test may run, in milliseconds. */
+export const BROWSER_TEST_TIMEOUT_MS = 180_000;
+
+/** Runs a wait; if it fails, says what was expected and what the page showed instead. */
+async function expect(
+  expected: string,
+  shown: () => Promise<string>,
+  wait: () => Promise<unknown>,
+): Promise<void> {
+  try {
+    await wait();
+  } catch (error) {
+    const actual = await shown().catch((e) => `(could not read the page: ${e})`);
+    throw new Error(`expected ${expected}; the page shows ${actual}`, { cause: error });
+  }
+}
+
 /** Registers a test that gets its own Chromium. */
 export function browserTest(name: string, fn: (h: Harness) => Promise<void>): void {
   Deno.test({
     name,
     ignore: !hasChromium,
+    // Every wait below has its own deadline (30 s); this bounds a test that stacks many of them.
+    timeout: BROWSER_TEST_TIMEOUT_MS,
     async fn() {
       const browser: Browser = await chromium.launch({
         executablePath: CHROMIUM,
@@ -117,21 +136,35 @@ const exact = (text: string) => new RegExp(`^${RegExp.escape(text)}$`);
 
 /** Waits until the status element says exactly `text` (or matches it). */
 export async function waitStatus(page: Page, text: string | RegExp): Promise<void> {
-  await page.locator("#status").filter({ hasText: typeof text === "string" ? exact(text) : text })
-    .waitFor();
+  const status = page.locator("#status");
+  await expect(
+    `the status ${text}`,
+    async () => JSON.stringify(await status.textContent({ timeout: 1000 })),
+    () => status.filter({ hasText: typeof text === "string" ? exact(text) : text }).waitFor(),
+  );
 }
 
 /** Waits until the open conversation is `name`. */
 export async function waitTitle(page: Page, name: string): Promise<void> {
-  await page.locator("#title").filter({ hasText: exact(name) }).waitFor();
+  const title = page.locator("#title");
+  await expect(
+    `the conversation ${JSON.stringify(name)}`,
+    async () => JSON.stringify(await title.textContent({ timeout: 1000 })),
+    () => title.filter({ hasText: exact(name) }).waitFor(),
+  );
 }
 
 /** Waits until the tab's title is `title`. */
 export async function waitPageTitle(page: Page, title: string): Promise<void> {
   // A function, not a string: the page's CSP forbids evaluating strings while polling.
-  await page.waitForFunction(
-    (t) => (globalThis as unknown as { document: { title: string } }).document.title === t,
-    title,
+  await expect(
+    `the tab title ${JSON.stringify(title)}`,
+    async () => JSON.stringify(await page.title()),
+    () =>
+      page.waitForFunction(
+        (t) => (globalThis as unknown as { document: { title: string } }).document.title === t,
+        title,
+      ),
   );
 }
 
@@ -155,13 +188,29 @@ export function messages(page: Page, text: string): Locator {
 export async function say(page: Page, text: string): Promise<void> {
   await page.fill("#composer", text);
   await page.press("#composer", "Enter");
-  await messages(page, text).and(page.locator(".mine[data-id]:not(.pending)")).waitFor();
+  await expect(
+    `${JSON.stringify(text)} acknowledged (mine, with an id, not pending)`,
+    () => shownMessages(page),
+    () => messages(page, text).and(page.locator(".mine[data-id]:not(.pending)")).waitFor(),
+  );
+}
+
+/** The open conversation's last messages, for an error message. */
+async function shownMessages(page: Page): Promise<string> {
+  const all = await page.locator("#messages .msg").evaluateAll((els) =>
+    els.slice(-10).map((el) => `[${el.className}] ${el.textContent?.trim().slice(0, 60)}`)
+  );
+  return all.length === 0 ? "no messages" : all.join(" | ");
 }
 
 /** Waits until exactly one message with `text` shows, and returns it. */
 export async function seeOnce(page: Page, text: string): Promise<Locator> {
   const found = messages(page, text);
-  await found.first().waitFor();
+  await expect(
+    `${JSON.stringify(text)} shown`,
+    () => shownMessages(page),
+    () => found.first().waitFor(),
+  );
   assert.equal(await found.count(), 1, `"${text}" shows once`);
   return found.first();
 }

@@ -34,8 +34,8 @@ export const tokens: Map<string, string> = new Map();
 /** A real WebSocket with a queue of parsed frames. */
 export class TestClient implements AsyncDisposable {
   readonly socket: WebSocket;
-  /** Resolves with the close event once the socket has closed. */
-  readonly closed: Promise<CloseEvent>;
+  #closeEvent: Promise<CloseEvent>;
+  #closedAs: CloseEvent | undefined;
   #frames: Frame[] = [];
   #waiters: Array<() => void> = [];
   #timeoutMs: number;
@@ -44,8 +44,9 @@ export class TestClient implements AsyncDisposable {
   private constructor(socket: WebSocket, timeoutMs: number) {
     this.socket = socket;
     this.#timeoutMs = timeoutMs;
-    this.closed = new Promise((resolve) => {
+    this.#closeEvent = new Promise((resolve) => {
       socket.addEventListener("close", (e) => {
+        this.#closedAs = e;
         resolve(e);
         this.#wake();
       });
@@ -66,6 +67,37 @@ export class TestClient implements AsyncDisposable {
     for (const w of waiters) w();
   }
 
+  /**
+   * Resolves with the close event once the socket has closed; rejects, naming
+   * the frames that did arrive, if it is still open after the client's timeout
+   * (so a test that expects a refusal fails instead of waiting forever).
+   */
+  get closed(): Promise<CloseEvent> {
+    return this.closedWithin(this.#timeoutMs);
+  }
+
+  /** {@linkcode TestClient.closed} with its own deadline, in milliseconds. */
+  async closedWithin(ms: number): Promise<CloseEvent> {
+    if (this.#closedAs) return this.#closedAs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `expected the socket to close within ${ms} ms; it is still open (readyState ${this.socket.readyState}), queued: ${this.#summary()}`,
+            ),
+          ),
+        ms,
+      );
+    });
+    try {
+      return await Promise.race([this.#closeEvent, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Opens a connection as `user` and waits until it is open. */
   static async connect(
     origin: string,
@@ -82,14 +114,29 @@ export class TestClient implements AsyncDisposable {
     // Deno's WebSocket takes handshake headers in an options object.
     const init = { protocols, headers: options.headers } as unknown as string[];
     const socket = options.headers ? new WebSocket(url, init) : new WebSocket(url, protocols);
-    const client = new TestClient(socket, options.timeoutMs ?? 5000);
+    const timeoutMs = options.timeoutMs ?? 5000;
+    const client = new TestClient(socket, timeoutMs);
     client.#key = key;
-    await new Promise<void>((resolve, reject) => {
-      socket.addEventListener("open", () => resolve(), { once: true });
-      socket.addEventListener("error", () => reject(new Error(`could not connect as ${user}`)), {
-        once: true,
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.addEventListener("open", () => resolve(), { once: true });
+        socket.addEventListener("error", () => reject(new Error(`could not connect as ${user}`)), {
+          once: true,
+        });
+        timer = setTimeout(
+          () => reject(new Error(`expected ${url} to open within ${timeoutMs} ms; it did not`)),
+          timeoutMs,
+        );
       });
-    });
+    } catch (error) {
+      // A failed or late handshake must not leave its socket behind for the sanitizer.
+      if (socket.readyState !== WebSocket.CLOSED) socket.close();
+      await client.closed.catch(() => {});
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
     return client;
   }
 
@@ -126,11 +173,15 @@ export class TestClient implements AsyncDisposable {
       const i = this.#frames.findIndex(match);
       if (i !== -1) return take ? this.#frames.splice(i, 1)[0] : this.#frames[i];
       if (this.socket.readyState === WebSocket.CLOSED) {
-        throw new Error(`socket closed while waiting; queued: ${this.#summary()}`);
+        throw new Error(
+          `expected a frame matching ${match}; the socket closed (${this.#closedAs?.code} ${this.#closedAs?.reason}) first, queued: ${this.#summary()}`,
+        );
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new Error(`no matching frame in time; queued: ${this.#summary()}`);
+        throw new Error(
+          `expected a frame matching ${match} within ${this.#timeoutMs} ms; queued: ${this.#summary()}`,
+        );
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
@@ -158,7 +209,7 @@ export class TestClient implements AsyncDisposable {
     return this.#frames;
   }
 
-  /** Closes the socket and waits until it is closed. */
+  /** Closes the socket and waits (with the client's deadline) until it is closed. */
   async close(): Promise<CloseEvent> {
     if (this.socket.readyState !== WebSocket.CLOSED) this.socket.close();
     return await this.closed;

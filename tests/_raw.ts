@@ -8,6 +8,42 @@
 
 import assert from "node:assert/strict";
 
+/** How long a raw read waits for the server by default, in milliseconds. */
+export const RAW_TIMEOUT_MS = 5000;
+
+/**
+ * One read that fails, saying what was expected and what arrived, if nothing
+ * comes by `deadline`. The read left pending ends when the caller closes the
+ * connection (as every caller does in `finally`).
+ */
+async function readBy(
+  conn: Deno.TcpConn,
+  buf: Uint8Array,
+  deadline: number,
+  expected: () => string,
+): Promise<number | null> {
+  const read = conn.read(buf);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`expected ${expected()} in time; it did not come`)),
+      Math.max(0, deadline - Date.now()),
+    );
+  });
+  try {
+    return await Promise.race([read, late]);
+  } finally {
+    clearTimeout(timer);
+    read.catch(() => {});
+  }
+}
+
+/** Bytes as text for an error message, cut short. */
+function shown(data: Uint8Array): string {
+  const text = JSON.stringify(new TextDecoder().decode(data.subarray(0, 500)));
+  return data.length > 500 ? `${text}… (${data.length} bytes)` : text;
+}
+
 /** A raw HTTP response. */
 export interface RawResponse {
   status: number;
@@ -32,7 +68,9 @@ export async function rawGet(
   port: number,
   target: string,
   headers: Record<string, string> = {},
+  timeoutMs: number = RAW_TIMEOUT_MS,
 ): Promise<RawResponse> {
+  const deadline = Date.now() + timeoutMs;
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
     const lines = Object.entries({ host: `127.0.0.1:${port}`, ...headers })
@@ -68,10 +106,13 @@ export async function rawGet(
           return { status, headers: h, body };
         }
       }
-      const n = await conn.read(chunk);
-      if (n === null) {
-        throw new Error(`connection closed mid-response: ${new TextDecoder().decode(data)}`);
-      }
+      const n = await readBy(
+        conn,
+        chunk,
+        deadline,
+        () => `a whole response to GET ${target} within ${timeoutMs} ms; got ${shown(data)}`,
+      );
+      if (n === null) throw new Error(`connection closed mid-response: ${shown(data)}`);
       const grown = new Uint8Array(data.length + n);
       grown.set(data);
       grown.set(chunk.subarray(0, n), data.length);
@@ -83,8 +124,30 @@ export async function rawGet(
 }
 
 /** Opens a WebSocket by hand and returns the TCP connection once upgraded; it then never reads. */
-export async function rawUpgrade(port: number, user: string): Promise<Deno.TcpConn> {
+export async function rawUpgrade(
+  port: number,
+  user: string,
+  timeoutMs: number = RAW_TIMEOUT_MS,
+): Promise<Deno.TcpConn> {
+  const deadline = Date.now() + timeoutMs;
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await handshake(conn, port, user, deadline, timeoutMs);
+  } catch (error) {
+    // The caller never gets the connection: close it here, or it outlives the test.
+    conn.close();
+    throw error;
+  }
+  return conn;
+}
+
+async function handshake(
+  conn: Deno.TcpConn,
+  port: number,
+  user: string,
+  deadline: number,
+  timeoutMs: number,
+): Promise<void> {
   const request = [
     `GET /ws/${user} HTTP/1.1`,
     `Host: 127.0.0.1:${port}`,
@@ -101,11 +164,19 @@ export async function rawUpgrade(port: number, user: string): Promise<Deno.TcpCo
   const buf = new Uint8Array(1);
   let head = "";
   while (!head.endsWith("\r\n\r\n")) {
-    if (await conn.read(buf) === null) throw new Error(`closed during the handshake: ${head}`);
+    const n = await readBy(
+      conn,
+      buf,
+      deadline,
+      () =>
+        `the response head of a handshake as ${user} within ${timeoutMs} ms; got ${
+          JSON.stringify(head)
+        }`,
+    );
+    if (n === null) throw new Error(`closed during the handshake: ${head}`);
     head += String.fromCharCode(buf[0]);
   }
   assert.match(head, /^HTTP\/1\.1 101/);
-  return conn;
 }
 
 /** Writes one masked client frame (opcode 1 text, 2 binary, 8 close) with any payload bytes. */
@@ -130,7 +201,11 @@ export async function writeFrame(
 }
 
 /** Reads frames until a close frame arrives; resolves with its code (or null if the TCP connection just ends). */
-export async function readCloseCode(conn: Deno.TcpConn): Promise<number | null> {
+export async function readCloseCode(
+  conn: Deno.TcpConn,
+  timeoutMs: number = RAW_TIMEOUT_MS,
+): Promise<number | null> {
+  const deadline = Date.now() + timeoutMs;
   let data = new Uint8Array(0);
   const chunk = new Uint8Array(4096);
   for (;;) {
@@ -145,7 +220,12 @@ export async function readCloseCode(conn: Deno.TcpConn): Promise<number | null> 
       }
       data = data.subarray(offset + length);
     }
-    const n = await conn.read(chunk);
+    const n = await readBy(
+      conn,
+      chunk,
+      deadline,
+      () => `a close frame within ${timeoutMs} ms; got ${data.length} bytes of other frames`,
+    );
     if (n === null) return null;
     const grown = new Uint8Array(data.length + n);
     grown.set(data);

@@ -7,11 +7,28 @@
 
 import { fileURLToPath } from "node:url";
 import { Accounts } from "../lib/accounts.ts";
+import type { Bus } from "../lib/bus.ts";
 import { type ChatServer, startChatServer } from "../lib/server.ts";
 import { DEFAULT_SETTINGS, type Settings } from "../lib/settings.ts";
 import type { SqlDatabase } from "../lib/sql/dialect.ts";
 import { openStore } from "../lib/sql/open.ts";
 import type { ChatStore } from "../lib/store.ts";
+
+/** How long a server may take to listen, or to stop when asked, before the test fails. */
+export const SERVER_DEADLINE_MS = 20_000;
+
+/** `promise`, or a rejection saying what was expected if it takes longer than `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, expected: () => string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`expected ${expected()} within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** A server under test. */
 export interface TestServer extends AsyncDisposable {
@@ -37,6 +54,8 @@ export interface StartOptions {
   settings?: Partial<Settings>;
   /** A store to use instead of opening one (the server does not own it); its accounts live in `db`. */
   store?: ChatStore & { db: SqlDatabase };
+  /** The fan-out between servers on one store; in-process when absent. */
+  bus?: Bus;
 }
 
 /**
@@ -64,13 +83,16 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
   };
   // A lighter password hash keeps tests quick; the algorithm and code path are the real ones.
   const accounts = new Accounts(store.db, { iterations: 1000 });
-  const server = await startChatServer({ settings, store, accounts });
+  const server = await startChatServer({ settings, store, accounts, bus: options.bus });
   let closed = false;
   const close = async () => {
     if (closed) return;
     closed = true;
-    await server.shutdown();
-    if (!options.store) await store.close();
+    try {
+      await within(server.shutdown(), SERVER_DEADLINE_MS, () => "the server to shut down");
+    } finally {
+      if (!options.store) await store.close();
+    }
   };
   return {
     origin: server.origin,
@@ -141,16 +163,34 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
     }
   };
   const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  const port = await new Promise<number>((resolve, reject) => {
-    onLine = (all) => {
-      const m = all.match(/listening on http:\/\/[^:]+:(\d+)\//);
-      if (m) resolve(Number(m[1]));
-    };
-    child.status.then((s) =>
-      reject(new Error(`server exited (${s.code}) before listening:\n${log}`))
+  let port: number;
+  try {
+    port = await within(
+      new Promise<number>((resolve, reject) => {
+        onLine = (all) => {
+          const m = all.match(/listening on http:\/\/[^:]+:(\d+)\//);
+          if (m) resolve(Number(m[1]));
+        };
+        child.status.then((s) =>
+          reject(new Error(`server exited (${s.code}) before listening:\n${log}`))
+        );
+      }),
+      SERVER_DEADLINE_MS,
+      () => `main.ts to print "listening on"; it printed:\n${log}`,
     );
-  });
-  onLine = undefined;
+  } catch (error) {
+    // A server that never listened is not handed out: stop it here, or it outlives the test.
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await child.status;
+    await pumps;
+    throw error;
+  } finally {
+    onLine = undefined;
+  }
   let status: Promise<Deno.CommandStatus> | undefined;
   const kill = async (signal: Deno.Signal = "SIGKILL") => {
     if (!status) {
@@ -159,10 +199,18 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
       } catch {
         // Already exited.
       }
-      status = child.status.then(async (s) => {
+      const exited = child.status.then(async (s) => {
         await pumps;
         return s;
       });
+      // A server that ignores SIGTERM fails the test (and is then killed), rather than hanging it.
+      status = within(exited, SERVER_DEADLINE_MS, () => `the server to exit on ${signal}`).catch(
+        async (error) => {
+          child.kill("SIGKILL");
+          await exited;
+          throw new Error(`${error.message}; it printed:\n${log}`);
+        },
+      );
     }
     return await status;
   };

@@ -41,8 +41,12 @@ async function errorOf(client: TestClient, frame: Frame | string): Promise<Frame
   return await client.next(isType("error"));
 }
 
+/** The code the server closed `client` with; fails (naming what arrived) if it stays open. */
 async function closedWith(client: TestClient): Promise<number> {
-  return (await client.closed).code;
+  const closed = await client.closed.catch((error) => {
+    throw new Error(`expected the server to close the connection: ${error.message}`);
+  });
+  return closed.code;
 }
 
 const bad = (name: string, frame: Frame | string, code: string): Case => ({
@@ -344,21 +348,26 @@ async function runCase(c: Case): Promise<{ leaked: number }> {
     opened.push(client);
     return client;
   };
-  const [alice] = await TestClient.join(srv.origin, "alice");
-  const [bob] = await TestClient.join(srv.origin, "bob");
-  alice.send({ type: "send", to: "bob", text: `${SECRET} dm` });
-  await bob.next((f) => f.text === `${SECRET} dm`);
-  alice.send({ type: "create", room: "vault", private: true });
-  await alice.next(isType("joined"));
-  alice.send({ type: "invite", room: "vault", user: "bob" });
-  await bob.next(isType("invited"));
-  bob.send({ type: "join", room: "vault" });
-  await alice.next((f) => f.type === "joined" && f.user === "bob");
-  alice.send({ type: "send", room: "vault", text: `${SECRET} room` });
-  await bob.next((f) => f.text === `${SECRET} room`);
-  const mallory = await connect("mallory");
-  await mallory.next(isType("welcome"));
+  // Everything opened is closed in `finally`, even when setup fails: a failing case must not
+  // leave sockets for the sanitizer to blame on the next one.
+  const victims: TestClient[] = [];
   try {
+    const [alice] = await TestClient.join(srv.origin, "alice");
+    victims.push(alice);
+    const [bob] = await TestClient.join(srv.origin, "bob");
+    victims.push(bob);
+    alice.send({ type: "send", to: "bob", text: `${SECRET} dm` });
+    await bob.next((f) => f.text === `${SECRET} dm`);
+    alice.send({ type: "create", room: "vault", private: true });
+    await alice.next(isType("joined"));
+    alice.send({ type: "invite", room: "vault", user: "bob" });
+    await bob.next(isType("invited"));
+    bob.send({ type: "join", room: "vault" });
+    await alice.next((f) => f.type === "joined" && f.user === "bob");
+    alice.send({ type: "send", room: "vault", text: `${SECRET} room` });
+    await bob.next((f) => f.text === `${SECRET} room`);
+    const mallory = await connect("mallory");
+    await mallory.next(isType("welcome"));
     await c.run({ srv, alice, bob, mallory, seen, connect });
     // Everyone else is served as before.
     alice.send({ type: "send", to: "bob", text: "after", cid: "a1" });
@@ -369,7 +378,10 @@ async function runCase(c: Case): Promise<{ leaked: number }> {
     const health = await (await fetch(`${srv.origin}/healthz`)).json();
     assert.equal(health.ok, true);
   } finally {
-    for (const client of [...opened, alice, bob]) await client.close();
+    const closing = await Promise.allSettled([...opened, ...victims].map((c) => c.close()));
+    // Not thrown, which would hide the case's own failure; a socket left open also fails the
+    // resource sanitizer for this case.
+    for (const r of closing) if (r.status === "rejected") console.error(String(r.reason));
   }
   return { leaked: seen.filter((f) => JSON.stringify(f).includes(SECRET)).length };
 }

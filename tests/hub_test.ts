@@ -38,12 +38,26 @@ class FakePeer implements Peer {
     for (const w of this.#waiters.splice(0)) w();
   }
 
-  /** Takes the first frame that matches, waiting until it arrives. */
+  /** Takes the first frame that matches, waiting until it arrives (5 s at most). */
   async take(match: (f: Frame) => boolean): Promise<Frame> {
+    const deadline = Date.now() + 5000;
     for (;;) {
       const i = this.sent.findIndex(match);
       if (i !== -1) return this.sent.splice(i, 1)[0];
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(
+          `expected a frame matching ${match} within 5000 ms; queued: ${
+            JSON.stringify(this.sent).slice(0, 2000)
+          }${this.closedWith ? `, closed with ${JSON.stringify(this.closedWith)}` : ""}`,
+        );
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#waiters.push(resolve);
+        timer = setTimeout(resolve, left);
+      });
+      clearTimeout(timer);
     }
   }
 
@@ -374,6 +388,16 @@ Deno.test("ChatHub answers store_failed when a message cannot be stored, no one 
     const err = await alice.take((f) => f.type === "error");
     assert.equal(err.code, "store_failed");
     assert.equal(err.ref, "f1");
+    // It names what failed, so the page can mark that message (and not another) as failed.
+    assert.deepEqual(err.request, { type: "send", room: "lobby" });
+    assert.match(err.message as string, /not sent/);
+    send(a, { type: "send", to: "bob", text: "lost too?", cid: "f1d" });
+    const dmErr = await alice.take((f) => f.type === "error");
+    assert.deepEqual([dmErr.code, dmErr.ref, dmErr.request], [
+      "store_failed",
+      "f1d",
+      { type: "send", to: "bob" },
+    ]);
     assert.equal(alice.of("message").length + bob.of("message").length, 0);
     store.failing = false;
     send(a, { type: "send", room: "lobby", text: "back", cid: "f2" });

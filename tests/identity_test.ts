@@ -17,8 +17,12 @@ async function refused(
   user: string,
   options: Parameters<typeof TestClient.connect>[2] = {},
 ) {
-  const client = await TestClient.connect(origin, user, options);
-  const closed = await client.closed;
+  await using client = await TestClient.connect(origin, user, options);
+  // Bounded: a name let in without its token fails here, naming what it was sent, instead of
+  // waiting for a close that never comes.
+  const closed = await client.closed.catch((error) => {
+    throw new Error(`expected ${user} to be refused with a close code: ${error.message}`);
+  });
   assert.deepEqual(
     client.queued.filter((f) => f.type !== "error"),
     [],

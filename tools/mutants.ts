@@ -1,0 +1,188 @@
+/**
+ * Known bugs, kept as mutants: each breaks one promise of the README in one
+ * place of `lib/`, and names the test files that must notice. `deno task
+ * mutate --quick` applies each in a copy of the repository and runs those
+ * files; a mutant they pass "survives". A quick, stable measure beside the
+ * StrykerJS run (which takes hours for all of `lib/`): the score must not
+ * fall as code lands. A mutant whose `search` text is no longer in its file
+ * is reported as stale: update it with the code it guards. Left out on
+ * purpose: equivalent mutants (no behaviour changes), such as dropping the
+ * "already sent" check of a replay, which the cursor set before the replay
+ * already ensures.
+ *
+ * @module
+ */
+
+/** One deliberate bug. */
+export interface KnownBug {
+  /** What breaks, as a user would see it. */
+  name: string;
+  /** The file it is put into. */
+  file: string;
+  /** Text that occurs exactly once in `file` ... */
+  search: string;
+  /** ... and what it becomes. */
+  replace: string;
+  /** The test files that must fail with it (paths from the repository's root). */
+  tests: string[];
+}
+
+/** The known bugs, by promise. */
+export const KNOWN_BUGS: KnownBug[] = [
+  // Delivery: once, in id order, across hubs, reconnects and resumes.
+  {
+    name: "a live message is delivered past a hole (no gap fill from the store)",
+    file: "lib/connection.ts",
+    search: `    if (cursor !== undefined && message.id > cursor + 1) {
+      this.#fill(key, { after: cursor, ref: this.#refOf(message), announce: false });
+      this.#waiting.get(key)!.push([message, out]);
+      return;
+    }`,
+    replace: "",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "a DM a resuming client did not name starts at the first id that reaches it",
+    file: "lib/connection.ts",
+    search: "(this.#resumable && message.to !== undefined ? 0 : undefined)",
+    replace: "undefined",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "a ?resume client that never resumes has its live messages held without limit",
+    file: "lib/connection.ts",
+    search: "if (this.#held.length >= this.#hub.limits.replayLimit) {",
+    replace: "if (false) {",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "a resume replays one message the client has again",
+    file: "lib/connection.ts",
+    search: "const after = Math.max(point.after, this.#cursors.get(key) ?? 0);",
+    replace: "const after = Math.max(point.after - 1, 0);",
+    tests: ["tests/hub_test.ts", "tests/server_test.ts"],
+  },
+  {
+    name: "after a resume with nothing to replay, a hole in live traffic goes unnoticed",
+    file: "lib/connection.ts",
+    search: "      this.#cursors.set(key, after);\n",
+    replace: "",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "live messages held for a resume are dropped instead of following it",
+    file: "lib/connection.ts",
+    search: "for (const [message, out] of held ?? []) this.deliverMessage(message, out);",
+    replace: "",
+    tests: ["tests/delivery_test.ts"],
+  },
+  {
+    name: "a replay is not capped at --replay-limit",
+    file: "lib/hub.ts",
+    search: "return this.#store.history(key, { after, limit: this.limits.replayLimit });",
+    replace: "return this.#store.history(key, { after, limit: 1_000_000 });",
+    tests: ["tests/hub_test.ts", "tests/delivery_test.ts"],
+  },
+  {
+    name: "a re-sent cid is stored twice",
+    file: "lib/kv_store.ts",
+    search: "if (twin) return void (results[i] = { message: twin, duplicate: true });",
+    replace: "",
+    tests: ["tests/kv_store_test.ts", "tests/delivery_test.ts"],
+  },
+  // Shutdown: what was stored was acknowledged first.
+  {
+    name: "shutdown closes sockets before the appends it took are stored and acknowledged",
+    file: "lib/hub.ts",
+    search: "    await Promise.allSettled(this.#inflight);\n",
+    replace: "",
+    tests: ["tests/restart_test.ts"],
+  },
+  // Identity and privacy.
+  {
+    name: "a claimed name is let in without its token",
+    file: "lib/accounts.ts",
+    search: "    if (account.value) {\n      return { ok: false, reason: `${user} is taken",
+    replace: "    if (false) {\n      return { ok: false, reason: `${user} is taken",
+    tests: ["tests/identity_test.ts"],
+  },
+  {
+    name: "any valid token opens any name",
+    file: "lib/accounts.ts",
+    search: "if (entry?.value?.user === user) return { ok: true, session };",
+    replace: "if (entry?.value) return { ok: true, session };",
+    tests: ["tests/identity_test.ts"],
+  },
+  {
+    name: "a foreign origin may open a socket (cross-site WebSocket hijacking)",
+    file: "lib/server.ts",
+    search: "if (!originAllowed(req, at.url)) {",
+    replace: "if (false) {",
+    tests: ["tests/identity_test.ts"],
+  },
+  {
+    name: "a private room is joined without an invitation",
+    file: "lib/hub.ts",
+    search: "      if (!invited) {",
+    replace: "      if (false) {",
+    tests: ["tests/identity_test.ts"],
+  },
+  {
+    name: "a non-member sends into a room",
+    file: "lib/hub.ts",
+    search: "if (!this.#isMember(conn.user, message.room)) {",
+    replace: "if (false) {",
+    tests: ["tests/server_test.ts", "tests/identity_test.ts"],
+  },
+  // Limits: what a client can make the server hold or compute is bounded.
+  {
+    name: "the send rate is not limited",
+    file: "lib/hub.ts",
+    search: "if (bucket.tokens >= 1) {",
+    replace: "if (true) {",
+    tests: ["tests/identity_test.ts"],
+  },
+  {
+    name: "a text frame above --max-frame-bytes is taken",
+    file: "lib/connection.ts",
+    search: "if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();",
+    replace: "",
+    tests: ["tests/server_test.ts", "tests/hostile_test.ts"],
+  },
+  {
+    name: "a text above --max-text-length is stored",
+    file: "lib/protocol.ts",
+    search: 'if (value.length > limits.maxTextLength) return "too_large";',
+    replace: "",
+    tests: ["tests/protocol_test.ts", "tests/server_test.ts"],
+  },
+  {
+    name: "a client that stops reading is never dropped",
+    file: "lib/connection.ts",
+    search: "if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {",
+    replace: "if (false) {",
+    tests: ["tests/peers_test.ts"],
+  },
+  {
+    name: "--max-connections-per-ip is not enforced",
+    file: "lib/server.ts",
+    search: "if (perIp.count(at.ip) >= settings.maxConnectionsPerIp) {",
+    replace: "if (false) {",
+    tests: ["tests/identity_test.ts", "tests/slots_test.ts"],
+  },
+  {
+    name: "a closed socket keeps its connection slots",
+    file: "lib/server.ts",
+    search: '    socket.addEventListener("close", release);\n',
+    replace: "",
+    tests: ["tests/slots_test.ts"],
+  },
+  // Presence.
+  {
+    name: "a user who leaves is never shown offline",
+    file: "lib/hub.ts",
+    search: 'this.#bus.publish({ kind: "presence", user: conn.user, online: false });',
+    replace: "",
+    tests: ["tests/server_test.ts", "tests/peers_test.ts"],
+  },
+];
