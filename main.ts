@@ -55,6 +55,7 @@ const server = await startChatServer({
   settings,
   store,
   accounts: new Accounts(store.kv),
+  guard: !onDeploy,
   onListen: ({ hostname, port }) => {
     const shown = hostname === "0.0.0.0" ? "localhost" : hostname;
     console.log(

@@ -12,6 +12,7 @@
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
 import type { Accounts } from "./accounts.ts";
+import { connectionsFitting, descriptorLimit, type Guard, startGuard } from "./guard.ts";
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { parseName } from "./names.ts";
@@ -35,6 +36,12 @@ export interface ChatServerOptions {
   accounts: Accounts;
   /** Called once listening, with the bound address. */
   onListen?: (addr: Deno.NetAddr) => void;
+  /**
+   * Whether clients connect through the TCP guard (lib/guard.ts), which bounds
+   * connections, handshakes and fragmented messages; true unless the platform
+   * owns the listener (Deno Deploy).
+   */
+  guard?: boolean;
 }
 
 /** A running server. */
@@ -81,6 +88,8 @@ export interface HandlerOptions {
   accounts: Accounts;
   /** Whether the server is shutting down (no new sockets). */
   isClosing: () => boolean;
+  /** The client's address behind a relayed connection (the guard's); the peer's own when absent. */
+  clientIp?: (info: Deno.ServeHandlerInfo<Deno.NetAddr>) => string | undefined;
 }
 
 /** Makes the request handler over a hub. */
@@ -98,7 +107,7 @@ export function createHandler(
   return async (req, info) => {
     const url = new URL(req.url);
     const path = url.pathname;
-    const ip = info.remoteAddr.hostname;
+    const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
     if (path.startsWith("/ws/")) return await upgrade(req, { segment: path.slice(4), url, ip });
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
     if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
@@ -261,35 +270,67 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     },
   });
   let closing = false;
+  let guard: Guard | undefined;
   const handler = createHandler(hub, {
     settings,
     store,
     accounts: options.accounts,
     isClosing: () => closing,
+    clientIp: (info) => guard?.clientOf(info.remoteAddr.port)?.hostname,
   });
+  const guarded = options.guard ?? true;
   const listening = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
-    port: settings.port,
-    hostname: settings.hostname,
-    onListen: (addr) => {
-      options.onListen?.(addr);
-      listening.resolve(addr);
-    },
+    // Behind the guard the server listens on a private loopback port.
+    port: guarded ? 0 : settings.port,
+    hostname: guarded ? "127.0.0.1" : settings.hostname,
+    onListen: (addr) => listening.resolve(addr),
   }, handler);
+  // Never an unhandled rejection: a listener that fails is reported, and /healthz stops answering.
+  const finished = server.finished.catch((error) => {
+    console.error(`the HTTP server stopped: ${error instanceof Error ? error.message : error}`);
+  });
+  let addr = await listening.promise;
+  if (guarded) {
+    const descriptors = descriptorLimit();
+    const fit = descriptors === undefined ? Infinity : connectionsFitting(descriptors);
+    const wanted = settings.maxConnections;
+    if (wanted > fit) {
+      console.warn(
+        `warning: --max-connections ${wanted} needs more descriptors than the ${descriptors} ` +
+          `this process may open; serving at most ${fit} (raise ulimit -n)`,
+      );
+    }
+    try {
+      guard = startGuard({
+        listen: { hostname: settings.hostname, port: settings.port },
+        upstream: { hostname: addr.hostname, port: addr.port },
+        maxConnections: Math.min(wanted, fit),
+        handshakeTimeoutMs: settings.handshakeTimeout * 1000,
+        maxMessageBytes: settings.maxFrameBytes,
+      });
+    } catch (error) {
+      await server.shutdown();
+      throw error;
+    }
+    addr = guard.addr;
+  }
+  options.onListen?.(addr);
   const shutdown = async () => {
+    guard?.close();
     if (!closing) {
       closing = true;
       await hub.shutdown();
     }
     await server.shutdown();
+    await guard?.finished;
   };
-  const addr = await listening.promise;
   const host = addr.hostname === "0.0.0.0" || addr.hostname === "::" ? "127.0.0.1" : addr.hostname;
   return {
     addr,
     origin: `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`,
     hub,
-    finished: server.finished,
+    finished,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };

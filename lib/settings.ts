@@ -40,6 +40,10 @@ export interface Settings {
   loginsPerMinute: number;
   /** Seconds without a pong before a silent client is dropped (`--idle-timeout`, `CHAT_IDLE_TIMEOUT`). */
   idleTimeout: number;
+  /** Open TCP connections at most, all clients together (`--max-connections`). */
+  maxConnections: number;
+  /** Seconds a connection may take to send a complete request head (`--handshake-timeout`). */
+  handshakeTimeout: number;
 }
 
 interface Spec {
@@ -174,6 +178,23 @@ const SPECS: Spec[] = [
     help:
       "seconds a client may stay silent before a ping goes unanswered and it is dropped (0: never)",
   },
+  {
+    key: "maxConnections",
+    flag: "max-connections",
+    env: "CHAT_MAX_CONNECTIONS",
+    kind: "int",
+    min: 1,
+    help:
+      "open TCP connections at most, all clients together; more get HTTP 503 (capped to fit ulimit -n)",
+  },
+  {
+    key: "handshakeTimeout",
+    flag: "handshake-timeout",
+    env: "CHAT_HANDSHAKE_TIMEOUT",
+    kind: "int",
+    min: 1,
+    help: "seconds a connection may take to send a whole request head before it is closed",
+  },
 ];
 
 /** The defaults, used where neither a flag nor the environment says otherwise. */
@@ -194,6 +215,8 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   sendBurst: 20,
   loginsPerMinute: 10,
   idleTimeout: 30,
+  maxConnections: 10_000,
+  handshakeTimeout: 10,
 };
 
 /** The result of {@linkcode parseSettings}. */

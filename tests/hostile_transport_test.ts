@@ -1,0 +1,198 @@
+/**
+ * Hostile transport: what an attacker does with raw TCP below the chat
+ * protocol. Descriptor exhaustion, requests that never finish, and
+ * WebSocket messages whose fragments never end, each against a server that
+ * must refuse what it cannot take and keep serving everyone else.
+ */
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { TestClient } from "./_client.ts";
+import { rawUpgrade, readCloseCode } from "./_raw.ts";
+import { startServer } from "./_server.ts";
+
+const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+/** Writes one masked client frame with any FIN bit and opcode (0 continuation, 1 text). */
+async function writeFragment(
+  conn: Deno.Conn,
+  opts: { fin: boolean; opcode: number; payload: Uint8Array },
+): Promise<void> {
+  const { payload } = opts;
+  const length = payload.length;
+  assert.ok(length <= 0xffff);
+  const b0 = (opts.fin ? 0x80 : 0) | opts.opcode;
+  const head = length < 126 ? [b0, 0x80 | length] : [b0, 0x80 | 126, length >> 8, length & 0xff];
+  const frame = new Uint8Array(head.length + 4 + length);
+  frame.set(head);
+  // A zero mask: the payload goes as it is (the server unmasks all the same).
+  frame.set(payload, head.length + 4);
+  for (let written = 0; written < frame.length;) {
+    written += await conn.write(frame.subarray(written));
+  }
+}
+
+/** Resolves with what `promise` gives, or rejects once `ms` pass: a bound, not a sleep. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `main.ts` in a child under a low descriptor limit (`ulimit -n`). */
+async function spawnLimited(nofile: number, args: string[] = []) {
+  const child = new Deno.Command("bash", {
+    args: [
+      "-c",
+      `ulimit -n ${nofile}; exec "$0" "$@"`,
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      "--unstable-kv",
+      MAIN,
+      "--hostname",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--data",
+      ":memory:",
+      "--max-connections-per-ip",
+      "100000",
+      "--connects-per-minute",
+      "100000",
+      ...args,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  let log = "";
+  const decoder = new TextDecoder();
+  let onLog: (() => void) | undefined;
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      log += decoder.decode(chunk, { stream: true });
+      onLog?.();
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  let exited = false;
+  const status = child.status.then(async (s) => {
+    exited = true;
+    await pumps;
+    return s;
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    onLog = () => {
+      const m = /listening on http:\/\/[^:]+:(\d+)\//.exec(log);
+      if (m) resolve(Number(m[1]));
+    };
+    status.then((s) => reject(new Error(`exited (${s.code}) before listening:\n${log}`)));
+  });
+  return {
+    port,
+    output: () => log,
+    exited: () => exited,
+    async [Symbol.asyncDispose]() {
+      if (!exited) child.kill("SIGKILL");
+      await status;
+    },
+  };
+}
+
+/** GET /healthz, retried while the server refuses with 503 (its connections still closing). */
+async function healthy(port: number): Promise<number> {
+  for (let i = 0;; i++) {
+    const res = await fetch(`http://127.0.0.1:${port}/healthz`);
+    await res.body?.cancel();
+    if (res.status !== 503 || i === 100) return res.status;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+Deno.test("descriptor exhaustion: 400 idle connections against ulimit -n 256 are refused beyond the limit, and the server keeps serving", async () => {
+  await using srv = await spawnLimited(256);
+  const conns: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 400; i++) {
+      conns.push(await Deno.connect({ hostname: "127.0.0.1", port: srv.port }));
+    }
+    // Beyond the limit a client is told so, not left hanging or reset.
+    const last = conns.at(-1)!;
+    const buf = new Uint8Array(512);
+    const n = await within(5000, "a refusal", last.read(buf));
+    assert.match(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 503/);
+  } finally {
+    for (const c of conns) c.close();
+  }
+  assert.equal(await healthy(srv.port), 200);
+  // The one a browser makes after: a chat still works.
+  await using alice = await TestClient.connect(`http://127.0.0.1:${srv.port}`, "alice");
+  await alice.next((f) => f.type === "welcome");
+  assert.equal(srv.exited(), false);
+  assert.doesNotMatch(srv.output(), /Uncaught/);
+  assert.match(srv.output(), /connections open; refusing more/);
+});
+
+Deno.test("a connection that never sends a request is closed after --handshake-timeout", async () => {
+  await using srv = await startServer({ settings: { handshakeTimeout: 1 } });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+  try {
+    // A slowloris: half a request head, then silence.
+    await conn.write(new TextEncoder().encode("GET /healthz HTTP/1.1\r\nhost: x\r\n"));
+    const n = await within(
+      5000,
+      "the server closing the connection",
+      conn.read(new Uint8Array(64)),
+    );
+    assert.equal(n, null);
+  } finally {
+    conn.close();
+  }
+  assert.equal(await healthy(srv.port), 200);
+});
+
+Deno.test("an unfinished fragmented message is closed with 1009 at --max-frame-bytes, not buffered: 64 MiB of continuations", async () => {
+  await using srv = await startServer();
+  await using bob = await TestClient.connect(srv.origin, "bob");
+  await bob.next((f) => f.type === "welcome");
+  const conn = await rawUpgrade(srv.port, "fragmenter");
+  const rssBefore = Deno.memoryUsage().rss;
+  let sent = 0;
+  let peak = rssBefore;
+  const chunk = new Uint8Array(60 * 1024).fill(0x61);
+  const closed = readCloseCode(conn).catch(() => null);
+  try {
+    await writeFragment(conn, { fin: false, opcode: 1, payload: chunk });
+    sent += chunk.length;
+    while (sent < 64 * 1024 * 1024) {
+      await writeFragment(conn, { fin: false, opcode: 0, payload: chunk });
+      sent += chunk.length;
+      if (sent % (4 * 1024 * 1024) < chunk.length) {
+        peak = Math.max(peak, Deno.memoryUsage().rss);
+      }
+    }
+  } catch {
+    // The server closed the connection: what it should do.
+  }
+  const code = await within(5000, "a close frame", closed);
+  conn.close();
+  peak = Math.max(peak, Deno.memoryUsage().rss);
+  console.log(
+    `sent ${(sent / 1048576).toFixed(1)} MiB before the close (${code}); RSS ${
+      (rssBefore / 1048576).toFixed(0)
+    } → peak ${(peak / 1048576).toFixed(0)} MiB`,
+  );
+  assert.equal(code, 1009);
+  assert.ok(sent < 16 * 1024 * 1024, `${sent} bytes were taken before the close`);
+  assert.ok(peak - rssBefore < 48 * 1024 * 1024, `RSS grew by ${peak - rssBefore}`);
+  // Nobody else noticed.
+  bob.send({ type: "ping" });
+  await bob.next((f) => f.type === "pong");
+});
