@@ -35,6 +35,7 @@ import {
 import { Connection } from "./connection.ts";
 import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
+import { Coalescer, Throttle } from "./throttle.ts";
 
 export { CloseCode, Connection, type Peer };
 
@@ -54,6 +55,12 @@ export interface HubLimits {
   sendRate: number;
   /** Messages a user may send at once after a quiet spell (the bucket's size). */
   sendBurst: number;
+  /**
+   * Milliseconds between two `typing` frames relayed for one sender in one
+   * conversation (more are dropped), and between two presence changes of one
+   * user (the latest wins); 2000 when absent.
+   */
+  fanoutIntervalMs?: number;
 }
 
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
@@ -119,6 +126,10 @@ export class ChatHub {
   #shuttingDown = false;
   /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
   #inflight = new Set<Promise<unknown>>();
+  /** Typing relayed per sender and conversation. */
+  #typing: Throttle;
+  /** Presence changes per user, coalesced. */
+  #presence: Coalescer<boolean>;
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -127,6 +138,12 @@ export class ChatHub {
     this.#accounts = options.accounts;
     this.#bus = options.bus ?? new LocalBus();
     this.#subscription = this.#bus.subscribe((event) => this.#onEvent(event));
+    const interval = options.limits.fanoutIntervalMs ?? 2000;
+    this.#typing = new Throttle(interval);
+    this.#presence = new Coalescer(
+      interval,
+      (user, online) => this.#bus.publish({ kind: "presence", user, online }),
+    );
   }
 
   /** Counters for health checks. */
@@ -206,7 +223,12 @@ export class ChatHub {
         } satisfies ServerFrame,
       ));
     }
-    if (first) this.#bus.publish({ kind: "presence", user, online: true });
+    if (first) this.#presence.push(user, true);
+    // A name just claimed belongs to this connection alone: any socket opened on it while it
+    // was free (the original page's) did not prove it is its owner, and goes.
+    if (conn.token !== undefined) {
+      this.#bus.publish({ kind: "claimed", user, session: conn.session ?? "" });
+    }
   }
 
   #memberSet(room: string): Set<string> {
@@ -343,6 +365,8 @@ export class ChatHub {
       );
     }
     const request = { type: "join", room } as const;
+    // Every member sees a join: they count against the sender's budget like messages.
+    if (!this.#allowSend(conn, request)) return;
     if (this.#roomsOf(conn.user).length - 1 >= this.limits.maxRoomsPerUser) {
       return conn.error(errorFrame("too_many_rooms", {
         message: `at most ${this.limits.maxRoomsPerUser} rooms; leave one first`,
@@ -381,6 +405,7 @@ export class ChatHub {
         request: { type: "leave", room },
       }));
     }
+    if (!this.#allowSend(conn, { type: "leave", room })) return;
     await this.#store.leave(conn.user, room);
     this.#bus.publish({ kind: "left", room, user: conn.user });
   }
@@ -456,6 +481,7 @@ export class ChatHub {
           request: { type: "typing", room: where.room },
         }));
       }
+      if (!this.#typing.allow(`${conn.user}\0r/${where.room}`)) return;
       return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
     }
     const to = await this.#resolveUser(where.to);
@@ -465,6 +491,7 @@ export class ChatHub {
         request: { type: "typing", to: where.to },
       }));
     }
+    if (!this.#typing.allow(`${conn.user}\0d/${to}`)) return;
     this.#bus.publish({ kind: "typing", to, from: conn.user });
   }
 
@@ -525,7 +552,7 @@ export class ChatHub {
     this.#users.delete(conn.user);
     for (const members of this.#members.values()) members.delete(conn.user);
     if (!this.#shuttingDown) {
-      this.#bus.publish({ kind: "presence", user: conn.user, online: false });
+      this.#presence.push(conn.user, false);
     }
   }
 
@@ -579,6 +606,13 @@ export class ChatHub {
             c.close();
           }
         });
+      case "claimed":
+        return this.#each([event.user], (c) => {
+          if (c.session !== event.session) {
+            c.closePeer(CloseCode.Forbidden, `${event.user} was claimed; it needs its token now`);
+            c.close();
+          }
+        });
       case "presence": {
         const out = new Outgoing({ type: "presence", user: event.user, online: event.online });
         return this.#each(
@@ -627,6 +661,7 @@ export class ChatHub {
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }
+    this.#presence[Symbol.dispose]();
     this.#subscription[Symbol.dispose]();
   }
 }

@@ -267,6 +267,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       maxRoomsPerUser: settings.maxRoomsPerUser,
       sendRate: settings.sendRate,
       sendBurst: settings.sendBurst,
+      fanoutIntervalMs: settings.fanoutInterval * 1000,
     },
   });
   let closing = false;

@@ -44,6 +44,8 @@ export interface Settings {
   maxConnections: number;
   /** Seconds a connection may take to send a complete request head (`--handshake-timeout`). */
   handshakeTimeout: number;
+  /** Seconds between two `typing` relayed per sender and conversation, and presence changes per user (`--fanout-interval`). */
+  fanoutInterval: number;
 }
 
 interface Spec {
@@ -195,6 +197,15 @@ const SPECS: Spec[] = [
     min: 1,
     help: "seconds a connection may take to send a whole request head before it is closed",
   },
+  {
+    key: "fanoutInterval",
+    flag: "fanout-interval",
+    env: "CHAT_FANOUT_INTERVAL",
+    kind: "number",
+    min: 0.01,
+    help:
+      "seconds between two typing frames relayed per sender and conversation (more are dropped) and between presence changes per user (the latest wins)",
+  },
 ];
 
 /** The defaults, used where neither a flag nor the environment says otherwise. */
@@ -217,6 +228,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   idleTimeout: 30,
   maxConnections: 10_000,
   handshakeTimeout: 10,
+  fanoutInterval: 2,
 };
 
 /** The result of {@linkcode parseSettings}. */

@@ -10,40 +10,9 @@ import { fileURLToPath } from "node:url";
 import { TestClient } from "./_client.ts";
 import { rawUpgrade, readCloseCode } from "./_raw.ts";
 import { startServer } from "./_server.ts";
+import { within, writeFragment } from "./_hostile.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-
-/** Writes one masked client frame with any FIN bit and opcode (0 continuation, 1 text). */
-async function writeFragment(
-  conn: Deno.Conn,
-  opts: { fin: boolean; opcode: number; payload: Uint8Array },
-): Promise<void> {
-  const { payload } = opts;
-  const length = payload.length;
-  assert.ok(length <= 0xffff);
-  const b0 = (opts.fin ? 0x80 : 0) | opts.opcode;
-  const head = length < 126 ? [b0, 0x80 | length] : [b0, 0x80 | 126, length >> 8, length & 0xff];
-  const frame = new Uint8Array(head.length + 4 + length);
-  frame.set(head);
-  // A zero mask: the payload goes as it is (the server unmasks all the same).
-  frame.set(payload, head.length + 4);
-  for (let written = 0; written < frame.length;) {
-    written += await conn.write(frame.subarray(written));
-  }
-}
-
-/** Resolves with what `promise` gives, or rejects once `ms` pass: a bound, not a sleep. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** `main.ts` in a child under a low descriptor limit (`ulimit -n`). */
 async function spawnLimited(nofile: number, args: string[] = []) {
