@@ -373,18 +373,15 @@ export class ChatHub {
         request,
       }));
     }
-    if (await this.#isPrivate(room)) {
-      const invited = (await this.#store.invites(conn.user)).some((i) => i.room === room);
-      if (!invited) {
-        return conn.error(
-          errorFrame("forbidden", {
-            message: `${room} is private: ask for an invitation`,
-            request,
-          }),
-        );
-      }
+    // The privacy check and the write are one atomic step in the store: a join racing a
+    // private room's creation cannot slip in between them.
+    const outcome = await this.#store.joinIfAllowed(conn.user, room);
+    this.#privacy.set(room, outcome.private);
+    if (outcome.result === "forbidden") {
+      return conn.error(
+        errorFrame("forbidden", { message: `${room} is private: ask for an invitation`, request }),
+      );
     }
-    await this.#store.join(conn.user, room);
     // Applied here too, not only when the event comes back: a `send` right
     // after `join` on this connection must already see the membership.
     this.#memberSet(room).add(conn.user);

@@ -36,6 +36,7 @@ import {
   dmKey,
   type HistoryOptions,
   type HistoryPage,
+  type JoinOutcome,
   type NewMessage,
   type RoomInfo,
   roomKey,
@@ -340,6 +341,28 @@ export class KvStore implements ChatStore {
         atomic.set(["room", room], { private: false, owner: user } satisfies RoomInfo);
       }
       if ((await atomic.commit()).ok) return;
+    }
+  }
+
+  async joinIfAllowed(user: string, room: string): Promise<JoinOutcome> {
+    for (;;) {
+      const [member, info, invite] = await this.#kv.getMany<[true, RoomInfo, { by: string }]>([
+        ["member", user, room],
+        ["room", room],
+        ["invite", user, room],
+      ]);
+      const isPrivate = info.value?.private ?? false;
+      if (member.value) return { result: "member", private: isPrivate };
+      if (isPrivate && invite.value === null) return { result: "forbidden", private: true };
+      // The three reads are checked at commit: a change to any of them decides again.
+      const atomic = this.#kv.atomic().check(member).check(info).check(invite)
+        .set(["member", user, room], true)
+        .delete(["invite", user, room])
+        .sum(["members", room], 1n);
+      if (!info.value) {
+        atomic.set(["room", room], { private: false, owner: user } satisfies RoomInfo);
+      }
+      if ((await atomic.commit()).ok) return { result: "joined", private: isPrivate };
     }
   }
 

@@ -80,6 +80,14 @@ export interface RoomInfo {
   owner: string;
 }
 
+/** What {@linkcode ChatStore.joinIfAllowed} decided. */
+export interface JoinOutcome {
+  /** `joined` now, a `member` already, or `forbidden` (private, not invited). */
+  result: "joined" | "member" | "forbidden";
+  /** Whether the room is private (false for a room this join created). */
+  private: boolean;
+}
+
 /** Raised by a store that could not keep a message; the hub answers `store_failed`. */
 export class StoreError extends Error {
   override name = "StoreError";
@@ -104,6 +112,29 @@ export interface ChatStore {
   createRoom(room: string, info: RoomInfo): Promise<boolean>;
   /** Makes a user a member of a room (creating it public if new), using up any invitation. */
   join(user: string, room: string): Promise<void>;
+  /**
+   * Makes a user a member of a room if the room lets them in, deciding and
+   * writing as ONE atomic step (no create, invite or join by anyone else can
+   * fall between the check and the write). In order:
+   *
+   * 1. The user is a member already: nothing is written; `"member"`.
+   * 2. The room does not exist: it is created public, owned by the user, the
+   *    user its first member; `"joined"`.
+   * 3. The room is public: the user becomes a member; a pending invitation
+   *    of theirs to it is used up; `"joined"`.
+   * 4. The room is private and the user holds an invitation to it: the user
+   *    becomes a member and the invitation is used up; `"joined"`.
+   * 5. The room is private and the user holds no invitation: nothing is
+   *    written; `"forbidden"`.
+   *
+   * Joining adds one to the room's member count (as `join` does). If the
+   * room, the membership or the invitation changes while this runs (a
+   * `createRoom` of the same name, say), the decision is taken again on what
+   * is stored now: a join racing a private room's creation ends `"forbidden"`
+   * or made the room (public) first, never a member of the private room.
+   * `private` is the room's privacy as decided on.
+   */
+  joinIfAllowed(user: string, room: string): Promise<JoinOutcome>;
   /** Ends a user's membership of a room. */
   leave(user: string, room: string): Promise<void>;
   /** Invites a user to a room. */

@@ -342,6 +342,7 @@ class FailingStore implements ChatStore {
   room: ChatStore["room"] = (r) => this.#inner.room(r);
   createRoom: ChatStore["createRoom"] = (r, i) => this.#inner.createRoom(r, i);
   join: ChatStore["join"] = (u, r) => this.#inner.join(u, r);
+  joinIfAllowed: ChatStore["joinIfAllowed"] = (u, r) => this.#inner.joinIfAllowed(u, r);
   leave: ChatStore["leave"] = (u, r) => this.#inner.leave(u, r);
   invite: ChatStore["invite"] = (u, r, b) => this.#inner.invite(u, r, b);
   invites: ChatStore["invites"] = (u) => this.#inner.invites(u);
