@@ -54,7 +54,10 @@ const store = await KvStore.open(dataPath).catch((e) => fatal(`cannot open ${dat
 const server = await startChatServer({
   settings,
   store,
-  accounts: new Accounts(store.kv),
+  accounts: new Accounts(store.kv, {
+    maxConcurrentHashes: settings.maxConcurrentHashes,
+    maxQueuedHashes: settings.maxQueuedHashes,
+  }),
   guard: !onDeploy,
   onListen: ({ hostname, port }) => {
     const shown = hostname === "0.0.0.0" ? "localhost" : hostname;

@@ -22,6 +22,7 @@ import {
   skeleton,
   verifyPassword,
 } from "./identity.ts";
+import { Semaphore } from "./semaphore.ts";
 
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
@@ -58,11 +59,21 @@ export class Accounts {
   #iterations: number;
   /** Registered spelling by canonical name: names never change, so this cache never goes stale. */
   #known = new Map<string, string>();
+  /** Password hashing, bounded: it is the one thing a client can make cost a CPU-second. */
+  #hashing: Semaphore;
 
-  /** Accounts over a KV database; `iterations` is PBKDF2's work factor. */
-  constructor(kv: Deno.Kv, options: { iterations?: number } = {}) {
+  /**
+   * Accounts over a KV database; `iterations` is PBKDF2's work factor;
+   * `maxConcurrentHashes` and `maxQueuedHashes` bound password hashing (beyond
+   * both, `setPassword` and `login` reject with `BusyError`).
+   */
+  constructor(
+    kv: Deno.Kv,
+    options: { iterations?: number; maxConcurrentHashes?: number; maxQueuedHashes?: number } = {},
+  ) {
     this.#kv = kv;
     this.#iterations = options.iterations ?? 600_000;
+    this.#hashing = new Semaphore(options.maxConcurrentHashes ?? 2, options.maxQueuedHashes ?? 16);
   }
 
   /**
@@ -154,7 +165,7 @@ export class Accounts {
 
   /** Sets a claimed user's password. */
   async setPassword(user: string, password: string): Promise<void> {
-    const hash = await hashPassword(password, this.#iterations);
+    const hash = await this.#hashing.run(() => hashPassword(password, this.#iterations));
     for (;;) {
       const account = await this.#kv.get<Account>(["account", user]);
       if (!account.value) throw new Error(`${user} is not claimed`);
@@ -173,7 +184,9 @@ export class Accounts {
     if (!found.ok || !found.known) return undefined;
     const account = await this.#kv.get<Account>(["account", found.user]);
     const stored = account.value?.password;
-    if (!stored || !(await verifyPassword(password, stored))) return undefined;
+    if (!stored || !(await this.#hashing.run(() => verifyPassword(password, stored)))) {
+      return undefined;
+    }
     const token = newToken();
     const session = await hashToken(token);
     await this.#kv.atomic()

@@ -22,6 +22,9 @@ import {
   toLegacyError,
 } from "./protocol.ts";
 import { type ConversationKey, conversationOf } from "./store.ts";
+import { LogOnce } from "./log.ts";
+
+const log = new LogOnce();
 
 const encoder = new TextEncoder();
 
@@ -54,6 +57,8 @@ export class Connection {
   #peer: Peer;
   #chain: Promise<void>;
   #closed = false;
+  /** Bytes of frames taken and not yet handled (reads running beside the chain included). */
+  #pending = 0;
 
   /**
    * Messages to this connection, by conversation: the newest id it was sent
@@ -106,11 +111,32 @@ export class Connection {
       return;
     }
     if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();
+    // What waits behind a slow frame is bounded: a client that sends faster than it is
+    // served is closed, not queued for without end.
+    const maxQueued = limits.maxQueuedBytes ?? 1024 * 1024;
+    if (this.#pending + data.length > maxQueued) {
+      this.closePeer(
+        CloseCode.PolicyViolation,
+        `more than ${maxQueued} bytes of frames waiting; slow down`,
+      );
+      return this.close();
+    }
+    const size = data.length;
+    this.#pending += size;
     // Sequential: a `send` after a `join` must see the membership the join made.
     this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
-      console.error("unexpected error handling a frame", error);
+      log.error("unexpected error handling a frame", error);
       this.error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
-    });
+    }).finally(() => this.#pending -= size);
+    this.#hub.track(this.#chain);
+  }
+
+  /** Runs a read beside the chain, still counted among the frames waiting (as 1 KiB). */
+  #beside(task: Promise<void>): void {
+    this.#pending += 1024;
+    this.#hub.track(
+      task.catch((error) => this.#storeError(error)).finally(() => this.#pending -= 1024),
+    );
   }
 
   #tooBig(): void {
@@ -163,11 +189,9 @@ export class Connection {
         );
       case "history":
         // Reads need no ordering with later frames: let them run beside the chain.
-        void hub.history(this, frame).catch((error) => this.#storeError(error));
-        return;
+        return this.#beside(hub.history(this, frame));
       case "read":
-        void hub.read(this, frame).catch((error) => this.#storeError(error));
-        return;
+        return this.#beside(hub.read(this, frame));
       case "resume":
         return await this.#resume(frame.conversations);
       case "create":
@@ -250,7 +274,7 @@ export class Connection {
       for (const [message, out] of waiting) this.deliverMessage(message, out);
     }).catch((error) => {
       // Better to drop the connection than to leave a hole: the client resumes on reconnect.
-      console.error("replay failed", error);
+      log.error("replay failed", error);
       this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
       this.close();
     });
@@ -307,7 +331,7 @@ export class Connection {
   }
 
   #storeError(error: unknown): void {
-    console.error("store read failed", error);
+    log.error("store read failed", error);
     this.error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
   }
 
@@ -319,12 +343,13 @@ export class Connection {
   /** Sends an encoded frame, or disconnects a client that stopped reading. */
   deliver(text: string): void {
     if (this.#closed) return;
-    if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {
-      this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
-      this.close();
-      return;
-    }
     try {
+      // Inside the try: a socket closed under us throws even on reading bufferedAmount.
+      if (this.#peer.bufferedAmount > this.#hub.limits.maxBufferedBytes) {
+        this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        this.close();
+        return;
+      }
       this.#peer.send(text);
     } catch {
       // The socket closed under us; its close event will follow.

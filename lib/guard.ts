@@ -222,6 +222,8 @@ export function startGuard(options: GuardOptions): Guard {
      * that the close reaches it instead of a reset for the bytes it still sends.
      */
     let refusing = false;
+    let serverDone = false;
+    let lingered = 0;
     const refuse = async (last: Uint8Array) => {
       refusing = true;
       tryClose(upstream);
@@ -236,26 +238,36 @@ export function startGuard(options: GuardOptions): Guard {
       }
     };
     let upgradeAsked = false;
+    /** Whether the client's bytes are a request head being read (not a body). */
+    let scanning = true;
     const toServer = async () => {
       const buf = new Uint8Array(32 * 1024);
       for (;;) {
         const n = await client.read(buf);
         if (n === null) return;
+        if (serverDone) {
+          // Lingering after the server's end: read and dropped, a bounded amount.
+          lingered += n;
+          if (lingered > LINGER_BYTES) return;
+          continue;
+        }
         const chunk = buf.subarray(0, n);
         let frames: Uint8Array | undefined;
         if (mode === "http") {
-          if (!upgradeAsked) {
+          if (scanning && !upgradeAsked) {
             upgradeAsked = /upgrade:\s*websocket/i.test(new TextDecoder().decode(chunk));
           }
-          const at = headEnd(chunk);
+          // After a head, its body (if any) passes unscanned until the answer starts; the
+          // clock runs on until then, so a request, body included, has handshakeTimeout.
+          const at = scanning ? headEnd(chunk) : -1;
           if (at !== -1) {
-            clearTimeout(timer);
+            scanning = false;
             if (upgradeAsked) {
               // Frames may follow the head at once, before the 101: they are metered too.
               mode = "upgrading";
               frames = chunk.subarray(at);
-            } else timer = setTimeout(end, options.handshakeTimeoutMs);
-          } else if (headBytes > maxHead) {
+            }
+          } else if (scanning && headBytes > maxHead) {
             await refuse(encoder.encode(TOO_LARGE_HEAD));
             return;
           }
@@ -276,23 +288,34 @@ export function startGuard(options: GuardOptions): Guard {
         if (n === null) return;
         const chunk = buf.subarray(0, n);
         if (mode === "upgrading") {
-          if (
-            chunk.length >= 12 && new TextDecoder().decode(chunk.subarray(0, 12)) === "HTTP/1.1 101"
-          ) {
-            mode = "ws";
-          } else {
-            // Refused: back to HTTP, with the clock running again.
-            mode = "http";
-            upgradeAsked = false;
-            meter = new FrameMeter();
-            timer = setTimeout(end, options.handshakeTimeoutMs);
-          }
+          const head = new TextDecoder().decode(chunk.subarray(0, 12));
+          // Refused, the connection is HTTP again; accepted, it is frames from here on.
+          mode = head === "HTTP/1.1 101" ? "ws" : "http";
+          upgradeAsked = false;
+          meter = new FrameMeter();
+          clearTimeout(timer);
+        }
+        if (mode === "http" && !scanning) {
+          // An answer: the connection is idle until the next head, which has its own deadline.
+          scanning = true;
+          headBytes = 0;
+          matched = 0;
+          clearTimeout(timer);
+          timer = setTimeout(end, options.handshakeTimeoutMs);
         }
         await writeAll(client, chunk);
       }
     };
-    const pumps = [toServer(), toClient()];
+    const pumps = [toServer(), toClient().finally(() => serverDone = true)];
     await Promise.race(pumps).catch(() => {});
+    if (serverDone && !done && !refusing) {
+      // The server ended the connection (after its close frame, say): the client gets the
+      // end of the stream, and a moment to stop sending, so it reads all of it, not a reset.
+      refusing = true;
+      clearTimeout(timer);
+      timer = setTimeout(end, LINGER_MS);
+      await client.closeWrite().catch(() => {});
+    }
     // A refusal ends the server's side first and lingers on the client's.
     if (refusing) await pumps[0].catch(() => {});
     end();

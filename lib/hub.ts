@@ -36,6 +36,7 @@ import { Connection } from "./connection.ts";
 import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import { Coalescer, Throttle } from "./throttle.ts";
+import { BusyError } from "./semaphore.ts";
 
 export { CloseCode, Connection, type Peer };
 
@@ -61,6 +62,10 @@ export interface HubLimits {
    * user (the latest wins); 2000 when absent.
    */
   fanoutIntervalMs?: number;
+  /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
+  maxQueuedBytes?: number;
+  /** Pending invitations one user may hold; more are refused (100). */
+  maxInvitesPerUser?: number;
 }
 
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
@@ -128,6 +133,8 @@ export class ChatHub {
   #inflight = new Set<Promise<unknown>>();
   /** Typing relayed per sender and conversation. */
   #typing: Throttle;
+  /** The public rooms listing, shared by everyone who asks within an interval. */
+  #listing: { at: number; frame: Promise<string> } | undefined;
   /** Presence changes per user, coalesced. */
   #presence: Coalescer<boolean>;
 
@@ -385,6 +392,7 @@ export class ChatHub {
     // Applied here too, not only when the event comes back: a `send` right
     // after `join` on this connection must already see the membership.
     this.#memberSet(room).add(conn.user);
+    this.#listing = undefined;
     this.#bus.publish({ kind: "joined", room, user: conn.user });
   }
 
@@ -404,6 +412,7 @@ export class ChatHub {
     }
     if (!this.#allowSend(conn, { type: "leave", room })) return;
     await this.#store.leave(conn.user, room);
+    this.#listing = undefined;
     this.#bus.publish({ kind: "left", room, user: conn.user });
   }
 
@@ -419,6 +428,7 @@ export class ChatHub {
       );
     }
     this.#privacy.set(frame.room, frame.private);
+    this.#listing = undefined;
     if (frame.private) await this.#store.invite(conn.user, frame.room, conn.user);
     await this.join(conn, frame.room);
   }
@@ -437,14 +447,36 @@ export class ChatHub {
         errorFrame("unknown_user", { message: `no user is called ${frame.user}`, request }),
       );
     }
+    // An invitation lands in the invitee's welcome: bounded per invitee, paced per inviter.
+    if (!this.#allowSend(conn, request)) return;
+    const maxInvites = this.limits.maxInvitesPerUser ?? 100;
+    const pending = await this.#store.invites(user);
+    if (!pending.some((i) => i.room === frame.room) && pending.length >= maxInvites) {
+      return conn.error(errorFrame("forbidden", {
+        message: `${user} has ${maxInvites} invitations waiting already`,
+        request,
+      }));
+    }
     await this.#store.invite(user, frame.room, conn.user);
     this.#bus.publish({ kind: "invited", user, room: frame.room, by: conn.user });
   }
 
   /** @internal Lists public rooms for discovery. */
   async publicRooms(conn: Connection): Promise<void> {
-    const rooms = await this.#store.publicRooms(100);
-    conn.deliver(JSON.stringify({ type: "rooms", rooms } satisfies ServerFrame));
+    // The listing is read at most once per interval, however many ask, and costs the asker
+    // from its budget: its cost grows with the rooms, not with the askers.
+    if (!this.#allowSend(conn, { type: "rooms" })) return;
+    const now = Date.now();
+    if (!this.#listing || now - this.#listing.at > (this.limits.fanoutIntervalMs ?? 2000)) {
+      this.#listing = {
+        at: now,
+        frame: this.#store.publicRooms(100).then((rooms) =>
+          JSON.stringify({ type: "rooms", rooms } satisfies ServerFrame)
+        ),
+      };
+      this.#listing.frame.catch(() => this.#listing = undefined);
+    }
+    conn.deliver(await this.#listing.frame);
   }
 
   /** @internal Sets the password of the connection's (claimed) name. */
@@ -455,7 +487,18 @@ export class ChatHub {
         request: { type: "set_password" },
       }));
     }
-    await this.#accounts.setPassword(conn.user, password);
+    try {
+      await this.#accounts.setPassword(conn.user, password);
+    } catch (error) {
+      if (!(error instanceof BusyError)) throw error;
+      return conn.error({
+        ...errorFrame("rate_limited", {
+          message: "the server is busy hashing passwords; try again in a moment",
+          request: { type: "set_password" },
+        }),
+        retry_after: 1000,
+      });
+    }
     conn.deliver(JSON.stringify({ type: "password_set" } satisfies ServerFrame));
   }
 
@@ -640,6 +683,12 @@ export class ChatHub {
     }
     const users = message.to === message.from ? [message.from] : [message.from, message.to!];
     this.#each(users, deliver);
+  }
+
+  /** @internal Work a shutdown waits for: a connection's frames being handled. */
+  track(work: Promise<unknown>): void {
+    this.#inflight.add(work);
+    work.finally(() => this.#inflight.delete(work));
   }
 
   /** Whether {@linkcode ChatHub.shutdown} has begun: frames are no longer taken. */

@@ -15,6 +15,7 @@ import type { Accounts } from "./accounts.ts";
 import { connectionsFitting, descriptorLimit, type Guard, startGuard } from "./guard.ts";
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
+import { BusyError } from "./semaphore.ts";
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
@@ -63,6 +64,37 @@ function text(status: number, body: string): Response {
     status,
     headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" },
   });
+}
+
+/**
+ * A request's body as text, read no further than `max` bytes: undefined when
+ * its Content-Length or the bytes actually sent exceed that (the rest is never read).
+ */
+async function readCapped(req: Request, max: number): Promise<string | undefined> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (!(declared <= max)) return undefined;
+  if (!req.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = req.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.length;
+      if (size > max) return undefined;
+      chunks.push(value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
 }
 
 /** What a handshake offers in `Sec-WebSocket-Protocol`: the protocol, and a token if any. */
@@ -151,10 +183,16 @@ export function createHandler(
     if (!logins.take(ip)) {
       return Response.json({ error: "too many logins; wait a minute" }, { status: 429 });
     }
+    const raw = await readCapped(req, settings.maxLoginBytes);
+    if (raw === undefined) {
+      return Response.json(
+        { error: `the body is limited to ${settings.maxLoginBytes} bytes` },
+        { status: 413, headers: { connection: "close" } },
+      );
+    }
     let body: unknown;
     try {
-      const raw = await req.text();
-      body = raw.length <= 4096 ? JSON.parse(raw) : undefined;
+      body = JSON.parse(raw);
     } catch {
       body = undefined;
     }
@@ -163,7 +201,16 @@ export function createHandler(
     if (!name.ok || typeof b?.password !== "string" || b.password.length > 200) {
       return Response.json({ error: 'send JSON {"user","password"}' }, { status: 400 });
     }
-    const result = await accounts.login(name.name, b.password);
+    let result;
+    try {
+      result = await accounts.login(name.name, b.password);
+    } catch (error) {
+      if (!(error instanceof BusyError)) throw error;
+      return Response.json({ error: "busy; try again in a moment" }, {
+        status: 503,
+        headers: { "retry-after": "1" },
+      });
+    }
     if (!result) return Response.json({ error: "wrong name or password" }, { status: 401 });
     return Response.json(result, { headers: { "cache-control": "no-store" } });
   }
@@ -268,6 +315,8 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       sendRate: settings.sendRate,
       sendBurst: settings.sendBurst,
       fanoutIntervalMs: settings.fanoutInterval * 1000,
+      maxQueuedBytes: settings.maxQueuedBytes,
+      maxInvitesPerUser: settings.maxInvitesPerUser,
     },
   });
   let closing = false;
@@ -295,18 +344,22 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
   if (guarded) {
     const descriptors = descriptorLimit();
     const fit = descriptors === undefined ? Infinity : connectionsFitting(descriptors);
-    const wanted = settings.maxConnections;
+    const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
     if (wanted > fit) {
       console.warn(
-        `warning: --max-connections ${wanted} needs more descriptors than the ${descriptors} ` +
-          `this process may open; serving at most ${fit} (raise ulimit -n)`,
+        `warning: --max-connections ${wanted} needs ${wanted * 3 + 64} descriptors, more than ` +
+          `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
+      );
+    } else if (fit < 1000 && settings.maxConnections === 0) {
+      console.warn(
+        `warning: ulimit -n is ${descriptors}: at most ${fit} connections; raise it for more`,
       );
     }
     try {
       guard = startGuard({
         listen: { hostname: settings.hostname, port: settings.port },
         upstream: { hostname: addr.hostname, port: addr.port },
-        maxConnections: Math.min(wanted, fit),
+        maxConnections: Math.min(wanted, fit, 1_000_000),
         handshakeTimeoutMs: settings.handshakeTimeout * 1000,
         maxMessageBytes: settings.maxFrameBytes,
       });

@@ -46,6 +46,16 @@ export interface Settings {
   handshakeTimeout: number;
   /** Seconds between two `typing` relayed per sender and conversation, and presence changes per user (`--fanout-interval`). */
   fanoutInterval: number;
+  /** Bytes of frames one connection may have waiting to be handled (`--max-queued-bytes`). */
+  maxQueuedBytes: number;
+  /** Largest body of `POST /api/login`, in bytes (`--max-login-bytes`). */
+  maxLoginBytes: number;
+  /** Password hashes computed at once, all clients together (`--max-concurrent-hashes`). */
+  maxConcurrentHashes: number;
+  /** Password hashes waiting for a slot before more are refused as busy (`--max-queued-hashes`). */
+  maxQueuedHashes: number;
+  /** Pending invitations one user may hold (`--max-invites-per-user`). */
+  maxInvitesPerUser: number;
 }
 
 interface Spec {
@@ -185,9 +195,9 @@ const SPECS: Spec[] = [
     flag: "max-connections",
     env: "CHAT_MAX_CONNECTIONS",
     kind: "int",
-    min: 1,
+    min: 0,
     help:
-      "open TCP connections at most, all clients together; more get HTTP 503 (capped to fit ulimit -n)",
+      "open TCP connections at most, all clients together; more get HTTP 503 (0: as many as ulimit -n allows, 3 descriptors each)",
   },
   {
     key: "handshakeTimeout",
@@ -205,6 +215,47 @@ const SPECS: Spec[] = [
     min: 0.01,
     help:
       "seconds between two typing frames relayed per sender and conversation (more are dropped) and between presence changes per user (the latest wins)",
+  },
+  {
+    key: "maxQueuedBytes",
+    flag: "max-queued-bytes",
+    env: "CHAT_MAX_QUEUED_BYTES",
+    kind: "int",
+    min: 1024,
+    help: "bytes of frames one connection may have waiting to be handled; more closes it with 1008",
+  },
+  {
+    key: "maxLoginBytes",
+    flag: "max-login-bytes",
+    env: "CHAT_MAX_LOGIN_BYTES",
+    kind: "int",
+    min: 256,
+    help: "largest POST /api/login body; a bigger one gets HTTP 413 unread",
+  },
+  {
+    key: "maxConcurrentHashes",
+    flag: "max-concurrent-hashes",
+    env: "CHAT_MAX_CONCURRENT_HASHES",
+    kind: "int",
+    min: 1,
+    help: "password hashes computed at once, all clients together",
+  },
+  {
+    key: "maxQueuedHashes",
+    flag: "max-queued-hashes",
+    env: "CHAT_MAX_QUEUED_HASHES",
+    kind: "int",
+    min: 0,
+    help:
+      "password hashes waiting for a slot; more get rate_limited (set_password) or HTTP 503 (login)",
+  },
+  {
+    key: "maxInvitesPerUser",
+    flag: "max-invites-per-user",
+    env: "CHAT_MAX_INVITES_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "pending invitations one user may hold; more are refused with forbidden",
   },
 ];
 
@@ -226,9 +277,14 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   sendBurst: 20,
   loginsPerMinute: 10,
   idleTimeout: 30,
-  maxConnections: 10_000,
+  maxConnections: 0,
   handshakeTimeout: 10,
   fanoutInterval: 2,
+  maxQueuedBytes: 1024 * 1024,
+  maxLoginBytes: 4096,
+  maxConcurrentHashes: 2,
+  maxQueuedHashes: 16,
+  maxInvitesPerUser: 100,
 };
 
 /** The result of {@linkcode parseSettings}. */
