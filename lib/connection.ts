@@ -25,6 +25,8 @@ import { type ConversationKey, conversationOf } from "./store.ts";
 import { LogOnce } from "./log.ts";
 
 const log = new LogOnce();
+/** How long a paced replay waits for a client that reads nothing before it is a slow consumer. */
+const REPLAY_STALL_MS = 10_000;
 
 const encoder = new TextEncoder();
 
@@ -247,10 +249,13 @@ export class Connection {
     if (this.#waiting.has(key)) return;
     this.#waiting.set(key, []);
     const { after, ref, announce } = options;
-    this.#hub.replay(key, after).then((page) => {
+    const filling = this.#hub.replay(key, after).then(async (page) => {
       if (this.#closed) return;
       for (const message of page.messages) {
         if (message.id <= (this.#cursors.get(key) ?? 0)) continue;
+        // Paced by the socket's real backpressure: a long replay to a fast reader waits for
+        // its buffer to drain instead of tripping the slow-consumer limit.
+        if (!(await this.#drained())) return;
         this.#cursors.set(key, message.id);
         this.deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
       }
@@ -278,6 +283,7 @@ export class Connection {
       this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
       this.close();
     });
+    this.#hub.track(filling);
   }
 
   /**
@@ -315,7 +321,14 @@ export class Connection {
     }
     const key = conversationOf(message);
     const waiting = this.#waiting.get(key);
-    if (waiting) return void waiting.push([message, out]);
+    if (waiting) {
+      // Live messages behind a replay are bounded like those held before a resume.
+      if (waiting.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        return this.close();
+      }
+      return void waiting.push([message, out]);
+    }
     // A client that resumes knows every conversation it named; of a DM it did not name it
     // has nothing, so even a first live message there is checked for a gap from 0.
     const cursor = this.#cursors.get(key) ??
@@ -328,6 +341,36 @@ export class Connection {
     }
     this.#cursors.set(key, message.id);
     this.deliverShared(out);
+  }
+
+  /**
+   * Waits while more than half of `maxBufferedBytes` is queued for the peer,
+   * until it is below a quarter; false if the connection closed, or the
+   * client read nothing for `REPLAY_STALL_MS` (a slow consumer after all: closed).
+   */
+  async #drained(): Promise<boolean> {
+    const max = this.#hub.limits.maxBufferedBytes;
+    const buffered = () => {
+      try {
+        return this.#peer.bufferedAmount;
+      } catch {
+        return 0;
+      }
+    };
+    if (buffered() <= max / 2) return !this.#closed;
+    let last = buffered();
+    let since = Date.now();
+    while (!this.#closed && buffered() > max / 4) {
+      await new Promise((r) => setTimeout(r, 5));
+      const now = buffered();
+      if (now < last) since = Date.now();
+      last = now;
+      if (Date.now() - since > REPLAY_STALL_MS) {
+        this.closePeer(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        this.close();
+      }
+    }
+    return !this.#closed;
   }
 
   #storeError(error: unknown): void {
