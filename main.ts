@@ -30,6 +30,10 @@ if (!parsed.ok) {
   Deno.exit(2);
 }
 const settings = parsed.settings;
+// On Deno Deploy the platform routes only its own and the project's domains here.
+if (env("DENO_DEPLOYMENT_ID") !== undefined && settings.publicHost === "") {
+  settings.publicHost = "*";
+}
 
 // On Deno Deploy there is no file system to write to: use the platform's KV.
 const onDeploy = env("DENO_DEPLOYMENT_ID") !== undefined;

@@ -48,6 +48,9 @@ export interface AuthenticateOptions {
   legacy: boolean;
 }
 
+/** The version of `skeleton()` the `["skel", …]` keys were made with (2: Unicode's data). */
+const SKELETON_VERSION = 2;
+
 interface Account {
   since: number;
   password?: PasswordHash;
@@ -59,6 +62,8 @@ export class Accounts {
   #iterations: number;
   /** Registered spelling by canonical name: names never change, so this cache never goes stale. */
   #known = new Map<string, string>();
+  /** Resolves once the skeleton index is current (see {@linkcode Accounts.#indexSkeletons}). */
+  #skeletons: Promise<void>;
   /** Password hashing, bounded: it is the one thing a client can make cost a CPU-second. */
   #hashing: Semaphore;
 
@@ -74,6 +79,23 @@ export class Accounts {
     this.#kv = kv;
     this.#iterations = options.iterations ?? 600_000;
     this.#hashing = new Semaphore(options.maxConcurrentHashes ?? 2, options.maxQueuedHashes ?? 16);
+    this.#skeletons = this.#indexSkeletons();
+  }
+
+  /**
+   * Names registered under an older skeleton function get their current
+   * skeleton indexed too (once per version), so their look-alikes are still
+   * found; where two old names now share a skeleton, the first keeps it.
+   */
+  async #indexSkeletons(): Promise<void> {
+    const marker = await this.#kv.get<number>(["skel-version"]);
+    if (marker.value === SKELETON_VERSION) return;
+    for await (const entry of this.#kv.list<{ since: number }>({ prefix: ["user"] })) {
+      const name = entry.key[1] as string;
+      await this.#kv.atomic().check({ key: ["skel", skeleton(name)], versionstamp: null })
+        .set(["skel", skeleton(name)], name).commit();
+    }
+    await this.#kv.set(["skel-version"], SKELETON_VERSION);
   }
 
   /**
@@ -81,6 +103,7 @@ export class Accounts {
    * came first), or refuses a look-alike of another registered name.
    */
   async resolve(name: string): Promise<Resolved> {
+    await this.#skeletons;
     const canon = canonicalName(name);
     const cached = this.#known.get(canon);
     if (cached !== undefined) return { ok: true, user: cached, known: true };

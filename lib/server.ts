@@ -16,6 +16,7 @@ import { connectionsFitting, descriptorLimit, type Guard, startGuard } from "./g
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { BusyError } from "./semaphore.ts";
+import { hostPolicy } from "./hosts.ts";
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
@@ -135,11 +136,18 @@ export function createHandler(
   const perUser = new OpenCounter();
   const connects = new MinuteCounter(settings.connectsPerMinute);
   const logins = new MinuteCounter(settings.loginsPerMinute);
+  // DNS rebinding: sockets and logins only under a host name that is the server's own.
+  const ownHost = hostPolicy(settings.publicHost, settings.allowOrigin);
+  const misdirected = (req: Request, url: URL) =>
+    settings.publicHost !== "*" && !ownHost(req.headers.get("host") ?? url.host);
 
   return async (req, info) => {
     const url = new URL(req.url);
     const path = url.pathname;
     const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
+    if ((path.startsWith("/ws/") || path === "/api/login") && misdirected(req, url)) {
+      return text(421, "unknown host name; see --public-host");
+    }
     if (path.startsWith("/ws/")) return await upgrade(req, { segment: path.slice(4), url, ip });
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
     if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {

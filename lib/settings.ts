@@ -56,6 +56,8 @@ export interface Settings {
   maxQueuedHashes: number;
   /** Pending invitations one user may hold (`--max-invites-per-user`). */
   maxInvitesPerUser: number;
+  /** Host names the server is reached under besides IPs and localhost, comma-separated; `*` any (`--public-host`). */
+  publicHost: string;
 }
 
 interface Spec {
@@ -257,6 +259,14 @@ const SPECS: Spec[] = [
     min: 1,
     help: "pending invitations one user may hold; more are refused with forbidden",
   },
+  {
+    key: "publicHost",
+    flag: "public-host",
+    env: "CHAT_PUBLIC_HOST",
+    kind: "string",
+    help:
+      "host names this server is reached under besides IP addresses and localhost, comma-separated (* for any); sockets and logins under another get HTTP 421 (DNS rebinding)",
+  },
 ];
 
 /** The defaults, used where neither a flag nor the environment says otherwise. */
@@ -285,6 +295,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   maxConcurrentHashes: 2,
   maxQueuedHashes: 16,
   maxInvitesPerUser: 100,
+  publicHost: "",
 };
 
 /** The result of {@linkcode parseSettings}. */
