@@ -143,6 +143,25 @@ export class Accounts {
   }
 
   /**
+   * Registers a room's name (idempotent) so that no other room may look like
+   * it: resolves ok, or with the room it is too much like. Room names come
+   * canonical (see protocol.ts); `["roomskel", skeleton]` → room.
+   */
+  async registerRoom(room: string): Promise<Resolved> {
+    const key = ["roomskel", skeleton(room)];
+    for (;;) {
+      const entry = await this.#kv.get<string>(key);
+      if (entry.value === room) return { ok: true, user: room, known: true };
+      if (entry.value !== null) {
+        return { ok: false, reason: `too much like the room ${entry.value}; pick another name` };
+      }
+      if ((await this.#kv.atomic().check(entry).set(key, room).commit()).ok) {
+        return { ok: true, user: room, known: false };
+      }
+    }
+  }
+
+  /**
    * Decides whether a connection may be `user` (a registered spelling): a
    * claimed name needs one of its tokens; an unclaimed one is claimed by a
    * `chat.v1` client without a token, which gets a new one.

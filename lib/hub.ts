@@ -37,6 +37,7 @@ import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import { Coalescer, Throttle } from "./throttle.ts";
 import { BusyError } from "./semaphore.ts";
+import { skeleton } from "./identity.ts";
 
 export { CloseCode, Connection, type Peer };
 
@@ -71,7 +72,7 @@ export interface HubLimits {
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
 export type HubAccounts = Pick<
   Accounts,
-  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke"
+  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke" | "registerRoom"
 >;
 
 /** Options of {@linkcode ChatHub}. */
@@ -380,6 +381,7 @@ export class ChatHub {
         request,
       }));
     }
+    if (!(await this.#roomNameFree(conn, room, request))) return;
     // The privacy check and the write are one atomic step in the store: a join racing a
     // private room's creation cannot slip in between them.
     const outcome = await this.#store.joinIfAllowed(conn.user, room);
@@ -416,9 +418,28 @@ export class ChatHub {
     this.#bus.publish({ kind: "left", room, user: conn.user });
   }
 
+  /**
+   * Whether a room name may be used: not a look-alike of the lobby or of
+   * another room (`vаult` with a Cyrillic `а` beside `vault`); an error frame if not.
+   */
+  async #roomNameFree(
+    conn: Connection,
+    room: string,
+    request: { type: "join" | "create"; room: string },
+  ): Promise<boolean> {
+    if (room === LOBBY) return true;
+    const free = skeleton(room) === skeleton(LOBBY)
+      ? { ok: false as const, reason: `too much like the room ${LOBBY}; pick another name` }
+      : await this.#accounts.registerRoom(room);
+    if (free.ok) return true;
+    conn.error(errorFrame("bad_name", { message: free.reason, request }));
+    return false;
+  }
+
   /** @internal Creates a room (public or private) and joins it. */
   async create(conn: Connection, frame: { room: string; private: boolean }): Promise<void> {
     const request = { type: "create", room: frame.room } as const;
+    if (!(await this.#roomNameFree(conn, frame.room, request))) return;
     if (
       frame.room === LOBBY ||
       !(await this.#store.createRoom(frame.room, { private: frame.private, owner: conn.user }))

@@ -6,6 +6,7 @@
  */
 
 import { toPrototypes } from "./confusables.ts";
+import { canonicalForm } from "./names.ts";
 
 /**
  * The form two names are compared in: NFKC (so full-width `ａｌｉｃｅ` and
@@ -13,7 +14,7 @@ import { toPrototypes } from "./confusables.ts";
  * `ａｌｉｃｅ` are one name.
  */
 export function canonicalName(name: string): string {
-  return name.normalize("NFKC").toLowerCase().normalize("NFKC");
+  return canonicalForm(name);
 }
 
 /**

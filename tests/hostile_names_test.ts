@@ -60,3 +60,27 @@ Deno.test("DNS rebinding: a socket or login under an unknown host name is refuse
   // And the page itself is served under any name (it holds no one's data).
   assert.equal((await rawGet(srv.port, "/", { host: "evil.example" })).status, 200);
 });
+
+Deno.test("room names are canonical like usernames: VAULT and ｖａｕｌｔ are the private vault, vаult (Cyrillic а) is refused", async () => {
+  await using srv = await startServer();
+  const [alice] = await TestClient.join(srv.origin, "alice");
+  const [mallory] = await TestClient.join(srv.origin, "mallory");
+  try {
+    alice.send({ type: "create", room: "vault", private: true });
+    await alice.next((f) => f.type === "joined" && f.room === "vault");
+    const answer = async (frame: Record<string, unknown>) => {
+      mallory.send(frame);
+      const f = await mallory.next((f) => f.type === "joined" || f.type === "error");
+      return f.type === "joined" ? `joined ${f.room}` : f.code;
+    };
+    assert.equal(await answer({ type: "join", room: "VAULT" }), "forbidden");
+    assert.equal(await answer({ type: "join", room: "ｖａｕｌｔ" }), "forbidden");
+    assert.equal(await answer({ type: "join", room: "vаult" }), "bad_name");
+    assert.equal(await answer({ type: "create", room: "vаult", private: false }), "bad_name");
+    assert.equal(await answer({ type: "join", room: "1obby" }), "bad_name");
+    // Ordinary names still make rooms.
+    assert.equal(await answer({ type: "join", room: "Garden" }), "joined garden");
+  } finally {
+    await Promise.all([alice.close(), mallory.close()]);
+  }
+});

@@ -1035,18 +1035,24 @@ Deno.test("server treats rooms named __proto__ and constructor as ordinary rooms
     bob.send({ type: "send", room, text: "early" });
     assert.equal((await bob.next(isType("error"))).code, "not_member", room);
     alice.send({ type: "join", room });
-    assert.deepEqual(await alice.next(isType("joined")), { type: "joined", room, user: "alice" });
+    // Room names are case folded like usernames (issue 9): hasOwnProperty is hasownproperty.
+    const canonical = room.toLowerCase();
+    assert.deepEqual(await alice.next(isType("joined")), {
+      type: "joined",
+      room: canonical,
+      user: "alice",
+    });
     alice.send({ type: "send", room, text: `in ${room}` });
     const ack = await alice.next(isMessage(`in ${room}`));
     assert.equal(ack.id, 1, room);
-    assert.equal(ack.room, room);
+    assert.equal(ack.room, canonical);
   }
   await ping(bob);
   assert.deepEqual(bob.queued, []);
   await using alice2 = await TestClient.connect(srv.origin, "alice");
   assert.deepEqual(
     [...(await alice2.next(isType("welcome"))).rooms].sort(),
-    ["__proto__", "constructor", "hasOwnProperty", "lobby"],
+    ["__proto__", "constructor", "hasownproperty", "lobby"],
   );
 });
 
