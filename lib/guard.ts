@@ -47,6 +47,8 @@ export interface Guard {
   readonly open: number;
   /** The client address behind an upstream connection, by the port it came from. */
   clientOf(upstreamPort: number): Deno.NetAddr | undefined;
+  /** Relays new connections to another server address (a restarted one). */
+  retarget(upstream: Deno.NetAddr): void;
   /** Stops accepting; open connections end with the server's. */
   close(): void;
   /** Resolves when the accept loop has stopped and every relayed connection has ended. */
@@ -73,12 +75,26 @@ export function descriptorLimit(): number | undefined {
  * server and the server's end of it.
  */
 export const DESCRIPTORS_PER_CONNECTION = 3;
-/** Descriptors kept aside for the store, the page's files, logs and the runtime. */
-export const DESCRIPTORS_RESERVED = 64;
+/** Descriptors open in this process now (from /proc/self/fd); undefined if unknown. */
+export function descriptorsOpen(): number | undefined {
+  try {
+    let n = 0;
+    for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
+    return n;
+  } catch {
+    return undefined;
+  }
+}
 
-/** The connection limit that fits a descriptor limit. */
-export function connectionsFitting(descriptors: number): number {
-  return Math.max(1, Math.floor((descriptors - DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_CONNECTION));
+/**
+ * The connection limit that fits a descriptor limit, given those open at
+ * start (the store, the runtime): a quarter of the limit (64 at least) is
+ * kept aside besides, for the store's files, the page, logs, and the server's
+ * ends of closed relays that it has not yet noticed are gone.
+ */
+export function connectionsFitting(descriptors: number, inUse = 32): number {
+  const spare = Math.max(64, Math.floor(descriptors / 4));
+  return Math.max(1, Math.floor((descriptors - inUse - spare) / DESCRIPTORS_PER_CONNECTION));
 }
 
 function closeFrame(code: number, reason: string): Uint8Array {
@@ -176,11 +192,12 @@ export function startGuard(options: GuardOptions): Guard {
   let open = 0;
   let closing = false;
   const relays = new Set<Promise<void>>();
+  let target = { hostname: options.upstream.hostname, port: options.upstream.port };
 
   async function relay(client: Deno.TcpConn): Promise<void> {
     let upstream: Deno.TcpConn;
     try {
-      upstream = await Deno.connect({ ...options.upstream, transport: "tcp" });
+      upstream = await Deno.connect({ ...target, transport: "tcp" });
     } catch (error) {
       log.error("guard: cannot reach the server", error);
       tryClose(client);
@@ -360,6 +377,7 @@ export function startGuard(options: GuardOptions): Guard {
       return open;
     },
     clientOf: (port) => clients.get(port),
+    retarget: (upstream) => target = { hostname: upstream.hostname, port: upstream.port },
     get finished() {
       return accepting.then(async () => {
         while (relays.size > 0) await Promise.allSettled([...relays]);

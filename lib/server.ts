@@ -12,7 +12,13 @@
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
 import type { Accounts } from "./accounts.ts";
-import { connectionsFitting, descriptorLimit, type Guard, startGuard } from "./guard.ts";
+import {
+  connectionsFitting,
+  descriptorLimit,
+  descriptorsOpen,
+  type Guard,
+  startGuard,
+} from "./guard.ts";
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { BusyError } from "./semaphore.ts";
@@ -337,25 +343,44 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     clientIp: (info) => guard?.clientOf(info.remoteAddr.port)?.hostname,
   });
   const guarded = options.guard ?? true;
-  const listening = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
-    // Behind the guard the server listens on a private loopback port.
-    port: guarded ? 0 : settings.port,
-    hostname: guarded ? "127.0.0.1" : settings.hostname,
-    onListen: (addr) => listening.resolve(addr),
-  }, handler);
-  // Never an unhandled rejection: a listener that fails is reported, and /healthz stops answering.
-  const finished = server.finished.catch((error) => {
-    console.error(`the HTTP server stopped: ${error instanceof Error ? error.message : error}`);
-  });
-  let addr = await listening.promise;
+  const stopped = Promise.withResolvers<void>();
+  let server!: Deno.HttpServer<Deno.NetAddr>;
+  /** Starts `Deno.serve` (behind the guard, on a private loopback port); resolves with its address. */
+  const serve = async (): Promise<Deno.NetAddr> => {
+    const listening = Promise.withResolvers<Deno.NetAddr>();
+    const current = server = Deno.serve({
+      port: guarded ? 0 : settings.port,
+      hostname: guarded ? "127.0.0.1" : settings.hostname,
+      onListen: (addr) => listening.resolve(addr),
+    }, handler);
+    // Never an unhandled rejection. If the listener dies anyway (descriptors ran out under
+    // it), a new one takes over behind the guard, so the process keeps serving.
+    current.finished.then(() => {
+      if (current === server) stopped.resolve();
+    }, async (error) => {
+      console.error(`the HTTP server stopped: ${error instanceof Error ? error.message : error}`);
+      if (current !== server) return;
+      if (!guarded || closing) return stopped.resolve();
+      try {
+        guard?.retarget(await serve());
+        console.error("the HTTP server was restarted");
+      } catch (again) {
+        console.error(`the HTTP server could not restart: ${again}`);
+        stopped.resolve();
+      }
+    });
+    return await listening.promise;
+  };
+  let addr = await serve();
   if (guarded) {
     const descriptors = descriptorLimit();
-    const fit = descriptors === undefined ? Infinity : connectionsFitting(descriptors);
+    const fit = descriptors === undefined
+      ? Infinity
+      : connectionsFitting(descriptors, descriptorsOpen());
     const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
     if (wanted > fit) {
       console.warn(
-        `warning: --max-connections ${wanted} needs ${wanted * 3 + 64} descriptors, more than ` +
+        `warning: --max-connections ${wanted} needs about ${wanted * 3} descriptors, more than ` +
           `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
       );
     } else if (fit < 1000 && settings.maxConnections === 0) {
@@ -386,13 +411,14 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     }
     await server.shutdown();
     await guard?.finished;
+    stopped.resolve();
   };
   const host = addr.hostname === "0.0.0.0" || addr.hostname === "::" ? "127.0.0.1" : addr.hostname;
   return {
     addr,
     origin: `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`,
     hub,
-    finished,
+    finished: stopped.promise,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };

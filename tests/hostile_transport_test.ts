@@ -6,84 +6,10 @@
  */
 
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { TestClient } from "./_client.ts";
 import { rawUpgrade, readCloseCode } from "./_raw.ts";
 import { startServer } from "./_server.ts";
-import { within, writeFragment } from "./_hostile.ts";
-
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-
-/** `main.ts` in a child under a low descriptor limit (`ulimit -n`). */
-async function spawnLimited(nofile: number, args: string[] = []) {
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `ulimit -n ${nofile}; exec "$0" "$@"`,
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      "--unstable-kv",
-      MAIN,
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--data",
-      ":memory:",
-      "--max-connections-per-ip",
-      "100000",
-      "--connects-per-minute",
-      "100000",
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).spawn();
-  let log = "";
-  const decoder = new TextDecoder();
-  let onLog: (() => void) | undefined;
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) {
-      log += decoder.decode(chunk, { stream: true });
-      onLog?.();
-    }
-  };
-  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  let exited = false;
-  const status = child.status.then(async (s) => {
-    exited = true;
-    await pumps;
-    return s;
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    onLog = () => {
-      const m = /listening on http:\/\/[^:]+:(\d+)\//.exec(log);
-      if (m) resolve(Number(m[1]));
-    };
-    status.then((s) => reject(new Error(`exited (${s.code}) before listening:\n${log}`)));
-  });
-  return {
-    port,
-    output: () => log,
-    exited: () => exited,
-    async [Symbol.asyncDispose]() {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-    },
-  };
-}
-
-/** GET /healthz, retried while the server refuses with 503 (its connections still closing). */
-async function healthy(port: number): Promise<number> {
-  for (let i = 0;; i++) {
-    const res = await fetch(`http://127.0.0.1:${port}/healthz`);
-    await res.body?.cancel();
-    if (res.status !== 503 || i === 100) return res.status;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+import { healthy, spawnLimited, within, writeFragment } from "./_hostile.ts";
 
 Deno.test("descriptor exhaustion: 400 idle connections against ulimit -n 256 are refused beyond the limit, and the server keeps serving", async () => {
   await using srv = await spawnLimited(256);
