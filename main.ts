@@ -10,6 +10,7 @@ import { Accounts } from "./lib/accounts.ts";
 import { KvStore } from "./lib/kv_store.ts";
 import { startChatServer } from "./lib/server.ts";
 import { helpText, parseSettings } from "./lib/settings.ts";
+import { LogOnce } from "./lib/log.ts";
 
 /** Environment lookup that treats a denied permission as "not set". */
 function env(name: string): string | undefined {
@@ -70,6 +71,13 @@ const server = await startChatServer({
     );
   },
 }).catch((e) => fatal("cannot listen", e));
+
+// A promise rejected with no handler is a bug, but never a reason to stop serving everyone.
+const rejections = new LogOnce();
+globalThis.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  rejections.error("unhandled rejection (a bug; the server keeps serving)", e.reason);
+});
 
 let stopping = false;
 async function stop(signal: Deno.Signal): Promise<void> {

@@ -116,3 +116,21 @@ export async function healthy(port: number): Promise<number> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** The classes of attack the hostile suite covers, each in its own file. */
+export const HOSTILE_CLASSES: ReadonlyArray<{ name: string; file: string }> = [
+  { name: "hostile inputs (frames, names, tokens, floods)", file: "hostile_test.ts" },
+  { name: "descriptors, handshakes and fragments (raw TCP)", file: "hostile_transport_test.ts" },
+  { name: "fan-out floods and names changing hands", file: "hostile_fanout_test.ts" },
+  { name: "checks racing writes", file: "hostile_race_test.ts" },
+  { name: "queues without bounds", file: "hostile_queues_test.ts" },
+  { name: "resume that defeats itself", file: "hostile_replay_test.ts" },
+  { name: "names and origins", file: "hostile_names_test.ts" },
+  { name: "everything at once (soak)", file: "hostile_soak_test.ts" },
+];
+
+/** How many `Deno.test` cases a hostile file declares (read from its source). */
+export function casesIn(file: string): number {
+  const source = Deno.readTextFileSync(new URL(file, import.meta.url));
+  return source.match(/^Deno\.test\(/gm)?.length ?? 0;
+}
