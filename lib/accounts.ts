@@ -144,20 +144,27 @@ export class Accounts {
 
   /**
    * Registers a room's name (idempotent) so that no other room may look like
-   * it: resolves ok, or with the room it is too much like. Room names come
-   * canonical (see protocol.ts); `["roomskel", skeleton]` → room.
+   * it: resolves ok, or with the room it is too much like. A name new here
+   * counts against `by`'s rooms, at most `maxPerUser` (checked in the same
+   * atomic commit). Room names come canonical (see protocol.ts).
+   * Keys: `["roomskel", skeleton]` → room; `["rooms-made", user]` → count.
    */
-  async registerRoom(room: string): Promise<Resolved> {
+  async registerRoom(room: string, by: string, maxPerUser = Infinity): Promise<Resolved> {
     const key = ["roomskel", skeleton(room)];
+    const made = ["rooms-made", by];
     for (;;) {
-      const entry = await this.#kv.get<string>(key);
+      const [entry, count] = await this.#kv.getMany<[string, number]>([key, made]);
       if (entry.value === room) return { ok: true, user: room, known: true };
       if (entry.value !== null) {
         return { ok: false, reason: `too much like the room ${entry.value}; pick another name` };
       }
-      if ((await this.#kv.atomic().check(entry).set(key, room).commit()).ok) {
-        return { ok: true, user: room, known: false };
+      const n = count.value ?? 0;
+      if (n >= maxPerUser) {
+        return { ok: false, reason: `at most ${maxPerUser} new rooms per user` };
       }
+      const result = await this.#kv.atomic().check(entry).check(count).set(key, room)
+        .set(made, n + 1).commit();
+      if (result.ok) return { ok: true, user: room, known: false };
     }
   }
 

@@ -67,6 +67,8 @@ export interface HubLimits {
   maxQueuedBytes?: number;
   /** Pending invitations one user may hold; more are refused (100). */
   maxInvitesPerUser?: number;
+  /** Room names one user may bring into being, ever; more are refused (no limit when absent). */
+  maxRoomsCreatedPerUser?: number;
 }
 
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
@@ -430,7 +432,7 @@ export class ChatHub {
     if (room === LOBBY) return true;
     const free = skeleton(room) === skeleton(LOBBY)
       ? { ok: false as const, reason: `too much like the room ${LOBBY}; pick another name` }
-      : await this.#accounts.registerRoom(room);
+      : await this.#accounts.registerRoom(room, conn.user, this.limits.maxRoomsCreatedPerUser);
     if (free.ok) return true;
     conn.error(errorFrame("bad_name", { message: free.reason, request }));
     return false;

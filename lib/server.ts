@@ -331,6 +331,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       fanoutIntervalMs: settings.fanoutInterval * 1000,
       maxQueuedBytes: settings.maxQueuedBytes,
       maxInvitesPerUser: settings.maxInvitesPerUser,
+      maxRoomsCreatedPerUser: settings.maxRoomsCreatedPerUser,
     },
   });
   let closing = false;

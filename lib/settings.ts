@@ -56,6 +56,8 @@ export interface Settings {
   maxQueuedHashes: number;
   /** Pending invitations one user may hold (`--max-invites-per-user`). */
   maxInvitesPerUser: number;
+  /** New room names one user may bring into being, ever (`--max-rooms-created-per-user`). */
+  maxRoomsCreatedPerUser: number;
   /** Host names the server is reached under besides IPs and localhost, comma-separated; `*` any (`--public-host`). */
   publicHost: string;
 }
@@ -260,6 +262,14 @@ const SPECS: Spec[] = [
     help: "pending invitations one user may hold; more are refused with forbidden",
   },
   {
+    key: "maxRoomsCreatedPerUser",
+    flag: "max-rooms-created-per-user",
+    env: "CHAT_MAX_ROOMS_CREATED_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "new rooms one user may bring into being (create, or join a new name); more get bad_name",
+  },
+  {
     key: "publicHost",
     flag: "public-host",
     env: "CHAT_PUBLIC_HOST",
@@ -295,6 +305,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   maxConcurrentHashes: 2,
   maxQueuedHashes: 16,
   maxInvitesPerUser: 100,
+  maxRoomsCreatedPerUser: 1000,
   publicHost: "",
 };
 

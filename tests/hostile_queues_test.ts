@@ -163,3 +163,25 @@ Deno.test("asking for the rooms listing over and over is rate-limited like sendi
     await mallory.close();
   }
 });
+
+Deno.test("rooms one user brings into being stop at --max-rooms-created-per-user, even after leaving them", async () => {
+  await using srv = await startServer({ settings: { maxRoomsCreatedPerUser: 3 } });
+  const [mallory] = await TestClient.join(srv.origin, "mallory");
+  try {
+    const answers: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      mallory.send(
+        i % 2 === 0 ? { type: "create", room: `heap${i}` } : { type: "join", room: `heap${i}` },
+      );
+      const f = await mallory.next((f) => f.type === "joined" || f.type === "error");
+      answers.push(f.type === "joined" ? "joined" : f.code);
+      if (f.type === "joined") mallory.send({ type: "leave", room: `heap${i}` });
+    }
+    assert.deepEqual(answers, ["joined", "joined", "joined", "bad_name", "bad_name"]);
+    // Rooms that exist are still open to join.
+    mallory.send({ type: "join", room: "heap0" });
+    await mallory.next((f) => f.type === "joined" && f.room === "heap0");
+  } finally {
+    await mallory.close();
+  }
+});
