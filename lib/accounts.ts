@@ -207,6 +207,11 @@ export class Accounts {
     return { ok: true, session, token };
   }
 
+  /** Whether a name is claimed (a `chat.v1` client holds its tokens). */
+  async isClaimed(user: string): Promise<boolean> {
+    return (await this.#kv.get<Account>(["account", user])).value !== null;
+  }
+
   /** Whether a user has a password. */
   async hasPassword(user: string): Promise<boolean> {
     return (await this.#kv.get<Account>(["account", user])).value?.password !== undefined;

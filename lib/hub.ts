@@ -74,7 +74,7 @@ export interface HubLimits {
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
 export type HubAccounts = Pick<
   Accounts,
-  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke" | "registerRoom"
+  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke" | "registerRoom" | "isClaimed"
 >;
 
 /** Options of {@linkcode ChatHub}. */
@@ -205,6 +205,12 @@ export class ChatHub {
         this.#accounts.hasPassword(user),
         Promise.all(rooms.map((r) => this.#isPrivate(r))),
       ]);
+    // The original page was let in on a free name; if it was claimed since, it is not its
+    // owner. Checked last before joining, so a claim after this finds it among the members.
+    if (conn.legacy && await this.#accounts.isClaimed(user)) {
+      conn.closePeer(CloseCode.Forbidden, `${user} was claimed; it needs its token now`);
+      return conn.close();
+    }
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
     const first = !this.#users.has(user);
