@@ -38,6 +38,10 @@ import { CloseCode, type Peer } from "./peer.ts";
 import { Coalescer, Throttle } from "./throttle.ts";
 import { BusyError } from "./semaphore.ts";
 import { skeleton } from "./identity.ts";
+import { LogOnce } from "./log.ts";
+
+/** Errors by cause, at most once a minute each, never with client text. */
+const log = new LogOnce();
 
 export { CloseCode, Connection, type Peer };
 
@@ -177,7 +181,7 @@ export class ChatHub {
       options,
       open: (c) =>
         this.#open(c).catch((error) => {
-          console.error("could not open a connection", error);
+          log.error("could not open a connection", error);
           c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
           c.close();
         }),
@@ -357,7 +361,7 @@ export class ChatHub {
         conn.acknowledgeAgain(stored);
       },
       (error) => {
-        if (!(error instanceof StoreError)) console.error("unexpected store error", error);
+        if (!(error instanceof StoreError)) log.error("unexpected store error", error);
         conn.error(
           errorFrame("store_failed", {
             message: "the message could not be stored; it was not sent",

@@ -23,6 +23,9 @@ import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { BusyError } from "./semaphore.ts";
 import { hostPolicy } from "./hosts.ts";
+import { LogOnce } from "./log.ts";
+
+const log = new LogOnce();
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
@@ -359,14 +362,14 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     current.finished.then(() => {
       if (current === server) stopped.resolve();
     }, async (error) => {
-      console.error(`the HTTP server stopped: ${error instanceof Error ? error.message : error}`);
+      log.error("the HTTP server stopped", error);
       if (current !== server) return;
       if (!guarded || closing) return stopped.resolve();
       try {
         guard?.retarget(await serve());
         console.error("the HTTP server was restarted");
       } catch (again) {
-        console.error(`the HTTP server could not restart: ${again}`);
+        log.error("the HTTP server could not restart", again);
         stopped.resolve();
       }
     });
