@@ -23,6 +23,9 @@ import {
   verifyPassword,
 } from "./identity.ts";
 import { Semaphore } from "./semaphore.ts";
+import { LogOnce } from "./log.ts";
+
+const log = new LogOnce();
 
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
@@ -79,7 +82,10 @@ export class Accounts {
     this.#kv = kv;
     this.#iterations = options.iterations ?? 600_000;
     this.#hashing = new Semaphore(options.maxConcurrentHashes ?? 2, options.maxQueuedHashes ?? 16);
-    this.#skeletons = this.#indexSkeletons();
+    // Never rejects: a store closed meanwhile (or failing) leaves the old index, logged once.
+    this.#skeletons = this.#indexSkeletons().catch((error) =>
+      log.error("could not re-index name skeletons", error)
+    );
   }
 
   /**

@@ -56,6 +56,7 @@ export interface Guard {
 }
 
 const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
 const log = new LogOnce();
 
 /** The soft limit on open descriptors of this process, from /proc/self/limits; undefined if unknown. */
@@ -257,6 +258,7 @@ export function startGuard(options: GuardOptions): Guard {
     let upgradeAsked = false;
     /** Whether the client's bytes are a request head being read (not a body). */
     let scanning = true;
+    let head = "";
     const toServer = async () => {
       const buf = new Uint8Array(32 * 1024);
       for (;;) {
@@ -271,14 +273,15 @@ export function startGuard(options: GuardOptions): Guard {
         const chunk = buf.subarray(0, n);
         let frames: Uint8Array | undefined;
         if (mode === "http") {
-          if (scanning && !upgradeAsked) {
-            upgradeAsked = /upgrade:\s*websocket/i.test(new TextDecoder().decode(chunk));
-          }
           // After a head, its body (if any) passes unscanned until the answer starts; the
           // clock runs on until then, so a request, body included, has handshakeTimeout.
           const at = scanning ? headEnd(chunk) : -1;
+          // The head's text, however it was split into reads (at most maxHead bytes).
+          if (scanning) head += latin1.decode(at === -1 ? chunk : chunk.subarray(0, at));
           if (at !== -1) {
             scanning = false;
+            upgradeAsked = /\r\nupgrade:[^\r\n]*websocket/i.test(head);
+            head = "";
             if (upgradeAsked) {
               // Frames may follow the head at once, before the 101: they are metered too.
               mode = "upgrading";
@@ -305,11 +308,12 @@ export function startGuard(options: GuardOptions): Guard {
         if (n === null) return;
         const chunk = buf.subarray(0, n);
         if (mode === "upgrading") {
-          const head = new TextDecoder().decode(chunk.subarray(0, 12));
-          // Refused, the connection is HTTP again; accepted, it is frames from here on.
-          mode = head === "HTTP/1.1 101" ? "ws" : "http";
+          // Accepted, it is frames from here on (the meter keeps what it has read of them);
+          // refused, the connection is HTTP again.
+          const accepted = latin1.decode(chunk.subarray(0, 12)) === "HTTP/1.1 101";
+          mode = accepted ? "ws" : "http";
           upgradeAsked = false;
-          meter = new FrameMeter();
+          if (!accepted) meter = new FrameMeter();
           clearTimeout(timer);
         }
         if (mode === "http" && !scanning) {
@@ -317,6 +321,7 @@ export function startGuard(options: GuardOptions): Guard {
           scanning = true;
           headBytes = 0;
           matched = 0;
+          head = "";
           clearTimeout(timer);
           timer = setTimeout(end, options.handshakeTimeoutMs);
         }

@@ -91,3 +91,50 @@ Deno.test("an unfinished fragmented message is closed with 1009 at --max-frame-b
   bob.send({ type: "ping" });
   await bob.next((f) => f.type === "pong");
 });
+
+Deno.test("a handshake split across many small writes is still recognised, and its fragments bounded (1009)", async () => {
+  await using srv = await startServer();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+  try {
+    const head = [
+      "GET /ws/splitter HTTP/1.1",
+      `Host: 127.0.0.1:${srv.port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+      "Sec-WebSocket-Version: 13",
+      "Sec-WebSocket-Protocol: chat.v1",
+      "",
+      "",
+    ].join("\r\n");
+    // Seven bytes a write, so "Upgrade: websocket" never arrives in one piece.
+    const bytes = new TextEncoder().encode(head);
+    for (let i = 0; i < bytes.length; i += 7) {
+      await conn.write(bytes.subarray(i, i + 7));
+      // Each piece its own segment: wait until the previous one is surely read.
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    // The 101 head first, byte by byte, so what follows is frames.
+    let answer = "";
+    const one = new Uint8Array(1);
+    while (!answer.endsWith("\r\n\r\n") && await conn.read(one) !== null) {
+      answer += String.fromCharCode(one[0]);
+    }
+    assert.match(answer, /^HTTP\/1\.1 101/);
+    const closed = readCloseCode(conn).catch(() => null);
+    const chunk = new Uint8Array(60 * 1024).fill(0x62);
+    let sent = 0;
+    try {
+      await writeFragment(conn, { fin: false, opcode: 1, payload: chunk });
+      for (; sent < 32 * 1024 * 1024; sent += chunk.length) {
+        await writeFragment(conn, { fin: false, opcode: 0, payload: chunk });
+      }
+    } catch {
+      // Closed by the server, as it should.
+    }
+    assert.equal(await within(5000, "a close frame", closed), 1009);
+    assert.ok(sent < 16 * 1024 * 1024, `${sent} bytes taken`);
+  } finally {
+    conn.close();
+  }
+});
