@@ -496,9 +496,8 @@ export class ChatHub {
 
   /** @internal Lists public rooms for discovery. */
   async publicRooms(conn: Connection): Promise<void> {
-    // The listing is read at most once per interval, however many ask, and costs the asker
-    // from its budget: its cost grows with the rooms, not with the askers.
-    if (!this.#allowSend(conn, { type: "rooms" })) return;
+    // The listing is read from the store at most once per interval (or change here), however
+    // many ask: its cost grows with the rooms (at most 100 are listed), not with the askers.
     const now = Date.now();
     if (!this.#listing || now - this.#listing.at > (this.limits.fanoutIntervalMs ?? 2000)) {
       this.#listing = {
