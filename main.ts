@@ -14,6 +14,7 @@ import { DEFAULT_SETTINGS, helpText, parseSettings } from "./lib/settings.ts";
 import { openDatabase, parseData } from "./lib/sql/open.ts";
 import type { SqliteSynchronous } from "./lib/sql/sqlite.ts";
 import { SqlStore } from "./lib/sql/store.ts";
+import { LogOnce } from "./lib/log.ts";
 
 /** Environment lookup that treats a denied permission as "not set". */
 function env(name: string): string | undefined {
@@ -39,6 +40,10 @@ if (!parsed.ok) {
   Deno.exit(2);
 }
 const settings = parsed.settings;
+// On Deno Deploy the platform routes only its own and the project's domains here.
+if (env("DENO_DEPLOYMENT_ID") !== undefined && settings.publicHost === "") {
+  settings.publicHost = "*";
+}
 
 /** Prints why the server cannot start, and exits. */
 function fatal(what: string, error: unknown): never {
@@ -51,10 +56,12 @@ function fatal(what: string, error: unknown): never {
   Deno.exit(1);
 }
 
+// On Deno Deploy the platform accepts connections (no guard in front) and brings the database.
+const onDeploy = env("DENO_DEPLOYMENT_ID") !== undefined;
 const target = (() => {
   try {
     return parseData(settings.data, {
-      onDeploy: env("DENO_DEPLOYMENT_ID") !== undefined,
+      onDeploy,
       env,
       explicit: settings.data !== DEFAULT_SETTINGS.data,
     });
@@ -73,7 +80,10 @@ const backend: Backend = target.kind === "postgres"
     url: target.url,
     where: db.description,
     store,
-    accounts: new Accounts(store.db),
+    accounts: new Accounts(store.db, {
+      maxConcurrentHashes: settings.maxConcurrentHashes,
+      maxQueuedHashes: settings.maxQueuedHashes,
+    }),
     limits: settings,
     presenceTtlMs: settings.presenceTtl * 1000,
     pollMs: settings.pgPollMs,
@@ -81,7 +91,10 @@ const backend: Backend = target.kind === "postgres"
   : localBackend({
     where: db.description,
     store,
-    accounts: new Accounts(store.db),
+    accounts: new Accounts(store.db, {
+      maxConcurrentHashes: settings.maxConcurrentHashes,
+      maxQueuedHashes: settings.maxQueuedHashes,
+    }),
     limits: settings,
   });
 const server = await startChatServer({
@@ -91,6 +104,7 @@ const server = await startChatServer({
   presence: backend.presence,
   userLimits: backend.userLimits,
   bus: backend.bus,
+  guard: !onDeploy,
   onListen: (addr) => {
     const interfaces = isWildcard(addr.hostname) ? localInterfaces() : [];
     const [here, ...network] = reachableUrls(addr, interfaces ?? []);
@@ -103,6 +117,13 @@ const server = await startChatServer({
     }
   },
 }).catch((e) => fatal("cannot listen", e));
+
+// A promise rejected with no handler is a bug, but never a reason to stop serving everyone.
+const rejections = new LogOnce();
+globalThis.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  rejections.error("unhandled rejection (a bug; the server keeps serving)", e.reason);
+});
 
 let stopping = false;
 async function stop(signal: Deno.Signal): Promise<void> {

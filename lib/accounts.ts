@@ -19,11 +19,15 @@ import {
   skeleton,
   verifyPassword,
 } from "./identity.ts";
+import { LogOnce } from "./log.ts";
 import type { RefusalCode } from "./protocol.ts";
+import { Semaphore } from "./semaphore.ts";
 import type { SqlDatabase } from "./sql/dialect.ts";
 import { LOBBY_KEY, readFromLatest } from "./sql/store.ts";
 
 export type { RefusalCode };
+
+const log = new LogOnce();
 
 /** A name looked up: the registered spelling, or why it cannot be used. */
 export type Resolved =
@@ -41,6 +45,12 @@ export type Authenticated =
   }
   | { ok: false; reason: string; code: RefusalCode };
 
+/** The outcome of {@linkcode Accounts.registerRoom}. */
+export type RoomName = { ok: true } | { ok: false; reason: string };
+
+/** Thrown inside a registration whose skeleton was taken meanwhile, to roll it back. */
+class LookAlikeRace extends Error {}
+
 /** Options of {@linkcode Accounts.authenticate}. */
 export interface AuthenticateOptions {
   /** The token the client presented, if any. */
@@ -49,20 +59,64 @@ export interface AuthenticateOptions {
   legacy: boolean;
 }
 
+/**
+ * The version of `skeleton()` the `skeletons` table was filled with (2:
+ * Unicode's confusables data); see {@linkcode Accounts.#indexSkeletons}.
+ */
+const SKELETON_VERSION = 2;
+
 /** Registered names, claims, tokens and passwords, in a SQL database. */
 export class Accounts {
   #db: SqlDatabase;
   #iterations: number;
   /** Registered spelling by canonical name: names never change, so this cache never goes stale. */
   #known = new Map<string, string>();
+  /** Resolves once the skeleton index is current (see {@linkcode Accounts.#indexSkeletons}). */
+  #skeletons: Promise<void>;
+  /** Password hashing, bounded: it is the one thing a client can make cost a CPU-second. */
+  #hashing: Semaphore;
 
   /**
    * Accounts in a database whose schema is current (open a `SqlStore` on it
-   * first); `iterations` is PBKDF2's work factor.
+   * first); `iterations` is PBKDF2's work factor; `maxConcurrentHashes` and
+   * `maxQueuedHashes` bound password hashing (beyond both, `setPassword` and
+   * `login` reject with `BusyError`).
    */
-  constructor(db: SqlDatabase, options: { iterations?: number } = {}) {
+  constructor(
+    db: SqlDatabase,
+    options: { iterations?: number; maxConcurrentHashes?: number; maxQueuedHashes?: number } = {},
+  ) {
     this.#db = db;
     this.#iterations = options.iterations ?? 600_000;
+    this.#hashing = new Semaphore(options.maxConcurrentHashes ?? 2, options.maxQueuedHashes ?? 16);
+    // Never rejects: a store closed meanwhile (or failing) leaves the old index, logged once.
+    this.#skeletons = this.#indexSkeletons().catch((error) =>
+      log.error("could not re-index name skeletons", error)
+    );
+  }
+
+  /**
+   * Names registered under an older skeleton function get their current
+   * skeleton indexed too (once per version), so their look-alikes are still
+   * found; where two old names now share a skeleton, the first keeps it.
+   */
+  async #indexSkeletons(): Promise<void> {
+    const [marker] = await this.#db.query<{ value: string }>(
+      `SELECT value FROM meta WHERE key = 'skeleton_version'`,
+    );
+    if (Number(marker?.value) === SKELETON_VERSION) return;
+    const users = await this.#db.query<{ name: string }>(`SELECT name FROM users ORDER BY since`);
+    for (const { name } of users) {
+      await this.#db.query(
+        `INSERT INTO skeletons (skel, name) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+        [skeleton(name), name],
+      );
+    }
+    await this.#db.query(
+      `INSERT INTO meta (key, value) VALUES ('skeleton_version', $1)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
+      [String(SKELETON_VERSION)],
+    );
   }
 
   /**
@@ -70,11 +124,14 @@ export class Accounts {
    * came first), or refuses a look-alike of another registered name.
    */
   async resolve(name: string): Promise<Resolved> {
+    await this.#skeletons;
     const canon = canonicalName(name);
     const cached = this.#known.get(canon);
     if (cached !== undefined) return { ok: true, user: cached, known: true };
-    const rows = await this.#db.query<{ name: string; canon: string }>(
-      `SELECT name, canon FROM users WHERE canon = $1 OR skel = $2`,
+    // A look-alike is a name with the same skeleton under any skeleton function used so far.
+    const rows = await this.#db.query<{ name: string; canon: string | null }>(
+      `SELECT name, canon FROM users WHERE canon = $1 OR skel = $2
+       UNION ALL SELECT name, NULL AS canon FROM skeletons WHERE skel = $2`,
       [canon, skeleton(name)],
     );
     const byCanon = rows.find((r) => r.canon === canon);
@@ -108,8 +165,18 @@ export class Accounts {
            ON CONFLICT DO NOTHING RETURNING name`,
           [name, canon, skeleton(name), Date.now()],
         );
-        if (rows.length > 0) await readFromLatest(tx, this.#db, name, LOBBY_KEY);
-        return rows.length > 0;
+        if (rows.length === 0) return false;
+        const skel = await tx.query(
+          `INSERT INTO skeletons (skel, name) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING name`,
+          [skeleton(name), name],
+        );
+        // A look-alike took the skeleton meantime: undo, and look again.
+        if (skel.length === 0) throw new LookAlikeRace();
+        await readFromLatest(tx, this.#db, name, LOBBY_KEY);
+        return true;
+      }).catch((error) => {
+        if (error instanceof LookAlikeRace) return false;
+        throw error;
       });
       if (added) {
         this.#known.set(canon, name);
@@ -134,6 +201,50 @@ export class Accounts {
       user,
       Date.now(),
     ]);
+  }
+
+  /**
+   * Registers a room's name (idempotent) so that no other room may look like
+   * it: resolves ok, or with the room it is too much like. A name new here
+   * counts against `by`'s rooms, at most `maxPerUser` (checked in the same
+   * atomic commit). Room names come canonical (see protocol.ts).
+   * Tables: `room_names` (skeleton → room), `rooms_made` (user → count).
+   */
+  async registerRoom(room: string, by: string, maxPerUser = Infinity): Promise<RoomName> {
+    const skel = skeleton(room);
+    for (;;) {
+      const [entry] = await this.#db.query<{ room: string }>(
+        `SELECT room FROM room_names WHERE skel = $1`,
+        [skel],
+      );
+      if (entry?.room === room) return { ok: true };
+      if (entry) {
+        return { ok: false, reason: `too much like the room ${entry.room}; pick another name` };
+      }
+      const outcome = await this.#db.transaction(async (tx) => {
+        const [made] = await tx.query<{ made: number }>(
+          `SELECT made FROM rooms_made WHERE name = $1 ${this.#db.dialect.forUpdate}`,
+          [by],
+        );
+        if (Number(made?.made ?? 0) >= maxPerUser) return "limit";
+        const added = await tx.query(
+          `INSERT INTO room_names (skel, room) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room`,
+          [skel, room],
+        );
+        if (added.length === 0) return "again";
+        await tx.query(
+          `INSERT INTO rooms_made (name, made) VALUES ($1, 1)
+           ON CONFLICT (name) DO UPDATE SET made = rooms_made.made + 1`,
+          [by],
+        );
+        return "ok";
+      });
+      if (outcome === "ok") return { ok: true };
+      if (outcome === "limit") {
+        return { ok: false, reason: `at most ${maxPerUser} new rooms per user` };
+      }
+      // Another room took the skeleton meanwhile: look again.
+    }
   }
 
   /**
@@ -202,6 +313,11 @@ export class Accounts {
     return { ok: true, session, token };
   }
 
+  /** Whether a name is claimed (a `chat.v1` client holds its tokens). */
+  async isClaimed(user: string): Promise<boolean> {
+    return (await this.#account(user)) !== undefined;
+  }
+
   /** Whether a user has a password. */
   async hasPassword(user: string): Promise<boolean> {
     return (await this.#account(user))?.password !== undefined;
@@ -209,7 +325,7 @@ export class Accounts {
 
   /** Sets a claimed user's password. */
   async setPassword(user: string, password: string): Promise<void> {
-    const hash = await hashPassword(password, this.#iterations);
+    const hash = await this.#hashing.run(() => hashPassword(password, this.#iterations));
     const rows = await this.#db.query(
       `UPDATE accounts SET password = $2 WHERE name = $1 RETURNING name`,
       [user, JSON.stringify(hash)],
@@ -225,7 +341,9 @@ export class Accounts {
     const found = await this.resolve(name);
     if (!found.ok || !found.known) return undefined;
     const stored = (await this.#account(found.user))?.password;
-    if (!stored || !(await verifyPassword(password, stored))) return undefined;
+    if (!stored || !(await this.#hashing.run(() => verifyPassword(password, stored)))) {
+      return undefined;
+    }
     const token = newToken();
     await this.#issue(found.user, await hashToken(token));
     return { user: found.user, token };

@@ -20,7 +20,9 @@ export type BusEvent =
   | ({ kind: "read"; user: string; id: number } & ConversationRef)
   | { kind: "presence"; user: string; online: boolean }
   | { kind: "invited"; user: string; room: string; by: string }
-  | { kind: "revoked"; user: string; sessions: string[] | "all" };
+  | { kind: "revoked"; user: string; sessions: string[] | "all" }
+  /** A name was claimed by `session`: every other connection on it closes (4003). */
+  | { kind: "claimed"; user: string; session: string };
 
 /** A subscriber to a {@linkcode Bus}. */
 export type BusHandler = (event: BusEvent) => void;

@@ -22,6 +22,11 @@ import {
   toLegacyError,
 } from "./protocol.ts";
 import { type ConversationKey, conversationOf } from "./store.ts";
+import { LogOnce } from "./log.ts";
+
+const log = new LogOnce();
+/** How long a paced replay waits for a client that reads nothing before it is a slow consumer. */
+const REPLAY_STALL_MS = 10_000;
 
 const encoder = new TextEncoder();
 
@@ -54,6 +59,8 @@ export class Connection {
   #peer: Peer;
   #chain: Promise<void>;
   #closed = false;
+  /** Bytes of frames taken and not yet handled (reads running beside the chain included). */
+  #pending = 0;
 
   /**
    * Messages to this connection, by conversation: the newest id it was sent
@@ -133,11 +140,32 @@ export class Connection {
       return;
     }
     if (exceedsBytes(data, limits.maxFrameBytes)) return this.#tooBig();
+    // What waits behind a slow frame is bounded: a client that sends faster than it is
+    // served is closed, not queued for without end.
+    const maxQueued = limits.maxQueuedBytes ?? 1024 * 1024;
+    if (this.#pending + data.length > maxQueued) {
+      this.closePeer(
+        CloseCode.PolicyViolation,
+        `more than ${maxQueued} bytes of frames waiting; slow down`,
+      );
+      return this.close();
+    }
+    const size = data.length;
+    this.#pending += size;
     // Sequential: a `send` after a `join` must see the membership the join made.
     this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
-      console.error("unexpected error handling a frame", error);
+      log.error("unexpected error handling a frame", error);
       this.error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
-    });
+    }).finally(() => this.#pending -= size);
+    this.#hub.track(this.#chain);
+  }
+
+  /** Runs a read beside the chain, still counted among the frames waiting (as 1 KiB). */
+  #beside(task: Promise<void>): void {
+    this.#pending += 1024;
+    this.#hub.track(
+      task.catch((error) => this.#storeError(error)).finally(() => this.#pending -= 1024),
+    );
   }
 
   #tooBig(): void {
@@ -190,13 +218,10 @@ export class Connection {
           frame.room !== undefined ? { room: frame.room } : { to: frame.to },
         );
       case "history":
-        // Reads need no ordering with later frames: let them run beside the chain (the hub
-        // tracks them, so that shutdown waits for them before the store closes).
-        void hub.track(hub.history(this, frame).catch((error) => this.#storeError(error)));
-        return;
+        // Reads need no ordering with later frames: let them run beside the chain.
+        return this.#beside(hub.history(this, frame));
       case "read":
-        void hub.track(hub.read(this, frame).catch((error) => this.#storeError(error)));
-        return;
+        return this.#beside(hub.read(this, frame));
       case "resume":
         return await this.#resume(frame.conversations);
       case "create":
@@ -252,10 +277,13 @@ export class Connection {
     if (this.#waiting.has(key)) return;
     this.#waiting.set(key, []);
     const { after, ref, announce } = options;
-    this.#hub.replay(key, after).then((page) => {
+    const filling = this.#hub.replay(key, after).then(async (page) => {
       if (this.#closed) return;
       for (const message of page.messages) {
         if (message.id <= (this.#cursors.get(key) ?? 0)) continue;
+        // Paced by the socket's real backpressure: a long replay to a fast reader waits for
+        // its buffer to drain instead of tripping the slow-consumer limit.
+        if (!(await this.#drained())) return;
         this.#cursors.set(key, message.id);
         this.deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
       }
@@ -279,10 +307,11 @@ export class Connection {
       for (const [message, out] of waiting) this.deliverMessage(message, out);
     }).catch((error) => {
       // Better to drop the connection than to leave a hole: the client resumes on reconnect.
-      console.error("replay failed", error);
+      log.error("replay failed", error);
       this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
       this.close();
     });
+    this.#hub.track(filling);
   }
 
   /**
@@ -330,7 +359,14 @@ export class Connection {
       return;
     }
     const waiting = this.#waiting.get(key);
-    if (waiting) return void waiting.push([message, out]);
+    if (waiting) {
+      // Live messages behind a replay are bounded like those held before a resume.
+      if (waiting.length >= this.#hub.limits.replayLimit) {
+        this.closePeer(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        return this.close();
+      }
+      return void waiting.push([message, out]);
+    }
     // A client that resumes knows every conversation it named; of a DM it did not name it
     // has nothing, so even a first live message there is checked for a gap from 0.
     const cursor = this.#cursors.get(key) ??
@@ -345,8 +381,38 @@ export class Connection {
     this.deliverShared(out);
   }
 
+  /**
+   * Waits while more than half of `maxBufferedBytes` is queued for the peer,
+   * until it is below a quarter; false if the connection closed, or the
+   * client read nothing for `REPLAY_STALL_MS` (a slow consumer after all: closed).
+   */
+  async #drained(): Promise<boolean> {
+    const max = this.#hub.limits.maxBufferedBytes;
+    const buffered = () => {
+      try {
+        return this.#peer.bufferedAmount;
+      } catch {
+        return 0;
+      }
+    };
+    if (buffered() <= max / 2) return !this.#closed;
+    let last = buffered();
+    let since = Date.now();
+    while (!this.#closed && buffered() > max / 4) {
+      await new Promise((r) => setTimeout(r, 5));
+      const now = buffered();
+      if (now < last) since = Date.now();
+      last = now;
+      if (Date.now() - since > REPLAY_STALL_MS) {
+        this.closePeer(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+        this.close();
+      }
+    }
+    return !this.#closed;
+  }
+
   #storeError(error: unknown): void {
-    console.error("store read failed", error);
+    log.error("store read failed", error);
     this.error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
   }
 
@@ -358,21 +424,22 @@ export class Connection {
   /** Sends an encoded frame, or disconnects a client that stopped reading. */
   deliver(text: string): void {
     if (this.#closed) return;
-    // Asking the socket for its buffered amount is a call into Deno per frame; the answer can
-    // only have grown by what was sent since (at most 3 UTF-8 bytes per UTF-16 unit), so ask
-    // only when that bound could pass the limit. Same decision, far fewer calls.
-    const max = this.#hub.limits.maxBufferedBytes;
-    if (this.#buffered + this.#unchecked > max) {
-      this.#buffered = this.#peer.bufferedAmount;
-      this.#unchecked = 0;
-      if (this.#buffered > max) {
-        this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
-        this.close();
-        return;
-      }
-    }
-    this.#unchecked += text.length * 3;
     try {
+      // Inside the try: a socket closed under us throws even on reading bufferedAmount.
+      // Asking the socket for its buffered amount is a call into Deno per frame; the answer can
+      // only have grown by what was sent since (at most 3 UTF-8 bytes per UTF-16 unit), so ask
+      // only when that bound could pass the limit. Same decision, far fewer calls.
+      const max = this.#hub.limits.maxBufferedBytes;
+      if (this.#buffered + this.#unchecked > max) {
+        this.#buffered = this.#peer.bufferedAmount;
+        this.#unchecked = 0;
+        if (this.#buffered > max) {
+          this.#peer.close(CloseCode.SlowConsumer, "too far behind; reconnect to catch up");
+          this.close();
+          return;
+        }
+      }
+      this.#unchecked += text.length * 3;
       this.#peer.send(text);
     } catch {
       // The socket closed under us; its close event will follow.

@@ -40,6 +40,13 @@ import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import { LocalPresence, type Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
+import { Coalescer, Throttle } from "./throttle.ts";
+import { BusyError } from "./semaphore.ts";
+import { skeleton } from "./identity.ts";
+import { LogOnce } from "./log.ts";
+
+/** Errors by cause, at most once a minute each, never with client text. */
+const log = new LogOnce();
 
 export { CloseCode, Connection, type Peer };
 
@@ -59,12 +66,24 @@ export interface HubLimits {
   sendRate: number;
   /** Messages a user may send at once after a quiet spell (the bucket's size). */
   sendBurst: number;
+  /**
+   * Milliseconds between two `typing` frames relayed for one sender in one
+   * conversation (more are dropped), and between two presence changes of one
+   * user (the latest wins); 2000 when absent.
+   */
+  fanoutIntervalMs?: number;
+  /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
+  maxQueuedBytes?: number;
+  /** Pending invitations one user may hold; more are refused (100). */
+  maxInvitesPerUser?: number;
+  /** Room names one user may bring into being, ever; more are refused (no limit when absent). */
+  maxRoomsCreatedPerUser?: number;
 }
 
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
 export type HubAccounts = Pick<
   Accounts,
-  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke"
+  "resolve" | "register" | "hasPassword" | "setPassword" | "revoke" | "registerRoom" | "isClaimed"
 >;
 
 /** Options of {@linkcode ChatHub}. */
@@ -138,6 +157,12 @@ export class ChatHub {
   #shuttingDown = false;
   /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
   #inflight = new Set<Promise<unknown>>();
+  /** Typing relayed per sender and conversation. */
+  #typing: Throttle;
+  /** The public rooms listing, shared by everyone who asks within an interval. */
+  #listing: { at: number; frame: Promise<string> } | undefined;
+  /** Presence announcements per user, coalesced. */
+  #presenceOut: Coalescer<boolean>;
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -151,6 +176,12 @@ export class ChatHub {
     this.#subscription = this.#bus.subscribe(
       (event) => this.#onEvent(event),
       { has: (key) => this.#hasMembers(key) },
+    );
+    const interval = options.limits.fanoutIntervalMs ?? 2000;
+    this.#typing = new Throttle(interval);
+    this.#presenceOut = new Coalescer(
+      interval,
+      (user, online) => this.#bus.publish({ kind: "presence", user, online }),
     );
   }
 
@@ -179,12 +210,10 @@ export class ChatHub {
     try {
       const gone = await this.#presence.depart(user);
       // A new connection here meanwhile keeps them online.
-      if (gone && !this.#users.has(user)) {
-        this.#bus.publish({ kind: "presence", user, online: false });
-      }
+      if (gone && !this.#users.has(user)) this.#presenceOut.push(user, false);
     } catch (error) {
       // Its entry expires by itself (the presence's TTL).
-      console.error("presence: could not record a departure", error);
+      log.error("presence: could not record a departure", error);
     }
   }
 
@@ -199,7 +228,7 @@ export class ChatHub {
       options,
       open: (c) =>
         this.track(this.#open(c)).catch((error) => {
-          console.error("could not open a connection", error);
+          log.error("could not open a connection", error);
           c.closePeer(CloseCode.InternalError, "the store did not answer; try again");
           c.close();
         }),
@@ -236,11 +265,9 @@ export class ChatHub {
     try {
       const arrived = await this.#presence.arrive(user);
       // Gone again meanwhile: the departure queued behind this one speaks for them.
-      if (arrived && this.#users.has(user)) {
-        this.#bus.publish({ kind: "presence", user, online: true });
-      }
+      if (arrived && this.#users.has(user)) this.#presenceOut.push(user, true);
     } catch (error) {
-      console.error("presence: could not record an arrival", error);
+      log.error("presence: could not record an arrival", error);
     }
   }
 
@@ -254,7 +281,18 @@ export class ChatHub {
       );
       return conn.close();
     }
-    if (conn.legacy) return;
+    if (conn.legacy) {
+      // The original page was let in on a free name; if it was claimed since, it is not its
+      // owner (a claim from now on closes it through the bus's `claimed` event).
+      if (await this.#accounts.isClaimed(user)) {
+        conn.closePeer(
+          CloseCode.Forbidden,
+          `claimed_legacy: ${user} was claimed; it needs its token now`,
+        );
+        conn.close();
+      }
+      return;
+    }
     const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
     const [conversations, invites, password, infos] = await Promise.all([
       this.#store.conversations(user, rooms),
@@ -293,6 +331,11 @@ export class ChatHub {
         },
       } satisfies ServerFrame,
     ));
+    // A name just claimed belongs to this connection alone: any socket opened on it while it
+    // was free (the original page's) did not prove it is its owner, and goes.
+    if (conn.token !== undefined) {
+      this.#bus.publish({ kind: "claimed", user, session: conn.session ?? "" });
+    }
   }
 
   #memberSet(room: string): Set<string> {
@@ -346,7 +389,7 @@ export class ChatHub {
     try {
       allowance = await this.#userLimits.takeSend(conn.user);
     } catch (error) {
-      console.error("user limits: the budget could not be read", error);
+      log.error("user limits: the budget could not be read", error);
       conn.error(errorFrame("store_failed", {
         message: "the message could not be stored; it was not sent",
         ref: cid,
@@ -419,7 +462,7 @@ export class ChatHub {
         this.#bus.reached?.(stored);
       },
       (error) => {
-        if (!(error instanceof StoreError)) console.error("unexpected store error", error);
+        if (!(error instanceof StoreError)) log.error("unexpected store error", error);
         conn.error(
           errorFrame("store_failed", {
             message: "the message could not be stored; it was not sent",
@@ -443,27 +486,28 @@ export class ChatHub {
       );
     }
     const request = { type: "join", room } as const;
+    // Every member sees a join: they count against the sender's budget like messages.
+    if (!this.#allowSend(conn, request)) return;
     if (this.#roomsOf(conn.user).length - 1 >= this.limits.maxRoomsPerUser) {
       return conn.error(errorFrame("too_many_rooms", {
         message: `at most ${this.limits.maxRoomsPerUser} rooms; leave one first`,
         request,
       }));
     }
-    if (await this.#isPrivate(room)) {
-      const invited = (await this.#store.invites(conn.user)).some((i) => i.room === room);
-      if (!invited) {
-        return conn.error(
-          errorFrame("forbidden", {
-            message: `${room} is private: ask for an invitation`,
-            request,
-          }),
-        );
-      }
+    if (!(await this.#roomNameFree(conn, room, request))) return;
+    // The privacy check and the write are one atomic step in the store: a join racing a
+    // private room's creation cannot slip in between them.
+    const outcome = await this.#store.joinIfAllowed(conn.user, room);
+    this.#privacy.set(room, outcome.private);
+    if (outcome.result === "forbidden") {
+      return conn.error(
+        errorFrame("forbidden", { message: `${room} is private: ask for an invitation`, request }),
+      );
     }
-    await this.#store.join(conn.user, room);
     // Applied here too, not only when the event comes back: a `send` right
     // after `join` on this connection must already see the membership.
     this.#memberSet(room).add(conn.user);
+    this.#listing = undefined;
     this.#bus.publish({ kind: "joined", room, user: conn.user });
   }
 
@@ -481,13 +525,34 @@ export class ChatHub {
         request: { type: "leave", room },
       }));
     }
+    if (!this.#allowSend(conn, { type: "leave", room })) return;
     await this.#store.leave(conn.user, room);
+    this.#listing = undefined;
     this.#bus.publish({ kind: "left", room, user: conn.user });
+  }
+
+  /**
+   * Whether a room name may be used: not a look-alike of the lobby or of
+   * another room (`vаult` with a Cyrillic `а` beside `vault`); an error frame if not.
+   */
+  async #roomNameFree(
+    conn: Connection,
+    room: string,
+    request: { type: "join" | "create"; room: string },
+  ): Promise<boolean> {
+    if (room === LOBBY) return true;
+    const free = skeleton(room) === skeleton(LOBBY)
+      ? { ok: false as const, reason: `too much like the room ${LOBBY}; pick another name` }
+      : await this.#accounts.registerRoom(room, conn.user, this.limits.maxRoomsCreatedPerUser);
+    if (free.ok) return true;
+    conn.error(errorFrame("bad_name", { message: free.reason, request }));
+    return false;
   }
 
   /** @internal Creates a room (public or private) and joins it. */
   async create(conn: Connection, frame: { room: string; private: boolean }): Promise<void> {
     const request = { type: "create", room: frame.room } as const;
+    if (!(await this.#roomNameFree(conn, frame.room, request))) return;
     if (
       frame.room === LOBBY ||
       !(await this.#store.createRoom(frame.room, { private: frame.private, owner: conn.user }))
@@ -497,6 +562,7 @@ export class ChatHub {
       );
     }
     this.#privacy.set(frame.room, frame.private);
+    this.#listing = undefined;
     if (frame.private) await this.#store.invite(conn.user, frame.room, conn.user);
     await this.join(conn, frame.room);
   }
@@ -515,14 +581,35 @@ export class ChatHub {
         errorFrame("unknown_user", { message: `no user is called ${frame.user}`, request }),
       );
     }
+    // An invitation lands in the invitee's welcome: bounded per invitee, paced per inviter.
+    if (!this.#allowSend(conn, request)) return;
+    const maxInvites = this.limits.maxInvitesPerUser ?? 100;
+    const pending = await this.#store.invites(user);
+    if (!pending.some((i) => i.room === frame.room) && pending.length >= maxInvites) {
+      return conn.error(errorFrame("forbidden", {
+        message: `${user} has ${maxInvites} invitations waiting already`,
+        request,
+      }));
+    }
     await this.#store.invite(user, frame.room, conn.user);
     this.#bus.publish({ kind: "invited", user, room: frame.room, by: conn.user });
   }
 
   /** @internal Lists public rooms for discovery. */
   async publicRooms(conn: Connection): Promise<void> {
-    const rooms = await this.#store.publicRooms(100);
-    conn.deliver(JSON.stringify({ type: "rooms", rooms } satisfies ServerFrame));
+    // The listing is read from the store at most once per interval (or change here), however
+    // many ask: its cost grows with the rooms (at most 100 are listed), not with the askers.
+    const now = Date.now();
+    if (!this.#listing || now - this.#listing.at > (this.limits.fanoutIntervalMs ?? 2000)) {
+      this.#listing = {
+        at: now,
+        frame: this.#store.publicRooms(100).then((rooms) =>
+          JSON.stringify({ type: "rooms", rooms } satisfies ServerFrame)
+        ),
+      };
+      this.#listing.frame.catch(() => this.#listing = undefined);
+    }
+    conn.deliver(await this.#listing.frame);
   }
 
   /** @internal Sets the password of the connection's (claimed) name. */
@@ -533,7 +620,18 @@ export class ChatHub {
         request: { type: "set_password" },
       }));
     }
-    await this.#accounts.setPassword(conn.user, password);
+    try {
+      await this.#accounts.setPassword(conn.user, password);
+    } catch (error) {
+      if (!(error instanceof BusyError)) throw error;
+      return conn.error({
+        ...errorFrame("rate_limited", {
+          message: "the server is busy hashing passwords; try again in a moment",
+          request: { type: "set_password" },
+        }),
+        retry_after: 1000,
+      });
+    }
     conn.deliver(JSON.stringify({ type: "password_set" } satisfies ServerFrame));
   }
 
@@ -556,6 +654,7 @@ export class ChatHub {
           request: { type: "typing", room: where.room },
         }));
       }
+      if (!this.#typing.allow(`${conn.user}\0r/${where.room}`)) return;
       return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
     }
     const to = await this.#resolveUser(where.to);
@@ -565,6 +664,7 @@ export class ChatHub {
         request: { type: "typing", to: where.to },
       }));
     }
+    if (!this.#typing.allow(`${conn.user}\0d/${to}`)) return;
     this.#bus.publish({ kind: "typing", to, from: conn.user });
   }
 
@@ -618,8 +718,9 @@ export class ChatHub {
   }
 
   /**
-   * @internal Work on the store that runs beside a connection's chain of
-   * frames (reads, replays, opening): shutdown waits for it before the store closes.
+   * @internal Work a shutdown waits for before the store closes: a
+   * connection's frames being handled, and what runs beside them (reads,
+   * replays, opening).
    */
   track<T>(work: Promise<T>): Promise<T> {
     this.#inflight.add(work);
@@ -687,6 +788,13 @@ export class ChatHub {
             c.close();
           }
         });
+      case "claimed":
+        return this.#each([event.user], (c) => {
+          if (c.session !== event.session) {
+            c.closePeer(CloseCode.Forbidden, `${event.user} was claimed; it needs its token now`);
+            c.close();
+          }
+        });
       case "presence": {
         const out = new Outgoing({ type: "presence", user: event.user, online: event.online });
         return this.#each(
@@ -740,6 +848,7 @@ export class ChatHub {
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }
+    this.#presenceOut[Symbol.dispose]();
     this.#subscription[Symbol.dispose]();
   }
 }

@@ -5,80 +5,45 @@
  * @module
  */
 
+import { toPrototypes } from "./confusables.ts";
+import { canonicalForm } from "./names.ts";
+
 /**
  * The form two names are compared in: NFKC (so full-width `ａｌｉｃｅ` and
  * ligatures fold to plain letters) and case folded, so `Alice`, `ALICE` and
  * `ａｌｉｃｅ` are one name.
  */
 export function canonicalName(name: string): string {
-  return name.normalize("NFKC").toLowerCase().normalize("NFKC");
+  return canonicalForm(name);
 }
 
-// Letters of other scripts that look like Latin ones (after case folding),
-// from Unicode's confusables data: the ones that make a believable fake name.
-const CONFUSABLES: Record<string, string> = {
-  // Cyrillic
-  "а": "a",
-  "в": "b",
-  "с": "c",
-  "ԁ": "d",
-  "е": "e",
-  "ё": "e",
-  "һ": "h",
-  "і": "i",
-  "ї": "i",
-  "ј": "j",
-  "к": "k",
-  "ӏ": "l",
-  "м": "m",
-  "н": "h",
-  "о": "o",
-  "р": "p",
-  "ԛ": "q",
-  "ѕ": "s",
-  "т": "t",
-  "у": "y",
-  "ѡ": "w",
-  "х": "x",
-  "ү": "y",
-  "г": "r",
-  "ь": "b",
-  // Greek
-  "α": "a",
-  "β": "b",
-  "ε": "e",
-  "η": "n",
-  "ι": "i",
-  "κ": "k",
-  "ν": "v",
-  "ο": "o",
-  "ρ": "p",
-  "τ": "t",
-  "υ": "u",
-  "χ": "x",
-  "ω": "w",
-  // Latin look-alikes and digits that pass for letters
-  "ı": "i",
-  "ɡ": "g",
-  "ɑ": "a",
-  "ℓ": "l",
-  "0": "o",
-  "1": "l",
-  "|": "l",
-};
+/**
+ * Latin small capitals (`ᴀ`, `ʟ`, `ɢ`...) by the letter they are: Unicode's
+ * confusables data lists them as prototypes of their own (only Cherokee
+ * `ꭺ` maps to `ᴀ`), yet in a name list `ᴀʟɪᴄᴇ` reads as `alice`.
+ */
+const SMALL_CAPITALS: Readonly<Record<string, string>> = Object.fromEntries(
+  [..."ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘꞯʀꜱᴛᴜᴠᴡʏᴢ"].map((c, i) => [c, "abcdefghijklmnopqrstuvwyz"[i]]),
+);
 
 /**
- * The "skeleton" of a name: its canonical form with look-alike letters
- * replaced by the Latin letter they imitate, `i`/`l` merged, and combining
- * marks dropped. Two different names with one skeleton are confusable.
+ * The "skeleton" of a name (UTS #39 §4, on Unicode's own confusables data:
+ * see `confusables.ts`): two names with one skeleton look alike. It is the
+ * standard skeleton (NFD, each character to its prototype, NFD), taken
+ * twice, before and after NFKC and case folding, so that a look-alike of
+ * either case or width is caught (`0` → `O` → `o`, Cherokee `Ꭺ` → `A` → `a`);
+ * then Latin small capitals are read as their letters, combining marks are
+ * dropped and `i`/`l` merged, which the standard leaves apart and a name list does not.
  */
 export function skeleton(name: string): string {
+  const once = toPrototypes(name.normalize("NFD")).normalize("NFKC").toLowerCase();
+  const twice = toPrototypes(once.normalize("NFD")).normalize("NFD").toLowerCase();
   let out = "";
-  for (const ch of canonicalName(name).normalize("NFD")) {
+  for (const ch of twice) {
     if (/\p{M}/u.test(ch)) continue;
-    out += CONFUSABLES[ch] ?? ch;
+    out += SMALL_CAPITALS[ch] ?? ch;
   }
-  return out.replaceAll("rn", "m").replaceAll("vv", "w").replaceAll("i", "l");
+  return out.replaceAll("i", "l");
 }
 
 function base64url(bytes: Uint8Array): string {

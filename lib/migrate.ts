@@ -47,6 +47,10 @@ export const TABLES: readonly TableSpec[] = [
   },
   { name: "heads", columns: ["conv", "last_id"], key: ["conv"], grows: "last_id" },
   { name: "reads", columns: ["name", "conv", "id"], key: ["name", "conv"], grows: "id" },
+  // The look-alike indexes; `meta` is not copied, so the target re-indexes names on start.
+  { name: "skeletons", columns: ["skel", "name"], key: ["skel"] },
+  { name: "room_names", columns: ["skel", "room"], key: ["skel"] },
+  { name: "rooms_made", columns: ["name", "made"], key: ["name"], grows: "made" },
 ];
 
 /** Where rows come from: per table, batches of rows in the table's columns. */
@@ -158,6 +162,10 @@ export async function kvRows(path: string): Promise<{ source: RowSource; close()
         yield* unmarked(e.key[1] as string, roomKey(e.key[2] as string));
       }
     },
+    // A KV file predates these indexes: the server fills the names' one when it starts.
+    async *skeletons() {},
+    async *room_names() {},
+    async *rooms_made() {},
   };
   return {
     source: (table) => batches(tables[table.name]()),

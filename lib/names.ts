@@ -41,3 +41,12 @@ export function parseName(raw: unknown): NameResult {
   if (name === "." || name === "..") return { ok: false, reason: "'.' and '..' are not names" };
   return { ok: true, name };
 }
+
+/**
+ * The form two names (user or room) are compared in: NFKC (so full-width
+ * `ａｌｉｃｅ` and ligatures fold to plain letters) and case folded, so
+ * `Alice`, `ALICE` and `ａｌｉｃｅ` are one name.
+ */
+export function canonicalForm(name: string): string {
+  return name.normalize("NFKC").toLowerCase().normalize("NFKC");
+}

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { parseName } from "./names.ts";
+import { canonicalForm, parseName } from "./names.ts";
 
 /** The subprotocol a typed client asks for in `Sec-WebSocket-Protocol`. */
 export const SUBPROTOCOL = "chat.v1";
@@ -219,6 +219,15 @@ function name(obj: Json, key: string): FieldResult<string> {
     : { ok: false, message: `${key}: ${result.reason}` };
 }
 
+/**
+ * A room name, in its canonical form (NFKC, case folded): `VAULT` and
+ * `ｖａｕｌｔ` are the room `vault`, as `ALICE` is the user `alice`.
+ */
+function roomName(obj: Json, key: string): FieldResult<string> {
+  const r = name(obj, key);
+  return r.ok ? { ok: true, value: canonicalForm(r.value) } : r;
+}
+
 function target(obj: Json, roomKey: "room", userKey: "to" | "with"):
   | FieldResult<{ room: string } | { user: string }>
   | undefined {
@@ -226,7 +235,7 @@ function target(obj: Json, roomKey: "room", userKey: "to" | "with"):
   const hasUser = own(obj, userKey) !== undefined;
   if (hasRoom === hasUser) return undefined;
   if (hasRoom) {
-    const r = name(obj, roomKey);
+    const r = roomName(obj, roomKey);
     return r.ok ? { ok: true, value: { room: r.value } } : r;
   }
   const u = name(obj, userKey);
@@ -266,7 +275,7 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
     case "rooms":
       return { ok: true, frame: { type } };
     case "create": {
-      const room = name(obj, "room");
+      const room = roomName(obj, "room");
       if (!room.ok) return fail("bad_name", room.message);
       const priv = own(obj, "private");
       if (priv !== undefined && typeof priv !== "boolean") {
@@ -275,7 +284,7 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
       return { ok: true, frame: { type, room: room.value, private: priv === true } };
     }
     case "invite": {
-      const room = name(obj, "room");
+      const room = roomName(obj, "room");
       if (!room.ok) return fail("bad_name", room.message);
       const user = name(obj, "user");
       if (!user.ok) return fail("bad_name", user.message);
@@ -303,7 +312,7 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
     }
     case "join":
     case "leave": {
-      const room = name(obj, "room");
+      const room = roomName(obj, "room");
       if (!room.ok) return fail("bad_name", room.message);
       return { ok: true, frame: { type, room: room.value } };
     }

@@ -12,8 +12,20 @@
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
 import type { Accounts, Authenticated } from "./accounts.ts";
+import {
+  connectionsFitting,
+  descriptorLimit,
+  descriptorsOpen,
+  type Guard,
+  startGuard,
+} from "./guard.ts";
 import { ChatHub, CloseCode } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
+import { BusyError } from "./semaphore.ts";
+import { hostPolicy } from "./hosts.ts";
+import { LogOnce } from "./log.ts";
+
+const log = new LogOnce();
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
 import type { Presence } from "./presence.ts";
@@ -41,6 +53,12 @@ export interface ChatServerOptions {
   accounts: Accounts;
   /** Called once listening, with the bound address. */
   onListen?: (addr: Deno.NetAddr) => void;
+  /**
+   * Whether clients connect through the TCP guard (lib/guard.ts), which bounds
+   * connections, handshakes and fragmented messages; true unless the platform
+   * owns the listener (Deno Deploy).
+   */
+  guard?: boolean;
 }
 
 /** A running server. */
@@ -62,6 +80,37 @@ function text(status: number, body: string): Response {
     status,
     headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" },
   });
+}
+
+/**
+ * A request's body as text, read no further than `max` bytes: undefined when
+ * its Content-Length or the bytes actually sent exceed that (the rest is never read).
+ */
+async function readCapped(req: Request, max: number): Promise<string | undefined> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (!(declared <= max)) return undefined;
+  if (!req.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = req.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.length;
+      if (size > max) return undefined;
+      chunks.push(value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
 }
 
 /** What a handshake offers in `Sec-WebSocket-Protocol`: the protocol, and a token if any. */
@@ -89,6 +138,8 @@ export interface HandlerOptions {
   userLimits: UserLimits;
   /** Whether the server is shutting down (no new sockets). */
   isClosing: () => boolean;
+  /** The client's address behind a relayed connection (the guard's); the peer's own when absent. */
+  clientIp?: (info: Deno.ServeHandlerInfo<Deno.NetAddr>) => string | undefined;
 }
 
 /** Makes the request handler over a hub. */
@@ -101,11 +152,18 @@ export function createHandler(
   const perIp = new OpenCounter();
   const connects = new MinuteCounter(settings.connectsPerMinute);
   const logins = new MinuteCounter(settings.loginsPerMinute);
+  // DNS rebinding: sockets and logins only under a host name that is the server's own.
+  const ownHost = hostPolicy(settings.publicHost, settings.allowOrigin);
+  const misdirected = (req: Request, url: URL) =>
+    settings.publicHost !== "*" && !ownHost(req.headers.get("host") ?? url.host);
 
   return async (req, info) => {
     const url = new URL(req.url);
     const path = url.pathname;
-    const ip = info.remoteAddr.hostname;
+    const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
+    if ((path.startsWith("/ws/") || path === "/api/login") && misdirected(req, url)) {
+      return text(421, "unknown host name; see --public-host");
+    }
     if (path.startsWith("/ws/")) return await upgrade(req, { segment: path.slice(4), url, ip });
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
     if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
@@ -156,10 +214,16 @@ export function createHandler(
     if (!logins.take(ip)) {
       return Response.json({ error: "too many logins; wait a minute" }, { status: 429 });
     }
+    const raw = await readCapped(req, settings.maxLoginBytes);
+    if (raw === undefined) {
+      return Response.json(
+        { error: `the body is limited to ${settings.maxLoginBytes} bytes` },
+        { status: 413, headers: { connection: "close" } },
+      );
+    }
     let body: unknown;
     try {
-      const raw = await req.text();
-      body = raw.length <= 4096 ? JSON.parse(raw) : undefined;
+      body = JSON.parse(raw);
     } catch {
       body = undefined;
     }
@@ -168,7 +232,16 @@ export function createHandler(
     if (!name.ok || typeof b?.password !== "string" || b.password.length > 200) {
       return Response.json({ error: 'send JSON {"user","password"}' }, { status: 400 });
     }
-    const result = await accounts.login(name.name, b.password);
+    let result;
+    try {
+      result = await accounts.login(name.name, b.password);
+    } catch (error) {
+      if (!(error instanceof BusyError)) throw error;
+      return Response.json({ error: "busy; try again in a moment" }, {
+        status: 503,
+        headers: { "retry-after": "1" },
+      });
+    }
     if (!result) return Response.json({ error: "wrong name or password" }, { status: 401 });
     return Response.json(result, { headers: { "cache-control": "no-store" } });
   }
@@ -347,39 +420,99 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       maxRoomsPerUser: settings.maxRoomsPerUser,
       sendRate: settings.sendRate,
       sendBurst: settings.sendBurst,
+      fanoutIntervalMs: settings.fanoutInterval * 1000,
+      maxQueuedBytes: settings.maxQueuedBytes,
+      maxInvitesPerUser: settings.maxInvitesPerUser,
+      maxRoomsCreatedPerUser: settings.maxRoomsCreatedPerUser,
     },
   });
   let closing = false;
+  let guard: Guard | undefined;
   const handler = createHandler(hub, {
     settings,
     store,
     accounts: options.accounts,
     userLimits,
     isClosing: () => closing,
+    clientIp: (info) => guard?.clientOf(info.remoteAddr.port)?.hostname,
   });
-  const listening = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
-    port: settings.port,
-    hostname: settings.hostname,
-    onListen: (addr) => {
-      options.onListen?.(addr);
-      listening.resolve(addr);
-    },
-  }, handler);
+  const guarded = options.guard ?? true;
+  const stopped = Promise.withResolvers<void>();
+  let server!: Deno.HttpServer<Deno.NetAddr>;
+  /** Starts `Deno.serve` (behind the guard, on a private loopback port); resolves with its address. */
+  const serve = async (): Promise<Deno.NetAddr> => {
+    const listening = Promise.withResolvers<Deno.NetAddr>();
+    const current = server = Deno.serve({
+      port: guarded ? 0 : settings.port,
+      hostname: guarded ? "127.0.0.1" : settings.hostname,
+      onListen: (addr) => listening.resolve(addr),
+    }, handler);
+    // Never an unhandled rejection. If the listener dies anyway (descriptors ran out under
+    // it), a new one takes over behind the guard, so the process keeps serving.
+    current.finished.then(() => {
+      if (current === server) stopped.resolve();
+    }, async (error) => {
+      log.error("the HTTP server stopped", error);
+      if (current !== server) return;
+      if (!guarded || closing) return stopped.resolve();
+      try {
+        guard?.retarget(await serve());
+        console.error("the HTTP server was restarted");
+      } catch (again) {
+        log.error("the HTTP server could not restart", again);
+        stopped.resolve();
+      }
+    });
+    return await listening.promise;
+  };
+  let addr = await serve();
+  if (guarded) {
+    const descriptors = descriptorLimit();
+    const fit = descriptors === undefined
+      ? Infinity
+      : connectionsFitting(descriptors, descriptorsOpen());
+    const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
+    if (wanted > fit) {
+      console.warn(
+        `warning: --max-connections ${wanted} needs about ${wanted * 3} descriptors, more than ` +
+          `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
+      );
+    } else if (fit < 1000 && settings.maxConnections === 0) {
+      console.warn(
+        `warning: ulimit -n is ${descriptors}: at most ${fit} connections; raise it for more`,
+      );
+    }
+    try {
+      guard = startGuard({
+        listen: { hostname: settings.hostname, port: settings.port },
+        upstream: { hostname: addr.hostname, port: addr.port },
+        maxConnections: Math.min(wanted, fit, 1_000_000),
+        handshakeTimeoutMs: settings.handshakeTimeout * 1000,
+        maxMessageBytes: settings.maxFrameBytes,
+      });
+    } catch (error) {
+      await server.shutdown();
+      throw error;
+    }
+    addr = guard.addr;
+  }
+  options.onListen?.(addr);
   const shutdown = async () => {
+    guard?.close();
     if (!closing) {
       closing = true;
       await hub.shutdown();
     }
     await server.shutdown();
+    await guard?.finished;
+    stopped.resolve();
   };
-  const addr = await listening.promise;
   const host = addr.hostname === "0.0.0.0" || addr.hostname === "::" ? "127.0.0.1" : addr.hostname;
   return {
     addr,
     origin: `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`,
     hub,
-    finished: server.finished,
+    finished: stopped.promise,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };

@@ -49,6 +49,26 @@ export interface Settings {
   presenceTtl: number;
   /** Poll PostgreSQL every this many ms instead of LISTEN; 0 listens (`--pg-poll-ms`). */
   pgPollMs: number;
+  /** Open TCP connections at most, all clients together (`--max-connections`). */
+  maxConnections: number;
+  /** Seconds a connection may take to send a complete request head (`--handshake-timeout`). */
+  handshakeTimeout: number;
+  /** Seconds between two `typing` relayed per sender and conversation, and presence changes per user (`--fanout-interval`). */
+  fanoutInterval: number;
+  /** Bytes of frames one connection may have waiting to be handled (`--max-queued-bytes`). */
+  maxQueuedBytes: number;
+  /** Largest body of `POST /api/login`, in bytes (`--max-login-bytes`). */
+  maxLoginBytes: number;
+  /** Password hashes computed at once, all clients together (`--max-concurrent-hashes`). */
+  maxConcurrentHashes: number;
+  /** Password hashes waiting for a slot before more are refused as busy (`--max-queued-hashes`). */
+  maxQueuedHashes: number;
+  /** Pending invitations one user may hold (`--max-invites-per-user`). */
+  maxInvitesPerUser: number;
+  /** New room names one user may bring into being, ever (`--max-rooms-created-per-user`). */
+  maxRoomsCreatedPerUser: number;
+  /** Host names the server is reached under besides IPs and localhost, comma-separated; `*` any (`--public-host`). */
+  publicHost: string;
 }
 
 interface Spec {
@@ -210,6 +230,89 @@ const SPECS: Spec[] = [
     help:
       "PostgreSQL: read new messages and events every this many ms instead of LISTEN, for poolers that cannot LISTEN (0: listen)",
   },
+  {
+    key: "maxConnections",
+    flag: "max-connections",
+    env: "CHAT_MAX_CONNECTIONS",
+    kind: "int",
+    min: 0,
+    help:
+      "open TCP connections at most, all clients together; more get HTTP 503 (0: as many as ulimit -n allows, 3 descriptors each)",
+  },
+  {
+    key: "handshakeTimeout",
+    flag: "handshake-timeout",
+    env: "CHAT_HANDSHAKE_TIMEOUT",
+    kind: "int",
+    min: 1,
+    help: "seconds a connection may take to send a whole request head before it is closed",
+  },
+  {
+    key: "fanoutInterval",
+    flag: "fanout-interval",
+    env: "CHAT_FANOUT_INTERVAL",
+    kind: "number",
+    min: 0.01,
+    help:
+      "seconds between two typing frames relayed per sender and conversation (more are dropped) and between presence changes per user (the latest wins)",
+  },
+  {
+    key: "maxQueuedBytes",
+    flag: "max-queued-bytes",
+    env: "CHAT_MAX_QUEUED_BYTES",
+    kind: "int",
+    min: 1024,
+    help: "bytes of frames one connection may have waiting to be handled; more closes it with 1008",
+  },
+  {
+    key: "maxLoginBytes",
+    flag: "max-login-bytes",
+    env: "CHAT_MAX_LOGIN_BYTES",
+    kind: "int",
+    min: 256,
+    help: "largest POST /api/login body; a bigger one gets HTTP 413 unread",
+  },
+  {
+    key: "maxConcurrentHashes",
+    flag: "max-concurrent-hashes",
+    env: "CHAT_MAX_CONCURRENT_HASHES",
+    kind: "int",
+    min: 1,
+    help: "password hashes computed at once, all clients together",
+  },
+  {
+    key: "maxQueuedHashes",
+    flag: "max-queued-hashes",
+    env: "CHAT_MAX_QUEUED_HASHES",
+    kind: "int",
+    min: 0,
+    help:
+      "password hashes waiting for a slot; more get rate_limited (set_password) or HTTP 503 (login)",
+  },
+  {
+    key: "maxInvitesPerUser",
+    flag: "max-invites-per-user",
+    env: "CHAT_MAX_INVITES_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "pending invitations one user may hold; more are refused with forbidden",
+  },
+  {
+    key: "maxRoomsCreatedPerUser",
+    flag: "max-rooms-created-per-user",
+    env: "CHAT_MAX_ROOMS_CREATED_PER_USER",
+    kind: "int",
+    min: 1,
+    help: "new rooms one user may bring into being (create, or join a new name); more get bad_name",
+  },
+  {
+    key: "publicHost",
+    flag: "public-host",
+    env: "CHAT_PUBLIC_HOST",
+    kind: "string",
+    help:
+      "host names this server is reached under besides IP addresses and localhost, comma-separated (* for any); sockets and logins under another get HTTP 421 (DNS rebinding)",
+  },
 ];
 
 /** The defaults, used where neither a flag nor the environment says otherwise. */
@@ -233,6 +336,16 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   idleTimeout: 30,
   presenceTtl: 30,
   pgPollMs: 0,
+  maxConnections: 0,
+  handshakeTimeout: 10,
+  fanoutInterval: 2,
+  maxQueuedBytes: 1024 * 1024,
+  maxLoginBytes: 4096,
+  maxConcurrentHashes: 2,
+  maxQueuedHashes: 16,
+  maxInvitesPerUser: 100,
+  maxRoomsCreatedPerUser: 1000,
+  publicHost: "",
 };
 
 /** The result of {@linkcode parseSettings}. */

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { type Frame, TestClient, tokens } from "./_client.ts";
 import { HANDSHAKE, rawGet, rawUpgrade, readCloseCode, writeFrame } from "./_raw.ts";
 import { type InProcessServer, startServer } from "./_server.ts";
+import { casesIn, HOSTILE_CLASSES } from "./_hostile.ts";
 import type { Settings } from "../lib/settings.ts";
 
 const isType = (type: string) => (f: Frame) => f.type === type;
@@ -389,6 +390,13 @@ async function runCase(c: Case): Promise<{ leaked: number }> {
 Deno.test(`hostile inputs: ${CASES.length} cases, each refused exactly, no crash, no leak`, async (t) => {
   assert.ok(CASES.length >= 40, `${CASES.length} cases`);
   let crashes = 0, leaks = 0;
+  // Any promise the server leaves rejected with no handler is a failure of its own.
+  const rejections: unknown[] = [];
+  const onRejection = (e: PromiseRejectionEvent) => {
+    rejections.push(e.reason);
+    e.preventDefault();
+  };
+  globalThis.addEventListener("unhandledrejection", onRejection);
   for (const c of CASES) {
     const ok = await t.step(c.name, async () => {
       const { leaked } = await runCase(c);
@@ -397,6 +405,17 @@ Deno.test(`hostile inputs: ${CASES.length} cases, each refused exactly, no crash
     });
     if (!ok) crashes++;
   }
-  console.log(`${CASES.length} hostile inputs, ${crashes} crashes, ${leaks} leaks`);
-  assert.deepEqual({ crashes, leaks }, { crashes: 0, leaks: 0 });
+  globalThis.removeEventListener("unhandledrejection", onRejection);
+  const others = HOSTILE_CLASSES.slice(1).map((c) => casesIn(c.file));
+  console.log(
+    `hostile suite: ${HOSTILE_CLASSES.length} classes, ${
+      CASES.length + others.reduce((a, b) => a + b, 0)
+    } cases (${CASES.length} inputs here, ${others.join(" + ")} in tests/hostile_*_test.ts); ` +
+      `here ${crashes} crashes, ${leaks} leaks, ${rejections.length} unhandled rejections`,
+  );
+  assert.deepEqual({ crashes, leaks, rejections: rejections.map(String) }, {
+    crashes: 0,
+    leaks: 0,
+    rejections: [],
+  });
 });

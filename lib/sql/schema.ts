@@ -11,6 +11,8 @@
  * - `messages`: every message, keyed by `(conv, id)`; `(sender, cid)` unique when `cid` is set
  * - `reads`: per user and conversation, the newest id read
  * - `dms`: per user, the DMs they take part in (with the conversation key)
+ * - `skeletons`, `room_names`: look-alike indexes of names and rooms; `rooms_made`: per user
+ * - `meta`: small facts about the data (the skeleton version it was indexed with)
  *
  * Never edit a migration once released: add the next one.
  *
@@ -114,6 +116,18 @@ export const MIGRATIONS: readonly Migration[] = [
             RAISE NOTICE 'pg_trgm unavailable (%): search scans the messages', SQLERRM;
           END $$`,
         ],
+  },
+  {
+    version: 3,
+    description: "look-alike indexes for names and rooms (UTS #39 skeletons), rooms made per user",
+    statements: () => [
+      // Every skeleton a name has had (skeleton functions improve); the first name keeps one.
+      `CREATE TABLE skeletons (skel TEXT PRIMARY KEY, name TEXT NOT NULL)`,
+      `INSERT INTO skeletons (skel, name) SELECT skel, name FROM users`,
+      `CREATE TABLE room_names (skel TEXT PRIMARY KEY, room TEXT NOT NULL)`,
+      `CREATE TABLE rooms_made (name TEXT PRIMARY KEY, made INTEGER NOT NULL)`,
+      `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+    ],
   },
 ];
 

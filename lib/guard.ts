@@ -1,0 +1,401 @@
+/**
+ * The TCP guard in front of `Deno.serve`: the one place that sees every
+ * connection as bytes, before Deno's HTTP and WebSocket code holds anything
+ * for it. `Deno.serve` accepts without limit (when descriptors run out its
+ * listener dies with "Too many open files"), never times out a connection
+ * that sends no request, and `Deno.upgradeWebSocket` assembles fragmented
+ * messages with no size limit (denoland/deno#15809). The guard accepts on
+ * the public address itself and relays each connection to the real server
+ * on a private loopback port, and on the way:
+ *
+ * - counts open connections and refuses past `maxConnections` with a 503
+ *   (the descriptor budget is checked at start: see {@linkcode descriptorLimit});
+ * - closes a connection whose request head is not complete within
+ *   `handshakeTimeout` (idle keep-alive and slowloris alike);
+ * - after a `101`, reads the WebSocket frame headers going to the server and
+ *   closes the connection with 1009 as soon as one message (all its
+ *   fragments together) exceeds `maxMessageBytes`, before the server has
+ *   buffered more than that;
+ * - survives `accept` failing (EMFILE): it waits and accepts again.
+ *
+ * @module
+ */
+
+import { LogOnce } from "./log.ts";
+
+/** Options of {@linkcode startGuard}. */
+export interface GuardOptions {
+  /** Where clients connect. */
+  listen: { hostname: string; port: number };
+  /** The real server, on loopback. */
+  upstream: { hostname: string; port: number };
+  /** Most client connections open at once. */
+  maxConnections: number;
+  /** Milliseconds a request head may take, from accept or from the previous head. */
+  handshakeTimeoutMs: number;
+  /** Largest WebSocket message from a client, all fragments together, in bytes. */
+  maxMessageBytes: number;
+  /** Largest request head, in bytes. */
+  maxHeadBytes?: number;
+}
+
+/** A running guard. */
+export interface Guard {
+  /** The public address. */
+  readonly addr: Deno.NetAddr;
+  /** Client connections open now. */
+  readonly open: number;
+  /** The client address behind an upstream connection, by the port it came from. */
+  clientOf(upstreamPort: number): Deno.NetAddr | undefined;
+  /** Relays new connections to another server address (a restarted one). */
+  retarget(upstream: Deno.NetAddr): void;
+  /** Stops accepting; open connections end with the server's. */
+  close(): void;
+  /** Resolves when the accept loop has stopped and every relayed connection has ended. */
+  readonly finished: Promise<void>;
+}
+
+const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+const log = new LogOnce();
+
+/** The soft limit on open descriptors of this process, from /proc/self/limits; undefined if unknown. */
+export function descriptorLimit(): number | undefined {
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(limits);
+    if (!m) return undefined;
+    return m[1] === "unlimited" ? Infinity : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Descriptors one client costs: its own socket, the relay's socket to the
+ * server and the server's end of it.
+ */
+export const DESCRIPTORS_PER_CONNECTION = 3;
+/** Descriptors open in this process now (from /proc/self/fd); undefined if unknown. */
+export function descriptorsOpen(): number | undefined {
+  try {
+    let n = 0;
+    for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
+    return n;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The connection limit that fits a descriptor limit, given those open at
+ * start (the store, the runtime): a quarter of the limit (64 at least) is
+ * kept aside besides, for the store's files, the page, logs, and the server's
+ * ends of closed relays that it has not yet noticed are gone.
+ */
+export function connectionsFitting(descriptors: number, inUse = 32): number {
+  const spare = Math.max(64, Math.floor(descriptors / 4));
+  return Math.max(1, Math.floor((descriptors - inUse - spare) / DESCRIPTORS_PER_CONNECTION));
+}
+
+function closeFrame(code: number, reason: string): Uint8Array {
+  const r = encoder.encode(reason).subarray(0, 123);
+  return new Uint8Array([0x88, 2 + r.length, code >> 8, code & 0xff, ...r]);
+}
+
+async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  for (let written = 0; written < data.length;) {
+    written += await conn.write(data.subarray(written));
+  }
+}
+
+function tryClose(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed already.
+  }
+}
+
+const HEAD_END = [13, 10, 13, 10];
+/** How long a refused client is read (and ignored) so that it sees the refusal. */
+const LINGER_MS = 1000;
+/** ... and at most this much of it, so a client that keeps sending is not served by it. */
+const LINGER_BYTES = 256 * 1024;
+const BUSY = "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n" +
+  "content-type: text/plain\r\ncontent-length: 32\r\nretry-after: 5\r\n\r\n" +
+  "too many connections; try again\n";
+const TOO_LARGE_HEAD = "HTTP/1.1 431 Request Header Fields Too Large\r\n" +
+  "connection: close\r\ncontent-length: 0\r\n\r\n";
+
+/**
+ * Reads WebSocket frame headers from a client's byte stream without copying
+ * payloads, keeping the size of the message being assembled.
+ */
+class FrameMeter {
+  /** Header bytes of a frame split across reads. */
+  #head: number[] = [];
+  /** Payload bytes of the current frame still to come. */
+  #payloadLeft = 0;
+  /** Whether the current frame ends its message. */
+  #fin = true;
+  /** Bytes of the message being assembled so far. */
+  message = 0;
+
+  /** Feeds bytes; returns false once a message exceeds `max`. */
+  feed(bytes: Uint8Array, max: number): boolean {
+    let i = 0;
+    while (i < bytes.length) {
+      if (this.#payloadLeft > 0) {
+        const n = Math.min(this.#payloadLeft, bytes.length - i);
+        this.#payloadLeft -= n;
+        i += n;
+        if (this.#payloadLeft === 0 && this.#fin) this.message = 0;
+        continue;
+      }
+      this.#head.push(bytes[i++]);
+      const h = this.#head;
+      if (h.length < 2) continue;
+      const short = h[1] & 0x7f;
+      const extra = short === 126 ? 2 : short === 127 ? 8 : 0;
+      const masked = (h[1] & 0x80) !== 0;
+      const need = 2 + extra + (masked ? 4 : 0);
+      if (h.length < need) continue;
+      let length = short;
+      if (short === 126) length = (h[2] << 8) | h[3];
+      if (short === 127) {
+        length = 0;
+        for (let k = 2; k < 10; k++) length = length * 256 + h[k];
+      }
+      const fin = (h[0] & 0x80) !== 0;
+      const opcode = h[0] & 0x0f;
+      this.#head = [];
+      // Data frames (0 continuation, 1 text, 2 binary) add to the message; control
+      // frames (8 and up) may come between its fragments and leave it as it is.
+      if (opcode < 8) {
+        if (opcode !== 0) this.message = 0;
+        this.message += length;
+        if (this.message > max) return false;
+        this.#fin = fin;
+        if (length === 0 && fin) this.message = 0;
+      }
+      this.#payloadLeft = length;
+    }
+    return true;
+  }
+}
+
+/** Starts the guard; resolves once it listens. */
+export function startGuard(options: GuardOptions): Guard {
+  const listener = Deno.listen({ ...options.listen, transport: "tcp" });
+  const clients = new Map<number, Deno.NetAddr>();
+  const maxHead = options.maxHeadBytes ?? 16 * 1024;
+  let open = 0;
+  let closing = false;
+  const relays = new Set<Promise<void>>();
+  let target = { hostname: options.upstream.hostname, port: options.upstream.port };
+
+  async function relay(client: Deno.TcpConn): Promise<void> {
+    let upstream: Deno.TcpConn;
+    try {
+      upstream = await Deno.connect({ ...target, transport: "tcp" });
+    } catch (error) {
+      log.error("guard: cannot reach the server", error);
+      tryClose(client);
+      return;
+    }
+    const port = (upstream.localAddr as Deno.NetAddr).port;
+    clients.set(port, client.remoteAddr as Deno.NetAddr);
+    let done = false;
+    const end = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      tryClose(client);
+      tryClose(upstream);
+    };
+    // HTTP until a 101 comes back; then WebSocket frames.
+    let mode: "http" | "upgrading" | "ws" = "http";
+    let headBytes = 0;
+    let matched = 0;
+    let timer = setTimeout(end, options.handshakeTimeoutMs);
+    let meter = new FrameMeter();
+    /** Where the request head ends in `bytes` (the index after it), or -1. */
+    const headEnd = (bytes: Uint8Array): number => {
+      for (let i = 0; i < bytes.length; i++) {
+        const b = bytes[i];
+        headBytes++;
+        matched = b === HEAD_END[matched] ? matched + 1 : b === 13 ? 1 : 0;
+        if (matched === 4) {
+          matched = 0;
+          headBytes = 0;
+          return i + 1;
+        }
+      }
+      return -1;
+    };
+    /**
+     * Ends a connection with a last word: the server's side goes at once (it
+     * holds nothing more), the client's is read and discarded for a moment, so
+     * that the close reaches it instead of a reset for the bytes it still sends.
+     */
+    let refusing = false;
+    let serverDone = false;
+    let lingered = 0;
+    const refuse = async (last: Uint8Array) => {
+      refusing = true;
+      tryClose(upstream);
+      clearTimeout(timer);
+      timer = setTimeout(end, LINGER_MS);
+      await writeAll(client, last).catch(() => {});
+      const sink = new Uint8Array(64 * 1024);
+      for (let drained = 0; !done && drained < LINGER_BYTES;) {
+        const n = await client.read(sink).catch(() => null);
+        if (n === null) break;
+        drained += n;
+      }
+    };
+    let upgradeAsked = false;
+    /** Whether the client's bytes are a request head being read (not a body). */
+    let scanning = true;
+    let head = "";
+    const toServer = async () => {
+      const buf = new Uint8Array(32 * 1024);
+      for (;;) {
+        const n = await client.read(buf);
+        if (n === null) return;
+        if (serverDone) {
+          // Lingering after the server's end: read and dropped, a bounded amount.
+          lingered += n;
+          if (lingered > LINGER_BYTES) return;
+          continue;
+        }
+        const chunk = buf.subarray(0, n);
+        let frames: Uint8Array | undefined;
+        if (mode === "http") {
+          // After a head, its body (if any) passes unscanned until the answer starts; the
+          // clock runs on until then, so a request, body included, has handshakeTimeout.
+          const at = scanning ? headEnd(chunk) : -1;
+          // The head's text, however it was split into reads (at most maxHead bytes).
+          if (scanning) head += latin1.decode(at === -1 ? chunk : chunk.subarray(0, at));
+          if (at !== -1) {
+            scanning = false;
+            upgradeAsked = /\r\nupgrade:[^\r\n]*websocket/i.test(head);
+            head = "";
+            if (upgradeAsked) {
+              // Frames may follow the head at once, before the 101: they are metered too.
+              mode = "upgrading";
+              frames = chunk.subarray(at);
+            }
+          } else if (scanning && headBytes > maxHead) {
+            await refuse(encoder.encode(TOO_LARGE_HEAD));
+            return;
+          }
+        } else frames = chunk;
+        if (frames && !meter.feed(frames, options.maxMessageBytes)) {
+          await refuse(
+            closeFrame(1009, `messages are limited to ${options.maxMessageBytes} bytes`),
+          );
+          return;
+        }
+        await writeAll(upstream, chunk);
+      }
+    };
+    const toClient = async () => {
+      const buf = new Uint8Array(32 * 1024);
+      for (;;) {
+        const n = await upstream.read(buf);
+        if (n === null) return;
+        const chunk = buf.subarray(0, n);
+        if (mode === "upgrading") {
+          // Accepted, it is frames from here on (the meter keeps what it has read of them);
+          // refused, the connection is HTTP again.
+          const accepted = latin1.decode(chunk.subarray(0, 12)) === "HTTP/1.1 101";
+          mode = accepted ? "ws" : "http";
+          upgradeAsked = false;
+          if (!accepted) meter = new FrameMeter();
+          clearTimeout(timer);
+        }
+        if (mode === "http" && !scanning) {
+          // An answer: the connection is idle until the next head, which has its own deadline.
+          scanning = true;
+          headBytes = 0;
+          matched = 0;
+          head = "";
+          clearTimeout(timer);
+          timer = setTimeout(end, options.handshakeTimeoutMs);
+        }
+        await writeAll(client, chunk);
+      }
+    };
+    const pumps = [toServer(), toClient().finally(() => serverDone = true)];
+    await Promise.race(pumps).catch(() => {});
+    if (serverDone && !done && !refusing) {
+      // The server ended the connection (after its close frame, say): the client gets the
+      // end of the stream, and a moment to stop sending, so it reads all of it, not a reset.
+      refusing = true;
+      clearTimeout(timer);
+      timer = setTimeout(end, LINGER_MS);
+      await client.closeWrite().catch(() => {});
+    }
+    // A refusal ends the server's side first and lingers on the client's.
+    if (refusing) await pumps[0].catch(() => {});
+    end();
+    await Promise.allSettled(pumps);
+    clients.delete(port);
+  }
+
+  const accepting = (async () => {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (closing) return;
+        // EMFILE and friends: the listener is still good once descriptors free up.
+        log.error("guard: accept failed; retrying", error);
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      if (open >= options.maxConnections) {
+        log.warn(`guard: ${options.maxConnections} connections open; refusing more`);
+        // Awaited, so refusals hold one descriptor at a time: a fresh socket's
+        // send buffer is empty, so this write does not wait for the client.
+        await writeAll(conn, encoder.encode(BUSY)).catch(() => {});
+        tryClose(conn);
+        continue;
+      }
+      open++;
+      const relayed: Promise<void> = relay(conn)
+        .catch((error) => log.error("guard: relay failed", error))
+        .finally(() => {
+          open--;
+          relays.delete(relayed);
+        });
+      relays.add(relayed);
+    }
+  })();
+
+  return {
+    addr: listener.addr as Deno.NetAddr,
+    get open() {
+      return open;
+    },
+    clientOf: (port) => clients.get(port),
+    retarget: (upstream) => target = { hostname: upstream.hostname, port: upstream.port },
+    get finished() {
+      return accepting.then(async () => {
+        while (relays.size > 0) await Promise.allSettled([...relays]);
+      });
+    },
+    close: () => {
+      if (closing) return;
+      closing = true;
+      try {
+        listener.close();
+      } catch {
+        // Closed already.
+      }
+    },
+  };
+}
