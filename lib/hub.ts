@@ -161,7 +161,7 @@ export class ChatHub {
   #typing: Throttle;
   /** The public rooms listing, shared by everyone who asks within an interval. */
   #listing: { at: number; frame: Promise<string> } | undefined;
-  /** Presence announcements per user, coalesced. */
+  /** Presence changes per user, coalesced before they reach this hub's readers. */
   #presenceOut: Coalescer<boolean>;
 
   /** Makes a hub over a store and a bus. */
@@ -179,10 +179,10 @@ export class ChatHub {
     );
     const interval = options.limits.fanoutIntervalMs ?? 2000;
     this.#typing = new Throttle(interval);
-    this.#presenceOut = new Coalescer(
-      interval,
-      (user, online) => this.#bus.publish({ kind: "presence", user, online }),
-    );
+    this.#presenceOut = new Coalescer(interval, (user, online) => {
+      const out = new Outgoing({ type: "presence", user, online });
+      this.#each(this.#users.keys(), (c) => c.user !== user && !c.legacy && c.deliverShared(out));
+    });
   }
 
   /** Whether a user connected here takes part in a conversation. */
@@ -210,7 +210,10 @@ export class ChatHub {
     try {
       const gone = await this.#presence.depart(user);
       // A new connection here meanwhile keeps them online.
-      if (gone && !this.#users.has(user)) this.#presenceOut.push(user, false);
+      // After a shutdown began nothing is announced: the instance's users leave with it.
+      if (gone && !this.#users.has(user) && !this.#shuttingDown) {
+        this.#bus.publish({ kind: "presence", user, online: false });
+      }
     } catch (error) {
       // Its entry expires by itself (the presence's TTL).
       log.error("presence: could not record a departure", error);
@@ -265,7 +268,9 @@ export class ChatHub {
     try {
       const arrived = await this.#presence.arrive(user);
       // Gone again meanwhile: the departure queued behind this one speaks for them.
-      if (arrived && this.#users.has(user)) this.#presenceOut.push(user, true);
+      if (arrived && this.#users.has(user) && !this.#shuttingDown) {
+        this.#bus.publish({ kind: "presence", user, online: true });
+      }
     } catch (error) {
       log.error("presence: could not record an arrival", error);
     }
@@ -487,7 +492,7 @@ export class ChatHub {
     }
     const request = { type: "join", room } as const;
     // Every member sees a join: they count against the sender's budget like messages.
-    if (!this.#allowSend(conn, request)) return;
+    if (!(await this.#allowSend(conn, request))) return;
     if (this.#roomsOf(conn.user).length - 1 >= this.limits.maxRoomsPerUser) {
       return conn.error(errorFrame("too_many_rooms", {
         message: `at most ${this.limits.maxRoomsPerUser} rooms; leave one first`,
@@ -525,7 +530,7 @@ export class ChatHub {
         request: { type: "leave", room },
       }));
     }
-    if (!this.#allowSend(conn, { type: "leave", room })) return;
+    if (!(await this.#allowSend(conn, { type: "leave", room }))) return;
     await this.#store.leave(conn.user, room);
     this.#listing = undefined;
     this.#bus.publish({ kind: "left", room, user: conn.user });
@@ -582,7 +587,7 @@ export class ChatHub {
       );
     }
     // An invitation lands in the invitee's welcome: bounded per invitee, paced per inviter.
-    if (!this.#allowSend(conn, request)) return;
+    if (!(await this.#allowSend(conn, request))) return;
     const maxInvites = this.limits.maxInvitesPerUser ?? 100;
     const pending = await this.#store.invites(user);
     if (!pending.some((i) => i.room === frame.room) && pending.length >= maxInvites) {
@@ -795,13 +800,11 @@ export class ChatHub {
             c.close();
           }
         });
-      case "presence": {
-        const out = new Outgoing({ type: "presence", user: event.user, online: event.online });
-        return this.#each(
-          this.#users.keys(),
-          (c) => c.user !== event.user && !c.legacy && c.deliverShared(out),
-        );
-      }
+      case "presence":
+        // Coalesced where it is delivered, after every instance's announcements met in order:
+        // a user flapping online and offline costs each reader one frame an interval at most.
+        if (!this.#shuttingDown) this.#presenceOut.push(event.user, event.online);
+        return;
     }
   }
 

@@ -16,7 +16,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import config from "../deno.json" with { type: "json" };
-import { compileArgs as taskArgs } from "../tools/compile.ts";
+import { compileArgs as taskArgs, explainFailure } from "../tools/compile.ts";
 import { TestClient } from "./_client.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -165,6 +165,17 @@ Deno.test("deno task compile without a network says what failed and what to do, 
   const dir = await Deno.makeTempDir({ prefix: "chat-compile-offline-" });
   try {
     const output = `${dir}/dist/chat`;
+    // The npm packages come first, while the registry is reachable: offline is the runtime's
+    // download alone (a missing npm package has its own explanation, tested below).
+    const cached = await new Deno.Command(Deno.execPath(), {
+      args: ["cache", "main.ts"],
+      cwd: ROOT,
+      env: { DENO_DIR: `${dir}/deno`, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(cached.code, 0, new TextDecoder().decode(cached.stderr));
     const result = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "tools/compile.ts", "--output", output],
       cwd: ROOT,
@@ -198,4 +209,16 @@ Deno.test("deno task compile without a network says what failed and what to do, 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("deno task compile with the npm registry out of reach names the package and what to do", () => {
+  const printed = [
+    "Download https://registry.npmjs.org/postgres/-/postgres-3.4.9.tgz",
+    "error: Failed caching npm package 'postgres@3.4.9'",
+    "    0: error sending request for url (https://registry.npmjs.org/postgres/-/postgres-3.4.9.tgz)",
+    "    3: Connection refused (os error 111)",
+  ].join("\n");
+  const said = explainFailure(printed, undefined);
+  assert.match(said, /could not download the npm package postgres@3\.4\.9: Connection refused/);
+  assert.match(said, /Connect to the network/);
 });

@@ -19,6 +19,9 @@ async function instances(
 ): Promise<{ pg: TestPostgres; servers: SpawnedServer[] } & AsyncDisposable> {
   const pg = await startPostgres();
   const servers: SpawnedServer[] = [];
+  // These tests follow every typing and presence change: pace fan-out far below their steps
+  // (the pacing itself is the hostile suite's).
+  args = ["--fanout-interval", "0.05", ...args];
   try {
     // The first creates the schema; the others start together.
     servers.push(await spawnServer({ data: pg.url, args }));

@@ -37,6 +37,18 @@ export function compileArgs(output: string = DEFAULT_OUTPUT): string[] {
 
 /** Why a failed `deno compile` failed, in words for the person who ran it. */
 export function explainFailure(printed: string, denortBin: string | undefined): string {
+  const npm = /Failed caching npm package '([^']+)'/.exec(printed);
+  if (npm) {
+    const causes = [...printed.matchAll(/^\s*\d+: (.+)$/gm)].map((m) => m[1].trim());
+    return [
+      `error: deno compile could not download the npm package ${npm[1]}: ${
+        causes.at(-1) ?? "the download failed"
+      }.`,
+      "",
+      "Connect to the network (or set NPM_CONFIG_REGISTRY to a registry you can reach) and run",
+      "`deno task compile` again; packages are cached after the first download.",
+    ].join("\n");
+  }
   const download = /dl\.deno\.land|denort/i.exec(printed) !== null &&
     /error sending request|dns|connect|timed out|download/i.test(printed);
   if (!download) return "";
