@@ -252,9 +252,18 @@ Deno.test({
       assert.ok(Date.now() - back < 10_000, "sends still fail 10 s after PostgreSQL came back");
     }
     assert.deepEqual(await bob.next(isMessage("after")), ack);
-    // The LISTEN is back too: typing (which travels only as a notification) arrives.
+    // The LISTEN is back too: typing (which travels only as a notification) arrives. Typing is
+    // ephemeral, one sent while a notification connection is still reconnecting is gone, so
+    // bob keeps typing as the page does (every 250 ms here) until alice sees it.
+    const typed = (f: Frame) => f.type === "typing" && f.from === "bob";
+    const seen = alice.seen(typed);
     bob.send({ type: "typing", to: "alice" });
-    await alice.next((f) => f.type === "typing" && f.from === "bob");
+    const typing = setInterval(() => bob.send({ type: "typing", to: "alice" }), 250);
+    try {
+      await seen;
+    } finally {
+      clearInterval(typing);
+    }
     const took = Date.now() - back;
     // Reconnects are retried at most a second apart (the store's pool, the LISTEN connection).
     assert.ok(took < 5000, `chat resumed ${took} ms after PostgreSQL was back`);
