@@ -349,6 +349,25 @@ export class Accounts {
     return { user: found.user, token };
   }
 
+  /**
+   * Undoes a claim whose token never reached its client (the socket closed
+   * before its welcome): the session goes, and so does the claim when it has
+   * no password and no other session. Without this the name would be claimed
+   * by a device that never learnt its token, and nobody could use it again.
+   * Resolves true when the name is free again.
+   */
+  async unclaim(user: string, session: string): Promise<boolean> {
+    return await this.#db.transaction(async (tx) => {
+      await tx.query(`DELETE FROM tokens WHERE name = $1 AND hash = $2`, [user, session]);
+      const freed = await tx.query(
+        `DELETE FROM accounts WHERE name = $1 AND password IS NULL
+         AND NOT EXISTS (SELECT 1 FROM tokens WHERE name = $1) RETURNING name`,
+        [user],
+      );
+      return freed.length > 0;
+    });
+  }
+
   /** Revokes one session of a user, or all of them; resolves with those revoked. */
   async revoke(user: string, session?: string): Promise<string[]> {
     if (session !== undefined) {

@@ -19,13 +19,11 @@ import {
   type Guard,
   startGuard,
 } from "./guard.ts";
-import { ChatHub, CloseCode } from "./hub.ts";
+import { ChatHub, CloseCode, type Connection } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { BusyError } from "./semaphore.ts";
 import { hostPolicy } from "./hosts.ts";
 import { LogOnce } from "./log.ts";
-
-const log = new LogOnce();
 import { parseName } from "./names.ts";
 import { serveAsset } from "./page.ts";
 import type { Presence } from "./presence.ts";
@@ -33,6 +31,8 @@ import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
 import type { Settings } from "./settings.ts";
 import type { ChatStore } from "./store.ts";
+
+const log = new LogOnce();
 
 /** The server's version, from `deno.json`. */
 export const VERSION: string = config.version;
@@ -342,8 +342,9 @@ export function createHandler(
     }
     const closeIp = perIp.open(at.ip);
     const session = auth.session, issued = auth.token;
+    let conn: Connection | undefined;
     socket.onopen = () => {
-      const conn = hub.connect(socket, {
+      const opened = conn = hub.connect(socket, {
         user,
         legacy,
         resume: at.url.searchParams.has("resume"),
@@ -351,17 +352,27 @@ export function createHandler(
         token: issued,
       });
       socket.onmessage = (e) => {
-        if (conn.closed) socket.onmessage = null;
-        else conn.receive(e.data);
+        if (opened.closed) socket.onmessage = null;
+        else opened.receive(e.data);
       };
       // `close` can fire twice, and `error` precedes it: leaving is idempotent.
-      socket.onclose = () => conn.close();
-      socket.onerror = () => conn.close();
+      socket.onclose = () => opened.close();
+      socket.onerror = () => opened.close();
     };
     // Also for a socket that never opened: it must not hold its places.
+    let released = false;
     const release = () => {
+      if (released) return;
+      released = true;
       closeIp();
       closeUser();
+      // A name claimed by a connection that closed before its welcome (which carries the
+      // token) is claimed by nobody who can prove it: give it back.
+      if (issued !== undefined && session !== undefined && !(conn?.welcomed ?? false)) {
+        accounts.unclaim(user, session).catch((error) =>
+          log.error("could not undo the claim of a connection closed before its welcome", error)
+        );
+      }
     };
     socket.addEventListener("close", release);
     socket.addEventListener("error", release);

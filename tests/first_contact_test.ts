@@ -11,6 +11,7 @@ import NodeWebSocket from "npm:ws@8";
 import { type Frame, TestClient } from "./_client.ts";
 import { HANDSHAKE, rawGet } from "./_raw.ts";
 import { startServer } from "./_server.ts";
+import { openStore } from "../lib/sql/open.ts";
 
 const isType = (type: string) => (f: Frame) => f.type === type;
 
@@ -225,4 +226,42 @@ Deno.test("a refused name closes with 4003 and a reason that starts with its cod
     /^taken: alice is taken; log in with its password/,
   );
   await alice.close();
+});
+
+Deno.test("a name claimed by a connection that closes before its welcome is free again, not lost to a token nobody got", async () => {
+  const store = await openStore(":memory:");
+  // The real store, but the welcome's reads wait until released: the socket closes meanwhile.
+  const gate = Promise.withResolvers<void>();
+  const held = new Proxy(store, {
+    get(target, key) {
+      if (key === "conversations") {
+        return (...args: Parameters<typeof store.conversations>) =>
+          gate.promise.then(() => target.conversations(...args));
+      }
+      const value = Reflect.get(target, key, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  try {
+    await using server = await startServer({ store: held });
+    const early = await TestClient.connect(server.origin, "dora", { token: null });
+    await early.close();
+    gate.resolve();
+    // The give-back runs when the server sees the close; a new device may claim the name
+    // from then on (before the fix: 4003 taken_no_password, for good).
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      await using again = await TestClient.connect(server.origin, "dora", { token: null });
+      const welcome = await again.next(isType("welcome")).catch(() => undefined);
+      if (welcome) {
+        assert.equal(typeof welcome.token, "string");
+        break;
+      }
+      const refused = await again.closed;
+      assert.ok(Date.now() < deadline, `dora stayed claimed: ${refused.code} ${refused.reason}`);
+    }
+  } finally {
+    gate.resolve();
+    await store.close();
+  }
 });
