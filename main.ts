@@ -73,6 +73,10 @@ const db = await openDatabase(target, {
   sqliteSynchronous: settings.sqliteSynchronous as SqliteSynchronous,
 }).catch((e) => fatal(`cannot open ${settings.data}`, e));
 const store = await SqlStore.open(db).catch((e) => fatal(`cannot use ${db.description}`, e));
+const accounts = new Accounts(store.db, {
+  maxConcurrentHashes: settings.maxConcurrentHashes,
+  maxQueuedHashes: settings.maxQueuedHashes,
+});
 // One process keeps presence, per-user limits and fan-out in memory; on PostgreSQL the
 // instances share them through the database.
 const backend: Backend = target.kind === "postgres"
@@ -80,10 +84,7 @@ const backend: Backend = target.kind === "postgres"
     url: target.url,
     where: db.description,
     store,
-    accounts: new Accounts(store.db, {
-      maxConcurrentHashes: settings.maxConcurrentHashes,
-      maxQueuedHashes: settings.maxQueuedHashes,
-    }),
+    accounts,
     limits: settings,
     presenceTtlMs: settings.presenceTtl * 1000,
     pollMs: settings.pgPollMs,
@@ -91,10 +92,7 @@ const backend: Backend = target.kind === "postgres"
   : localBackend({
     where: db.description,
     store,
-    accounts: new Accounts(store.db, {
-      maxConcurrentHashes: settings.maxConcurrentHashes,
-      maxQueuedHashes: settings.maxQueuedHashes,
-    }),
+    accounts,
     limits: settings,
   });
 const server = await startChatServer({

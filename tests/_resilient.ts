@@ -6,6 +6,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import type { Frame } from "./_client.ts";
 import { openStore } from "../lib/sql/open.ts";
 
@@ -197,4 +198,78 @@ export async function storedHistory(data: string): Promise<Map<string, Frame[]>>
     out.set(conv, page.messages as unknown as Frame[]);
   }
   return out;
+}
+
+/** What a chaos run counts once every client has caught up with the store. */
+export interface Tally {
+  acked: number;
+  stored: number;
+  lost: number;
+  duplicated: number;
+  outOfOrder: number;
+  reconnects: number;
+}
+
+/**
+ * Waits until every client has caught up with the stored history of each of
+ * its conversations, checks the store itself (ids 1..n per conversation, each
+ * cid once, every acknowledged cid stored under the id it was acknowledged
+ * with), and counts what the clients lost, saw twice or saw out of order.
+ */
+export async function tally(
+  clients: readonly ResilientClient[],
+  stored: Map<string, Frame[]>,
+): Promise<Tally> {
+  const expectedFor = (c: ResilientClient) => {
+    const out = new Map<string, Frame[]>();
+    for (const [key, messages] of stored) {
+      const [kind, a, b] = key.split("/");
+      if (kind === "r") out.set(`room:${a}`, messages);
+      else if (a === c.user || b === c.user) out.set(`dm:${a === c.user ? b : a}`, messages);
+    }
+    return out;
+  };
+  await Promise.all(clients.map((c) => {
+    const expected = expectedFor(c);
+    return c.until(
+      () =>
+        [...expected].every(([conv, msgs]) =>
+          (c.views.get(conv)?.at(-1)?.id ?? 0) >= msgs.at(-1)!.id
+        ),
+      "catching up",
+    );
+  }));
+  const counts: Tally = {
+    acked: 0,
+    stored: 0,
+    lost: 0,
+    duplicated: 0,
+    outOfOrder: 0,
+    reconnects: 0,
+  };
+  for (const c of clients) {
+    counts.duplicated += c.duplicates;
+    counts.outOfOrder += c.outOfOrder;
+    counts.acked += c.acked.size;
+    counts.reconnects += c.reconnects;
+    for (const [conv, msgs] of expectedFor(c)) {
+      const seen = new Set((c.views.get(conv) ?? []).map((m) => m.id));
+      counts.lost += msgs.filter((m) => !seen.has(m.id)).length;
+    }
+  }
+  const byCid = new Map<string, number>();
+  for (const [key, msgs] of stored) {
+    counts.stored += msgs.length;
+    assert.deepEqual(msgs.map((x) => x.id), msgs.map((_, i) => i + 1), `ids of ${key} are 1..n`);
+    for (const m of msgs) {
+      assert.equal(byCid.has(m.cid), false, `cid ${m.cid} stored twice`);
+      byCid.set(m.cid, m.id);
+    }
+  }
+  for (const c of clients) {
+    for (const [cid, { id }] of c.acked) {
+      assert.equal(byCid.get(cid), id, `acked ${cid} is stored as ${id}`);
+    }
+  }
+  return counts;
 }

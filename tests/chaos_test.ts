@@ -8,8 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
-import type { Frame } from "./_client.ts";
-import { random, ResilientClient, storedHistory } from "./_resilient.ts";
+import { random, ResilientClient, storedHistory, tally } from "./_resilient.ts";
 
 Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message in rooms or DMs", async () => {
   const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
@@ -63,56 +62,10 @@ Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no 
     server = await spawnServer({ data, port });
 
     // Every client catches up to the stored history of each of its conversations.
-    const expectedFor = (c: ResilientClient) => {
-      const out = new Map<string, Frame[]>();
-      for (const [key, messages] of stored) {
-        const [kind, a, b] = key.split("/");
-        if (kind === "r") out.set(`room:${a}`, messages);
-        else if (a === c.user || b === c.user) out.set(`dm:${a === c.user ? b : a}`, messages);
-      }
-      return out;
-    };
-    await Promise.all(clients.map((c) => {
-      const expected = expectedFor(c);
-      return c.until(
-        () =>
-          [...expected].every(([conv, msgs]) =>
-            (c.views.get(conv)?.at(-1)?.id ?? 0) >= msgs.at(-1)!.id
-          ),
-        "catching up",
-      );
-    }));
-
-    let lost = 0, duplicated = 0, outOfOrder = 0, acked = 0, storedCount = 0;
-    for (const c of clients) {
-      duplicated += c.duplicates;
-      outOfOrder += c.outOfOrder;
-      acked += c.acked.size;
-      for (const [conv, msgs] of expectedFor(c)) {
-        const seen = new Set((c.views.get(conv) ?? []).map((m) => m.id));
-        lost += msgs.filter((m) => !seen.has(m.id)).length;
-      }
-    }
-    for (const msgs of stored.values()) storedCount += msgs.length;
-    // Every acknowledged cid is stored exactly once, under the id it was acknowledged with.
-    const byCid = new Map<string, number>();
-    for (const [key, msgs] of stored) {
-      for (const m of msgs) {
-        assert.equal(byCid.has(m.cid), false, `cid ${m.cid} stored twice`);
-        byCid.set(m.cid, m.id);
-        assert.deepEqual(
-          msgs.map((x) => x.id),
-          msgs.map((_, i) => i + 1),
-          `ids of ${key} are 1..n`,
-        );
-      }
-    }
-    for (const c of clients) {
-      for (const [cid, { id }] of c.acked) {
-        assert.equal(byCid.get(cid), id, `acked ${cid} is stored as ${id}`);
-      }
-    }
-    const reconnects = clients.reduce((n, c) => n + c.reconnects, 0);
+    const { acked, stored: storedCount, lost, duplicated, outOfOrder, reconnects } = await tally(
+      clients,
+      stored,
+    );
     console.log(
       `chaos (seed ${seed}): ${acked} acknowledged, ${storedCount} stored, ${kills} SIGKILLs, ` +
         `${reconnects} reconnects: lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
