@@ -141,14 +141,9 @@ export async function rawUpgrade(
   return conn;
 }
 
-async function handshake(
-  conn: Deno.TcpConn,
-  port: number,
-  user: string,
-  deadline: number,
-  timeoutMs: number,
-): Promise<void> {
-  const request = [
+/** The request head of a `chat.v1` WebSocket handshake for `user` on a loopback port. */
+export function upgradeHead(port: number, user: string): string {
+  return [
     `GET /ws/${user} HTTP/1.1`,
     `Host: 127.0.0.1:${port}`,
     "Upgrade: websocket",
@@ -159,7 +154,16 @@ async function handshake(
     "",
     "",
   ].join("\r\n");
-  await conn.write(new TextEncoder().encode(request));
+}
+
+async function handshake(
+  conn: Deno.TcpConn,
+  port: number,
+  user: string,
+  deadline: number,
+  timeoutMs: number,
+): Promise<void> {
+  await conn.write(new TextEncoder().encode(upgradeHead(port, user)));
   // Read only the response head; what follows stays unread in the socket.
   const buf = new Uint8Array(1);
   let head = "";

@@ -273,3 +273,18 @@ export async function tally(
   }
   return counts;
 }
+
+/**
+ * Brings every client in: each connects and has its first message (`<user>
+ * is here`, in the lobby) acknowledged, so everyone exists before anyone DMs
+ * them; then all join `room`, whose replay and live traffic are checked like
+ * the lobby's.
+ */
+export async function arrive(clients: readonly ResilientClient[], room: string): Promise<void> {
+  for (const c of clients) c.connect();
+  await Promise.all(clients.map((c) => {
+    c.send({ room: "lobby" }, `${c.user} is here`);
+    return c.until(() => c.acked.size === 1, `first ack of ${c.user}`);
+  }));
+  await Promise.all(clients.map((c) => c.join(room)));
+}

@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
-import { random, ResilientClient, storedHistory, tally } from "./_resilient.ts";
+import { arrive, random, ResilientClient, storedHistory, tally } from "./_resilient.ts";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
 
 Deno.test({
@@ -36,12 +36,7 @@ Deno.test({
     const clients = Array.from({ length: USERS }, (_, i) => new ResilientClient(`u${i}`, origin));
     let kills = 0, crashes = 0;
     try {
-      for (const c of clients) c.connect();
-      await Promise.all(clients.map((c, i) => {
-        c.send({ room: "lobby" }, `${c.user} is here`);
-        return c.until(() => c.acked.size === 1, `first ack of u${i}`);
-      }));
-      await Promise.all(clients.map((c) => c.join("den")));
+      await arrive(clients, "den");
 
       const total = USERS * MESSAGES_PER_USER;
       // The disasters, spread over the run, one at a time, each while traffic goes on.

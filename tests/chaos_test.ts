@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
-import { random, ResilientClient, storedHistory, tally } from "./_resilient.ts";
+import { arrive, random, ResilientClient, storedHistory, tally } from "./_resilient.ts";
 
 Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no acknowledged message in rooms or DMs", async () => {
   const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
@@ -21,14 +21,7 @@ Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no 
   const origin = () => server.origin;
   const clients = Array.from({ length: USERS }, (_, i) => new ResilientClient(`u${i}`, origin));
   try {
-    for (const c of clients) c.connect();
-    // Everyone exists (has connected once) before anyone DMs them.
-    await Promise.all(clients.map((c, i) => {
-      c.send({ room: "lobby" }, `${c.user} is here`);
-      return c.until(() => c.acked.size === 1, `first ack of u${i}`);
-    }));
-    // A second room, joined by all: its replay and live traffic are checked like the lobby's.
-    await Promise.all(clients.map((c) => c.join("den")));
+    await arrive(clients, "den");
 
     const total = USERS * MESSAGES_PER_USER;
     let sent = 0;

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { TestClient } from "./_client.ts";
-import { rawUpgrade, readCloseCode } from "./_raw.ts";
+import { rawUpgrade, readCloseCode, upgradeHead } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 import { healthy, spawnLimited, within, writeFragment } from "./_hostile.ts";
 
@@ -96,17 +96,7 @@ Deno.test("a handshake split across many small writes is still recognised, and i
   await using srv = await startServer();
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
   try {
-    const head = [
-      "GET /ws/splitter HTTP/1.1",
-      `Host: 127.0.0.1:${srv.port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-      "Sec-WebSocket-Version: 13",
-      "Sec-WebSocket-Protocol: chat.v1",
-      "",
-      "",
-    ].join("\r\n");
+    const head = upgradeHead(srv.port, "splitter");
     // Seven bytes a write, so "Upgrade: websocket" never arrives in one piece.
     const bytes = new TextEncoder().encode(head);
     for (let i = 0; i < bytes.length; i += 7) {
