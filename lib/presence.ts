@@ -28,21 +28,33 @@ export interface Presence {
   online(): Promise<string[]>;
 }
 
-/** The presence of a single process: the users with a connection here. */
+/**
+ * The presence of a single process: the users with a connection here. Hubs
+ * of one process may share it: a user is online while any of them holds a
+ * connection of theirs (it counts the hubs that told it of an arrival).
+ */
 export class LocalPresence implements Presence {
-  #users = new Set<string>();
+  /** Per online user, how many hubs have a connection of theirs. */
+  #users = new Map<string, number>();
 
   arrive(user: string): Promise<boolean> {
-    const before = this.#users.size;
-    this.#users.add(user);
-    return Promise.resolve(this.#users.size > before);
+    const hubs = this.#users.get(user) ?? 0;
+    this.#users.set(user, hubs + 1);
+    return Promise.resolve(hubs === 0);
   }
 
   depart(user: string): Promise<boolean> {
-    return Promise.resolve(this.#users.delete(user));
+    const hubs = this.#users.get(user);
+    if (hubs === undefined) return Promise.resolve(false);
+    if (hubs > 1) {
+      this.#users.set(user, hubs - 1);
+      return Promise.resolve(false);
+    }
+    this.#users.delete(user);
+    return Promise.resolve(true);
   }
 
   online(): Promise<string[]> {
-    return Promise.resolve([...this.#users]);
+    return Promise.resolve([...this.#users.keys()]);
   }
 }
