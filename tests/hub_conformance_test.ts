@@ -17,12 +17,15 @@
  */
 
 import assert from "node:assert/strict";
+import postgres from "npm:postgres@^3.4.9";
 import { Accounts } from "../lib/accounts.ts";
 import { type Backend, localBackend } from "../lib/backend.ts";
 import { ChatHub, type HubLimits, type Peer } from "../lib/hub.ts";
+import { openPgBackend } from "../lib/pg_backend.ts";
 import { DEFAULT_SETTINGS } from "../lib/settings.ts";
 import { openStore } from "../lib/sql/open.ts";
 import type { Frame } from "./_client.ts";
+import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
 
 /** How long a client waits for a frame before the case fails. */
 const TIMEOUT_MS = 5000;
@@ -312,6 +315,65 @@ const BACKENDS: BackendUnderTest[] = [
           return new Cluster(instances, () => backend.close());
         },
         [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+      };
+    },
+  },
+  {
+    name: "PostgreSQL (one cluster, a backend per hub)",
+    ignore: ignoreWithoutPostgres(),
+    async setup() {
+      const pg: TestPostgres = await startPostgres();
+      const admin = postgres(pg.url, { max: 1, onnotice: () => {} });
+      let n = 0;
+      return {
+        async cluster(hubs) {
+          const name = `case${n++}`;
+          await admin.unsafe(`CREATE DATABASE ${name}`);
+          const url = pg.url.replace(/\/chat$/, `/${name}`);
+          const backends: Backend[] = [];
+          const close = async () => {
+            for (const b of backends) await b.close();
+          };
+          try {
+            for (let i = 0; i < hubs; i++) {
+              const store = await openStore(url);
+              const accounts = new Accounts(store.db);
+              backends.push(
+                await openPgBackend({
+                  url,
+                  where: name,
+                  store,
+                  accounts,
+                  limits: USER_LIMITS,
+                  presenceTtlMs: 10_000,
+                  pollMs: 0,
+                }).catch(async (error) => {
+                  await store.close();
+                  throw error;
+                }),
+              );
+            }
+          } catch (error) {
+            await close();
+            throw error;
+          }
+          const instances = backends.map((backend) => ({
+            accounts: backend.accounts,
+            hub: new ChatHub({
+              store: backend.store,
+              accounts: backend.accounts,
+              bus: backend.bus,
+              presence: backend.presence,
+              userLimits: backend.userLimits,
+              limits: LIMITS,
+            }),
+          }));
+          return new Cluster(instances, close);
+        },
+        async [Symbol.asyncDispose]() {
+          await admin.end();
+          await pg[Symbol.asyncDispose]();
+        },
       };
     },
   },
