@@ -424,13 +424,19 @@ const CASES: Record<string, (cluster: Cluster) => Promise<void>> = {
 
   "a room message reaches its members on every hub once and in order; a non-member is refused not_member":
     async (cluster) => {
+      const joinedBy = (name: string) => (f: Frame) =>
+        f.type === "joined" && f.room === "dev" && f.user === name;
+      // A tab of cy's open before cy joins (on another hub) is a member once cy joins.
+      const [cyElsewhere] = await cluster.open(B, "cy");
       const members: Tab[] = [];
       for (const [at, name] of [[A, "ann"], [B, "ben"], [C, "cy"], [A, "ben"]] as const) {
         const [tab] = await cluster.open(at, name);
         tab.write({ type: "join", room: "dev" });
-        await tab.take((f) => f.type === "joined" && f.room === "dev" && f.user === name, "joined");
+        await tab.take(joinedBy(name), "joined");
         members.push(tab);
       }
+      await cyElsewhere.take(joinedBy("cy"), "its user joined, on another hub");
+      members.push(cyElsewhere);
       const [outsider] = await cluster.open(B, "olga");
       const [ann, ben, cy] = members;
       ann.write({ type: "send", room: "dev", text: "r1", cid: "a1" });
@@ -482,6 +488,13 @@ const CASES: Record<string, (cluster: Cluster) => Promise<void>> = {
       assert.ok(welcome.online.includes("uma"), `welcome.online: ${welcome.online}`);
       second.leave();
       await reader.sees("uma", false);
+      // Last tabs on two hubs closing at once: one of them takes the user offline.
+      const [zedB] = await cluster.open(B, "zed");
+      const [zedC] = await cluster.open(C, "zed");
+      await reader.sees("zed", true);
+      zedB.leave();
+      zedC.leave();
+      await reader.sees("zed", false);
     },
 
   "a name claimed on one hub refuses a claim without its token on another; the token works on a third":
