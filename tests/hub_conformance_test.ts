@@ -54,7 +54,7 @@ type Conn = ReturnType<ChatHub["connect"]>;
  * today (`{type:"presence",user,online}`) or a batched one (`changes` of
  * such pairs, or `online`/`offline` lists of names).
  */
-export function presenceChanges(frame: Frame): Array<[string, boolean]> {
+function presenceChanges(frame: Frame): Array<[string, boolean]> {
   if (frame.type !== "presence") return [];
   const out: Array<[string, boolean]> = [];
   if (typeof frame.user === "string" && typeof frame.online === "boolean") {
