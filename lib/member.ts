@@ -1,5 +1,5 @@
 /**
- * What passes between the {@linkcode ChatHub} and the connections of its
+ * What passes between the `ChatHub` and the connections of its
  * members, in both directions, so neither needs the other's class:
  *
  * - a connection asks the hub through a {@linkcode HubPort}: each operation
