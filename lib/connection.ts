@@ -306,6 +306,12 @@ export class Connection implements Member {
     const hub = this.#hub;
     for (const point of points) {
       const found = await hub.conversationKey(this, { ref: point, request: "resume" });
+      if (!found.ok && found.error.code === "store_failed") {
+        // As when a replay fails: a dropped connection resumes on reconnect, a skipped
+        // conversation would be a hole.
+        this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
+        return this.close();
+      }
       if (!found.ok) {
         this.#answer(found);
         continue;

@@ -38,6 +38,24 @@ class FakePeer implements Peer {
     for (const w of this.#waiters.splice(0)) w();
   }
 
+  /** Waits until the hub closes this peer (5 s at most), and says how. */
+  async closing(): Promise<{ code?: number; reason?: string }> {
+    const deadline = Date.now() + 5000;
+    while (!this.closedWith && Date.now() < deadline) await this.#change(deadline - Date.now());
+    if (!this.closedWith) throw new Error("expected the peer to be closed within 5000 ms");
+    return this.closedWith;
+  }
+
+  /** Resolves at the next frame or close, or after `ms`. */
+  async #change(ms: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await new Promise<void>((resolve) => {
+      this.#waiters.push(resolve);
+      timer = setTimeout(resolve, ms);
+    });
+    clearTimeout(timer);
+  }
+
   /** Takes the first frame that matches, waiting until it arrives (5 s at most). */
   async take(match: (f: Frame) => boolean): Promise<Frame> {
     const deadline = Date.now() + 5000;
@@ -52,12 +70,7 @@ class FakePeer implements Peer {
           }${this.closedWith ? `, closed with ${JSON.stringify(this.closedWith)}` : ""}`,
         );
       }
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await new Promise<void>((resolve) => {
-        this.#waiters.push(resolve);
-        timer = setTimeout(resolve, left);
-      });
-      clearTimeout(timer);
+      await this.#change(left);
     }
   }
 
@@ -416,11 +429,14 @@ Deno.test("ChatHub answers store_failed to every request the store fails, naming
   // database would leave them: every request that needs it is answered, none is left hanging,
   // none is mistaken for a bad frame.
   const store = await openStore(":memory:");
-  await withHub(async (_hub, open) => {
+  await withHub(async (hub, open) => {
     const [alice, a] = await open("alice", false, "alice-session");
     await open("bob");
     send(a, { type: "join", room: "den" });
     await alice.take((f) => f.type === "joined" && f.room === "den");
+    const resumer = new FakePeer();
+    const r = hub.connect(resumer, { user: "dora", resume: true });
+    await r.ready;
     await store.close();
     const asked: Array<[Frame, Frame]> = [
       [{ type: "send", room: "lobby", text: "lost?", cid: "c1" }, { type: "send", room: "lobby" }],
@@ -447,6 +463,10 @@ Deno.test("ChatHub answers store_failed to every request the store fails, naming
     }
     assert.equal(alice.closedWith, undefined, "the connection stays open");
     assert.deepEqual(alice.of("error"), [], "one answer each");
+    // A resume that cannot be read is not half done: the client reconnects and resumes again.
+    r.receive(JSON.stringify({ type: "resume", conversations: [{ with: "erin", after: 0 }] }));
+    assert.equal((await resumer.closing()).code, CloseCode.InternalError);
+    r.close();
   }, { store });
 });
 
