@@ -614,7 +614,11 @@ export class ChatHub implements HubPort {
   }
 
   /** Lists public rooms for discovery: the reply is a `rooms` frame. */
-  async publicRooms(_conn: Member): Promise<Result> {
+  publicRooms(_conn: Member): Promise<Result> {
+    return this.#publicRooms().catch((error) => storeFailed(error, { type: "rooms" }));
+  }
+
+  async #publicRooms(): Promise<Result> {
     // The listing is read from the store at most once per interval (or change here), however
     // many ask: its cost grows with the rooms (at most 100 are listed), not with the askers.
     const now = Date.now();
@@ -627,11 +631,7 @@ export class ChatHub implements HubPort {
       };
       this.#listing.frame.catch(() => this.#listing = undefined);
     }
-    try {
-      return { ok: true, reply: await this.#listing.frame };
-    } catch (error) {
-      return storeFailed(error, { type: "rooms" });
-    }
+    return { ok: true, reply: await this.#listing.frame };
   }
 
   /** Sets the password of the connection's (claimed) name: the reply is `password_set`. */
