@@ -1,13 +1,23 @@
 /**
  * One client connection inside the hub: it parses the client's frames in
- * order, hands them to the {@linkcode ChatHub}, and delivers frames to its
- * {@linkcode Peer} in conversation order (never twice, never before an
- * earlier one), holding live traffic while a resume or a gap is replayed.
+ * order, asks the hub (a {@linkcode HubPort}) for each, turns the results
+ * into frames in its own protocol, and, as a {@linkcode Member}, delivers
+ * what the hub pushes to its {@linkcode Peer} in conversation order (never
+ * twice, never before an earlier one), holding live traffic while a resume
+ * or a gap is replayed.
  *
  * @module
  */
 
-import type { ChatHub, ConnectOptions } from "./hub.ts";
+import type {
+  Accepted,
+  ConnectOptions,
+  HubPort,
+  Member,
+  Refused,
+  Result,
+  Stored,
+} from "./member.ts";
 import { type ErrorFrame, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import {
@@ -37,12 +47,15 @@ function exceedsBytes(data: string, max: number): boolean {
   return encoder.encode(data).length > max;
 }
 
+/** The answer to `ping`, the same for everyone. */
+const PONG = JSON.stringify({ type: "pong" } satisfies ServerFrame);
+
 /**
  * One client connection inside the hub. Frames are handled in the order they
  * arrive; the adapter calls {@linkcode Connection.receive} and
  * {@linkcode Connection.close} and nothing else.
  */
-export class Connection {
+export class Connection implements Member {
   /** The user this connection belongs to. */
   readonly user: string;
   /** Whether it speaks the original page's protocol. */
@@ -55,7 +68,7 @@ export class Connection {
   readonly token: string | undefined;
   /** Refusals by the rate limiter in the current minute, and when that minute started. */
   #strikes = { count: 0, since: 0 };
-  #hub: ChatHub;
+  #hub: HubPort;
   #peer: Peer;
   #chain: Promise<void>;
   #closed = false;
@@ -82,9 +95,13 @@ export class Connection {
    */
   #early: Array<[ChatMessage, Outgoing]> | undefined;
 
-  /** @internal Made by {@linkcode ChatHub.connect}. */
+  /**
+   * A connection of a peer to a hub; `open` (the hub's) records it and sends
+   * its welcome, and frames received meanwhile wait for it. `ChatHub.connect`
+   * makes them.
+   */
   constructor(init: {
-    hub: ChatHub;
+    hub: HubPort;
     peer: Peer;
     options: ConnectOptions;
     open: (conn: Connection) => Promise<void>;
@@ -103,7 +120,7 @@ export class Connection {
     this.#chain = this.ready;
   }
 
-  /** @internal Resolves once the frames taken so far are handled (it never rejects). */
+  /** Resolves once the frames taken so far are handled (it never rejects). */
   get settled(): Promise<void> {
     return this.#chain;
   }
@@ -113,9 +130,9 @@ export class Connection {
     return this.#early === undefined;
   }
 
-  /** @internal Sends the welcome, then the messages that arrived before it. */
+  /** Sends the welcome, then the messages that arrived before it. */
   welcome(text: string): void {
-    this.deliver(text);
+    this.#deliver(text);
     const early = this.#early ?? [];
     this.#early = undefined;
     for (const [message, out] of early) this.deliverMessage(message, out);
@@ -134,7 +151,7 @@ export class Connection {
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : data.byteLength;
       if (size > limits.maxFrameBytes) return this.#tooBig();
-      this.error(
+      this.#error(
         errorFrame("binary_unsupported", { message: "send JSON text frames, not binary" }),
       );
       return;
@@ -155,18 +172,45 @@ export class Connection {
     // Sequential: a `send` after a `join` must see the membership the join made.
     this.#chain = this.#chain.then(() => this.#handle(data)).catch((error) => {
       log.error("unexpected error handling a frame", error);
-      this.error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
+      this.#error(errorFrame("bad_frame", { message: "the server could not handle this frame" }));
     }).finally(() => this.#pending -= size);
     this.#hub.track(this.#chain);
   }
 
   /** Runs a read beside the chain, still counted among the frames waiting (as 1 KiB). */
-  #beside(task: Promise<void>): void {
+  #beside(task: Promise<Result>): void {
     this.#pending += 1024;
     this.#hub.track(
-      task.catch((error) => this.#storeError(error)).finally(() => this.#pending -= 1024),
+      task.then((result) => this.#answer(result), (error) => this.#storeError(error))
+        .finally(() => this.#pending -= 1024),
     );
   }
+
+  /** Answers an operation: its reply, or its error frame (and a strike for a rate limit). */
+  #answer(result: Result): void {
+    if (result.ok) {
+      if (result.reply !== undefined) this.#deliver(result.reply);
+      return;
+    }
+    this.#error(result.error);
+    if (result.strike) this.#strike();
+  }
+
+  /**
+   * Answers a send once taken: a refusal now; once stored, nothing (the
+   * sender's copy comes with everyone's), the original of a re-sent `cid`, or
+   * `store_failed`.
+   */
+  #sent(result: Accepted | Refused): void {
+    if (!result.ok) return this.#answer(result);
+    result.stored.then(this.#onStored);
+  }
+
+  /** Made once per connection: a send's settling allocates no handler. */
+  #onStored = (stored: Stored): void => {
+    if ("again" in stored) return this.#acknowledgeAgain(stored.again);
+    this.#answer(stored);
+  };
 
   #tooBig(): void {
     this.#peer.close(
@@ -182,40 +226,48 @@ export class Connection {
     const hub = this.#hub;
     if (this.legacy) {
       const parsed = parseLegacyFrame(data, hub.limits);
-      if (!parsed.ok) return this.error(parsed.error);
+      if (!parsed.ok) return this.#error(parsed.error);
       const { to_user: to, msg: text } = parsed.frame;
-      if (to === undefined) return hub.send(this, { room: LOBBY, from: this.user, text });
-      return await hub.sendDm(this, { to, from: this.user, text });
+      if (to === undefined) {
+        return this.#sent(await hub.send(this, { room: LOBBY, from: this.user, text }));
+      }
+      return this.#sent(await hub.sendDm(this, { to, from: this.user, text }));
     }
     const parsed = parseClientFrame(data, hub.limits);
-    if (!parsed.ok) return this.error(parsed.error);
+    if (!parsed.ok) return this.#error(parsed.error);
     const frame = parsed.frame;
     switch (frame.type) {
       case "ping":
-        return this.deliver(JSON.stringify({ type: "pong" }));
+        return this.#deliver(PONG);
       case "join":
-        return await hub.join(this, frame.room);
+        return this.#answer(await hub.join(this, frame.room));
       case "leave":
-        return await hub.leave(this, frame.room);
+        return this.#answer(await hub.leave(this, frame.room));
       case "send":
         if (frame.room !== undefined) {
-          return hub.send(this, {
-            room: frame.room,
+          return this.#sent(
+            await hub.send(this, {
+              room: frame.room,
+              from: this.user,
+              text: frame.text,
+              cid: frame.cid,
+            }),
+          );
+        }
+        return this.#sent(
+          await hub.sendDm(this, {
+            to: frame.to,
             from: this.user,
             text: frame.text,
             cid: frame.cid,
-          });
-        }
-        return await hub.sendDm(this, {
-          to: frame.to,
-          from: this.user,
-          text: frame.text,
-          cid: frame.cid,
-        });
+          }),
+        );
       case "typing":
-        return await hub.typing(
-          this,
-          frame.room !== undefined ? { room: frame.room } : { to: frame.to },
+        return this.#answer(
+          await hub.typing(
+            this,
+            frame.room !== undefined ? { room: frame.room } : { to: frame.to },
+          ),
         );
       case "history":
         // Reads need no ordering with later frames: let them run beside the chain.
@@ -225,23 +277,23 @@ export class Connection {
       case "resume":
         return await this.#resume(frame.conversations);
       case "create":
-        return await hub.create(this, frame);
+        return this.#answer(await hub.create(this, frame));
       case "invite":
-        return await hub.invite(this, frame);
+        return this.#answer(await hub.invite(this, frame));
       case "rooms":
-        return await hub.publicRooms(this);
+        return this.#answer(await hub.publicRooms(this));
       case "set_password":
-        return await hub.setPassword(this, frame.password);
+        return this.#answer(await hub.setPassword(this, frame.password));
       case "logout":
-        return await hub.logout(this, frame.everywhere);
+        return this.#answer(await hub.logout(this, frame.everywhere));
     }
   }
 
   /**
-   * @internal Counts a refusal by the rate limiter; past a minute's worth of
-   * them the client is abusive, and is closed with 1008.
+   * Counts a refusal by the rate limiter; past a minute's worth of them the
+   * client is abusive, and is closed with 1008.
    */
-  strike(): void {
+  #strike(): void {
     const now = Date.now();
     if (now - this.#strikes.since > 60_000) this.#strikes = { count: 0, since: now };
     if (++this.#strikes.count > this.#hub.limits.sendBurst) {
@@ -253,8 +305,18 @@ export class Connection {
   async #resume(points: ResumePoint[]): Promise<void> {
     const hub = this.#hub;
     for (const point of points) {
-      const key = await hub.conversationKey(this, { ref: point, request: "resume" });
-      if (key === undefined) continue;
+      const found = await hub.conversationKey(this, { ref: point, request: "resume" });
+      if (!found.ok && found.error.code === "store_failed") {
+        // As when a replay fails: a dropped connection resumes on reconnect, a skipped
+        // conversation would be a hole.
+        this.closePeer(CloseCode.InternalError, "could not read history; reconnect to resume");
+        return this.close();
+      }
+      if (!found.ok) {
+        this.#answer(found);
+        continue;
+      }
+      const key = found.key;
       // A cursor already past `after` means those messages were sent on this connection.
       const after = Math.max(point.after, this.#cursors.get(key) ?? 0);
       this.#cursors.set(key, after);
@@ -285,13 +347,13 @@ export class Connection {
         // its buffer to drain instead of tripping the slow-consumer limit.
         if (!(await this.#drained())) return;
         this.#cursors.set(key, message.id);
-        this.deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
+        this.#deliver(JSON.stringify({ type: "message", ...message } satisfies ServerFrame));
       }
       // A gap longer than a replay is said out loud, so the client pages the rest with `history`.
       if (announce || page.more) {
         const first = page.messages[0]?.id ?? 0;
         const last = page.messages.at(-1)?.id ?? 0;
-        this.deliver(JSON.stringify(
+        this.#deliver(JSON.stringify(
           {
             type: "resumed",
             ...ref,
@@ -315,12 +377,12 @@ export class Connection {
   }
 
   /**
-   * @internal Answers a re-sent cid with its stored message. A resuming client's
+   * Answers a re-sent cid with its stored message. A resuming client's
    * cursor says what it has, so the usual ordering applies (it got this copy in
    * its replay if it lacked it); any other client gets the copy as its
    * acknowledgement even if it is older than live traffic it has seen.
    */
-  acknowledgeAgain(message: ChatMessage): void {
+  #acknowledgeAgain(message: ChatMessage): void {
     const out = new Outgoing({ type: "message", ...message });
     if (this.#resumable) return this.deliverMessage(message, out);
     this.deliverShared(out);
@@ -333,8 +395,8 @@ export class Connection {
   }
 
   /**
-   * @internal Delivers a stored message in conversation order: never twice,
-   * never before an earlier one; a gap is filled from the store first.
+   * Delivers a stored message in conversation order: never twice, never
+   * before an earlier one; a gap is filled from the store first.
    */
   deliverMessage(
     message: ChatMessage,
@@ -413,16 +475,16 @@ export class Connection {
 
   #storeError(error: unknown): void {
     log.error("store read failed", error);
-    this.error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
+    this.#error(errorFrame("store_failed", { message: "the store did not answer; try again" }));
   }
 
   /** Sends an error frame in this connection's protocol. */
-  error(frame: ErrorFrame): void {
-    this.deliver(this.legacy ? toLegacyError(frame) : JSON.stringify(frame));
+  #error(frame: ErrorFrame): void {
+    this.#deliver(this.legacy ? toLegacyError(frame) : JSON.stringify(frame));
   }
 
   /** Sends an encoded frame, or disconnects a client that stopped reading. */
-  deliver(text: string): void {
+  #deliver(text: string): void {
     if (this.#closed) return;
     try {
       // Inside the try: a socket closed under us throws even on reading bufferedAmount.
@@ -447,16 +509,16 @@ export class Connection {
     }
   }
 
-  /** @internal Sends a shared frame in this connection's protocol. */
+  /** Sends a shared frame in this connection's protocol. */
   deliverShared(out: Outgoing): void {
     // Before its welcome a chat.v1 client gets no live events: the welcome says where things stand.
     if (this.#early) return;
-    if (!this.legacy) return this.deliver(out.v1);
+    if (!this.legacy) return this.#deliver(out.v1);
     const text = out.legacy;
-    if (text !== undefined) this.deliver(text);
+    if (text !== undefined) this.#deliver(text);
   }
 
-  /** @internal Closes the peer, as the hub's shutdown does. */
+  /** Closes the peer, as the hub's shutdown does (it leaves when the close is reported). */
   closePeer(code: number, reason: string): void {
     try {
       this.#peer.close(code, reason);

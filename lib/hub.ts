@@ -20,6 +20,7 @@ import { type Bus, type BusEvent, LocalBus } from "./bus.ts";
 import {
   type ChatMessage,
   type ConversationRef,
+  type ErrorCode,
   HISTORY_DEFAULT,
   LOBBY,
   refOf,
@@ -37,6 +38,18 @@ import {
 } from "./store.ts";
 import { Connection } from "./connection.ts";
 import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
+import type {
+  Accepted,
+  ConnectOptions,
+  Done,
+  Found,
+  HubLimits,
+  HubPort,
+  Member,
+  Refused,
+  Result,
+  Stored,
+} from "./member.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import { LocalPresence, type Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
@@ -49,35 +62,26 @@ import { LogOnce } from "./log.ts";
 const log = new LogOnce();
 
 export { CloseCode, Connection, type Peer };
+export type { ConnectOptions, HubLimits, Member, Result } from "./member.ts";
 
-/** Limits the hub enforces; see `Settings` for what each means. */
-export interface HubLimits {
-  /** The largest frame a client may send, in bytes; above it the connection closes with 1009. */
-  maxFrameBytes: number;
-  /** The longest message text, in UTF-16 code units; above it an error frame `too_large`. */
-  maxTextLength: number;
-  /** The most bytes queued for one client before it is disconnected as a slow consumer. */
-  maxBufferedBytes: number;
-  /** The most messages one conversation's replay sends; older ones are paged with `history`. */
-  replayLimit: number;
-  /** The most rooms one user may be in, the lobby aside. */
-  maxRoomsPerUser: number;
-  /** Messages per second a user may send, on average (a token bucket's rate). */
-  sendRate: number;
-  /** Messages a user may send at once after a quiet spell (the bucket's size). */
-  sendBurst: number;
-  /**
-   * Milliseconds between two `typing` frames relayed for one sender in one
-   * conversation (more are dropped), and between two presence changes of one
-   * user (the latest wins); 2000 when absent.
-   */
-  fanoutIntervalMs?: number;
-  /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
-  maxQueuedBytes?: number;
-  /** Pending invitations one user may hold; more are refused (100). */
-  maxInvitesPerUser?: number;
-  /** Room names one user may bring into being, ever; more are refused (no limit when absent). */
-  maxRoomsCreatedPerUser?: number;
+/** An operation done with nothing to say to the asker (one object for all of them). */
+const DONE: Done = Object.freeze({ ok: true });
+
+/** A refusal with an error frame. */
+function refused(code: ErrorCode, detail: ErrorDetail): Refused {
+  return { ok: false, error: errorFrame(code, detail) };
+}
+
+/**
+ * The answer to an operation whose store (or accounts) failed: `store_failed`
+ * naming the request, whatever the store threw; the cause is logged.
+ */
+function storeFailed(error: unknown, request: ErrorDetail["request"], ref?: string): Refused {
+  log.error(`the store failed during ${request?.type ?? "a request"}`, error);
+  const message = request?.type === "send"
+    ? "the message could not be stored; it was not sent"
+    : "the store did not answer; try again";
+  return refused("store_failed", { message, ref, request });
 }
 
 /** What the hub asks of the accounts: names to resolve and register, passwords, logouts. */
@@ -102,23 +106,6 @@ export interface ChatHubOptions {
   limits: HubLimits;
 }
 
-/** Options of {@linkcode ChatHub.connect}. */
-export interface ConnectOptions {
-  /** The (validated, normalised) username. */
-  user: string;
-  /** Whether the client speaks the original page's protocol rather than `chat.v1`. */
-  legacy?: boolean;
-  /**
-   * Whether the client will send `resume` after `welcome`: live messages are
-   * held until then, so replay and live traffic meet with no gap and no repeat.
-   */
-  resume?: boolean;
-  /** The session (hash of the token) the connection authenticated with. */
-  session?: string;
-  /** A token just issued to this connection (it claimed the name): sent once, in `welcome`. */
-  token?: string;
-}
-
 /** Counters for `/healthz`. */
 export interface HubStats {
   /** Open connections. */
@@ -127,15 +114,19 @@ export interface HubStats {
   usersOnline: number;
 }
 
-/** Routes frames between the members of rooms and DMs. */
-export class ChatHub {
+/**
+ * Routes frames between the members of rooms and DMs. Its operations answer
+ * the asker with a {@linkcode Result}; what all members of a conversation get
+ * is pushed into each {@linkcode Member}.
+ */
+export class ChatHub implements HubPort {
   /** The limits this hub enforces. */
   readonly limits: HubLimits;
   #store: ChatStore;
   #bus: Bus;
   #subscription: Disposable;
   /** Open, welcomed connections by user. */
-  #users = new Map<string, Set<Connection>>();
+  #users = new Map<string, Set<Member>>();
   /** Local users by room they belong to (the lobby holds everyone). */
   #members = new Map<string, Set<string>>();
   #accounts: HubAccounts;
@@ -245,7 +236,7 @@ export class ChatHub {
   }
 
   /** Makes a connection reachable; true when it is its user's first here. */
-  #addUser(conn: Connection): boolean {
+  #addUser(conn: Member): boolean {
     let set = this.#users.get(conn.user);
     const first = set === undefined;
     if (!set) this.#users.set(conn.user, set = new Set());
@@ -276,7 +267,7 @@ export class ChatHub {
     }
   }
 
-  async #open(conn: Connection): Promise<void> {
+  async #open(conn: Member): Promise<void> {
     const user = conn.user;
     const registered = await this.#accounts.register(user);
     if (!registered.ok || registered.user !== user) {
@@ -381,227 +372,253 @@ export class ChatHub {
   }
 
   /**
-   * Takes one message from a user's send budget; false (and an error frame
-   * with `retry_after`) when it is spent.
+   * Takes one message from a user's send budget; undefined when there was
+   * one, else the refusal (`rate_limited` with `retry_after`, a strike).
    */
   async #allowSend(
-    conn: Connection,
+    conn: Member,
     request: ErrorDetail["request"] & object,
     cid?: string,
-  ): Promise<boolean> {
+  ): Promise<Refused | undefined> {
     const { sendRate, sendBurst } = this.limits;
     let allowance;
     try {
       allowance = await this.#userLimits.takeSend(conn.user);
     } catch (error) {
       log.error("user limits: the budget could not be read", error);
-      conn.error(errorFrame("store_failed", {
+      return refused("store_failed", {
         message: "the message could not be stored; it was not sent",
         ref: cid,
         request,
-      }));
-      return false;
+      });
     }
-    if (allowance.ok) return true;
-    const retryAfter = allowance.retryAfterMs;
-    conn.error({
-      ...errorFrame("rate_limited", {
-        message: `at most ${sendRate} messages a second (bursts of ${sendBurst}); wait a moment`,
-        ref: cid,
-        request,
-      }),
-      retry_after: retryAfter,
-    });
-    conn.strike();
-    return false;
-  }
-
-  /** @internal Stores a room message, then publishes it. */
-  async send(
-    conn: Connection,
-    message: { room: string; from: string; text: string; cid?: string },
-  ): Promise<void> {
-    const request = { type: "send", room: message.room } as const;
-    if (!this.#isMember(conn.user, message.room)) {
-      return conn.error(
-        errorFrame("not_member", {
-          message: `join ${message.room} before sending to it`,
-          ref: message.cid,
+    if (allowance.ok) return undefined;
+    return {
+      ok: false,
+      error: {
+        ...errorFrame("rate_limited", {
+          message: `at most ${sendRate} messages a second (bursts of ${sendBurst}); wait a moment`,
+          ref: cid,
           request,
         }),
-      );
-    }
-    if (await this.#allowSend(conn, request, message.cid)) this.#append(conn, message);
+        retry_after: allowance.retryAfterMs,
+      },
+      strike: true,
+    };
   }
 
-  /** @internal Stores a DM to a known user, then publishes it. */
+  /** Stores a room message, then publishes it: the sender's copy is its acknowledgement. */
+  async send(
+    conn: Member,
+    message: { room: string; from: string; text: string; cid?: string },
+  ): Promise<Accepted | Refused> {
+    const request = { type: "send", room: message.room } as const;
+    if (!this.#isMember(conn.user, message.room)) {
+      return refused("not_member", {
+        message: `join ${message.room} before sending to it`,
+        ref: message.cid,
+        request,
+      });
+    }
+    return await this.#allowSend(conn, request, message.cid) ?? this.#append(message);
+  }
+
+  /** Stores a DM to a known user, then publishes it: the sender's copy is its acknowledgement. */
   async sendDm(
-    conn: Connection,
+    conn: Member,
     message: { to: string; from: string; text: string; cid?: string },
-  ): Promise<void> {
+  ): Promise<Accepted | Refused> {
     const request = { type: "send", to: message.to } as const;
-    // The common case, a DM to a name spelled as registered, takes no extra turn of the loop.
-    const to = this.#registered.has(message.to) ? message.to : await this.#resolveUser(message.to);
+    let to;
+    try {
+      // The common case, a DM to a name spelled as registered, takes no extra turn of the loop.
+      to = this.#registered.has(message.to) ? message.to : await this.#resolveUser(message.to);
+    } catch (error) {
+      return storeFailed(error, request, message.cid);
+    }
     if (to === undefined) {
-      return conn.error(errorFrame("unknown_user", {
+      return refused("unknown_user", {
         message: `no user is called ${message.to}`,
         ref: message.cid,
         request,
-      }));
+      });
     }
-    if (await this.#allowSend(conn, request, message.cid)) this.#append(conn, { ...message, to });
+    return await this.#allowSend(conn, request, message.cid) ?? this.#append({ ...message, to });
   }
 
   #append(
-    conn: Connection,
     message: { room?: string; to?: string; from: string; text: string; cid?: string },
-  ): void {
+  ): Accepted {
     // Not awaited: appends queue in arrival order, so a sender's messages keep
     // their order while the next frame is already being read.
-    const done: Promise<unknown> = this.#store.append(message).then(
-      ({ message: stored, duplicate }) => {
-        if (!duplicate) return this.#bus.publish({ kind: "message", message: stored });
+    const stored: Promise<Stored> = this.#store.append(message).then(
+      ({ message: stored, duplicate }): Stored => {
+        if (!duplicate) {
+          this.#bus.publish({ kind: "message", message: stored });
+          return DONE;
+        }
         // A re-send of a stored message: everyone had it already; answer only the sender.
         // (Unless its first sender's instance died before publishing it: the bus sees to that.)
-        conn.acknowledgeAgain(stored);
         this.#bus.reached?.(stored);
+        return { ok: true, again: stored };
       },
-      (error) => {
+      (error): Refused => {
         if (!(error instanceof StoreError)) log.error("unexpected store error", error);
-        conn.error(
-          errorFrame("store_failed", {
-            message: "the message could not be stored; it was not sent",
-            ref: message.cid,
-            request: message.room !== undefined
-              ? { type: "send", room: message.room }
-              : { type: "send", to: message.to },
-          }),
-        );
+        return refused("store_failed", {
+          message: "the message could not be stored; it was not sent",
+          ref: message.cid,
+          request: message.room !== undefined
+            ? { type: "send", room: message.room }
+            : { type: "send", to: message.to },
+        });
       },
     );
-    this.#inflight.add(done);
-    done.finally(() => this.#inflight.delete(done));
+    this.#inflight.add(stored);
+    stored.finally(() => this.#inflight.delete(stored));
+    return { ok: true, stored };
   }
 
-  /** @internal */
-  async join(conn: Connection, room: string): Promise<void> {
+  /** Joins a room; a private one needs an invitation. A member already gets `joined` again. */
+  join(conn: Member, room: string): Promise<Result> {
+    return this.#join(conn, room).catch((error) => storeFailed(error, { type: "join", room }));
+  }
+
+  async #join(conn: Member, room: string): Promise<Result> {
     if (this.#isMember(conn.user, room)) {
-      return conn.deliver(
-        JSON.stringify({ type: "joined", room, user: conn.user } satisfies ServerFrame),
-      );
+      return {
+        ok: true,
+        reply: JSON.stringify({ type: "joined", room, user: conn.user } satisfies ServerFrame),
+      };
     }
     const request = { type: "join", room } as const;
     // Every member sees a join: they count against the sender's budget like messages.
-    if (!(await this.#allowSend(conn, request))) return;
+    const limited = await this.#allowSend(conn, request);
+    if (limited) return limited;
     if (this.#roomsOf(conn.user).length - 1 >= this.limits.maxRoomsPerUser) {
-      return conn.error(errorFrame("too_many_rooms", {
+      return refused("too_many_rooms", {
         message: `at most ${this.limits.maxRoomsPerUser} rooms; leave one first`,
         request,
-      }));
+      });
     }
-    if (!(await this.#roomNameFree(conn, room, request))) return;
+    const taken = await this.#roomNameTaken(conn, room, request);
+    if (taken) return taken;
     // The privacy check and the write are one atomic step in the store: a join racing a
     // private room's creation cannot slip in between them.
     const outcome = await this.#store.joinIfAllowed(conn.user, room);
     this.#privacy.set(room, outcome.private);
     if (outcome.result === "forbidden") {
-      return conn.error(
-        errorFrame("forbidden", { message: `${room} is private: ask for an invitation`, request }),
-      );
+      return refused("forbidden", {
+        message: `${room} is private: ask for an invitation`,
+        request,
+      });
     }
     // Applied here too, not only when the event comes back: a `send` right
     // after `join` on this connection must already see the membership.
     this.#memberSet(room).add(conn.user);
     this.#listing = undefined;
     this.#bus.publish({ kind: "joined", room, user: conn.user });
+    return DONE;
   }
 
-  /** @internal */
-  async leave(conn: Connection, room: string): Promise<void> {
+  /** Leaves a room; everyone stays in the lobby. */
+  leave(conn: Member, room: string): Promise<Result> {
+    return this.#leave(conn, room).catch((error) => storeFailed(error, { type: "leave", room }));
+  }
+
+  async #leave(conn: Member, room: string): Promise<Result> {
+    const request = { type: "leave", room } as const;
     if (room === LOBBY) {
-      return conn.error(errorFrame("bad_frame", {
-        message: "everyone stays in the lobby",
-        request: { type: "leave", room },
-      }));
+      return refused("bad_frame", { message: "everyone stays in the lobby", request });
     }
     if (!this.#isMember(conn.user, room)) {
-      return conn.error(errorFrame("not_member", {
-        message: `you are not in ${room}`,
-        request: { type: "leave", room },
-      }));
+      return refused("not_member", { message: `you are not in ${room}`, request });
     }
-    if (!(await this.#allowSend(conn, { type: "leave", room }))) return;
+    const limited = await this.#allowSend(conn, request);
+    if (limited) return limited;
     await this.#store.leave(conn.user, room);
     this.#listing = undefined;
     this.#bus.publish({ kind: "left", room, user: conn.user });
+    return DONE;
   }
 
   /**
-   * Whether a room name may be used: not a look-alike of the lobby or of
-   * another room (`vаult` with a Cyrillic `а` beside `vault`); an error frame if not.
+   * Whether a room name may not be used: a look-alike of the lobby or of
+   * another room (`vаult` with a Cyrillic `а` beside `vault`) is refused.
    */
-  async #roomNameFree(
-    conn: Connection,
+  async #roomNameTaken(
+    conn: Member,
     room: string,
     request: { type: "join" | "create"; room: string },
-  ): Promise<boolean> {
-    if (room === LOBBY) return true;
+  ): Promise<Refused | undefined> {
+    if (room === LOBBY) return undefined;
     const free = skeleton(room) === skeleton(LOBBY)
       ? { ok: false as const, reason: `too much like the room ${LOBBY}; pick another name` }
       : await this.#accounts.registerRoom(room, conn.user, this.limits.maxRoomsCreatedPerUser);
-    if (free.ok) return true;
-    conn.error(errorFrame("bad_name", { message: free.reason, request }));
-    return false;
+    if (free.ok) return undefined;
+    return refused("bad_name", { message: free.reason, request });
   }
 
-  /** @internal Creates a room (public or private) and joins it. */
-  async create(conn: Connection, frame: { room: string; private: boolean }): Promise<void> {
+  /** Creates a room (public or private) and joins it. */
+  create(conn: Member, frame: { room: string; private: boolean }): Promise<Result> {
+    return this.#create(conn, frame).catch((error) =>
+      storeFailed(error, { type: "create", room: frame.room })
+    );
+  }
+
+  async #create(conn: Member, frame: { room: string; private: boolean }): Promise<Result> {
     const request = { type: "create", room: frame.room } as const;
-    if (!(await this.#roomNameFree(conn, frame.room, request))) return;
+    const taken = await this.#roomNameTaken(conn, frame.room, request);
+    if (taken) return taken;
     if (
       frame.room === LOBBY ||
       !(await this.#store.createRoom(frame.room, { private: frame.private, owner: conn.user }))
     ) {
-      return conn.error(
-        errorFrame("room_exists", { message: `${frame.room} exists already: join it`, request }),
-      );
+      return refused("room_exists", { message: `${frame.room} exists already: join it`, request });
     }
     this.#privacy.set(frame.room, frame.private);
     this.#listing = undefined;
     if (frame.private) await this.#store.invite(conn.user, frame.room, conn.user);
-    await this.join(conn, frame.room);
+    return await this.#join(conn, frame.room);
   }
 
-  /** @internal Invites a user to a room the inviter is in. */
-  async invite(conn: Connection, frame: { room: string; user: string }): Promise<void> {
+  /** Invites a user to a room the inviter is in. */
+  invite(conn: Member, frame: { room: string; user: string }): Promise<Result> {
+    return this.#invite(conn, frame).catch((error) =>
+      storeFailed(error, { type: "invite", room: frame.room })
+    );
+  }
+
+  async #invite(conn: Member, frame: { room: string; user: string }): Promise<Result> {
     const request = { type: "invite", room: frame.room } as const;
     if (!this.#isMember(conn.user, frame.room) || frame.room === LOBBY) {
-      return conn.error(
-        errorFrame("not_member", { message: `you are not in ${frame.room}`, request }),
-      );
+      return refused("not_member", { message: `you are not in ${frame.room}`, request });
     }
     const user = await this.#resolveUser(frame.user);
     if (user === undefined) {
-      return conn.error(
-        errorFrame("unknown_user", { message: `no user is called ${frame.user}`, request }),
-      );
+      return refused("unknown_user", { message: `no user is called ${frame.user}`, request });
     }
     // An invitation lands in the invitee's welcome: bounded per invitee, paced per inviter.
-    if (!(await this.#allowSend(conn, request))) return;
+    const limited = await this.#allowSend(conn, request);
+    if (limited) return limited;
     const maxInvites = this.limits.maxInvitesPerUser ?? 100;
     const pending = await this.#store.invites(user);
     if (!pending.some((i) => i.room === frame.room) && pending.length >= maxInvites) {
-      return conn.error(errorFrame("forbidden", {
+      return refused("forbidden", {
         message: `${user} has ${maxInvites} invitations waiting already`,
         request,
-      }));
+      });
     }
     await this.#store.invite(user, frame.room, conn.user);
     this.#bus.publish({ kind: "invited", user, room: frame.room, by: conn.user });
+    return DONE;
   }
 
-  /** @internal Lists public rooms for discovery. */
-  async publicRooms(conn: Connection): Promise<void> {
+  /** Lists public rooms for discovery: the reply is a `rooms` frame. */
+  publicRooms(_conn: Member): Promise<Result> {
+    return this.#publicRooms().catch((error) => storeFailed(error, { type: "rooms" }));
+  }
+
+  async #publicRooms(): Promise<Result> {
     // The listing is read from the store at most once per interval (or change here), however
     // many ask: its cost grows with the rooms (at most 100 are listed), not with the askers.
     const now = Date.now();
@@ -614,118 +631,151 @@ export class ChatHub {
       };
       this.#listing.frame.catch(() => this.#listing = undefined);
     }
-    conn.deliver(await this.#listing.frame);
+    return { ok: true, reply: await this.#listing.frame };
   }
 
-  /** @internal Sets the password of the connection's (claimed) name. */
-  async setPassword(conn: Connection, password: string): Promise<void> {
+  /** Sets the password of the connection's (claimed) name: the reply is `password_set`. */
+  async setPassword(conn: Member, password: string): Promise<Result> {
+    const request = { type: "set_password" } as const;
     if (conn.session === undefined) {
-      return conn.error(errorFrame("forbidden", {
+      return refused("forbidden", {
         message: "only a signed-in chat.v1 connection can set a password",
-        request: { type: "set_password" },
-      }));
+        request,
+      });
     }
     try {
       await this.#accounts.setPassword(conn.user, password);
     } catch (error) {
-      if (!(error instanceof BusyError)) throw error;
-      return conn.error({
-        ...errorFrame("rate_limited", {
-          message: "the server is busy hashing passwords; try again in a moment",
-          request: { type: "set_password" },
-        }),
-        retry_after: 1000,
-      });
+      if (!(error instanceof BusyError)) return storeFailed(error, request);
+      return {
+        ok: false,
+        error: {
+          ...errorFrame("rate_limited", {
+            message: "the server is busy hashing passwords; try again in a moment",
+            request,
+          }),
+          retry_after: 1000,
+        },
+      };
     }
-    conn.deliver(JSON.stringify({ type: "password_set" } satisfies ServerFrame));
+    return { ok: true, reply: JSON.stringify({ type: "password_set" } satisfies ServerFrame) };
   }
 
-  /** @internal Revokes this connection's token, or all of the user's, closing their sockets. */
-  async logout(conn: Connection, everywhere: boolean): Promise<void> {
-    const sessions = await this.#accounts.revoke(conn.user, everywhere ? undefined : conn.session);
+  /** Revokes this connection's token, or all of the user's, closing their sockets. */
+  async logout(conn: Member, everywhere: boolean): Promise<Result> {
+    let sessions;
+    try {
+      sessions = await this.#accounts.revoke(conn.user, everywhere ? undefined : conn.session);
+    } catch (error) {
+      return storeFailed(error, { type: "logout" });
+    }
     this.#bus.publish({
       kind: "revoked",
       user: conn.user,
       sessions: everywhere ? "all" : sessions,
     });
+    return DONE;
   }
 
-  /** @internal */
-  async typing(conn: Connection, where: { room: string } | { to: string }): Promise<void> {
+  /** Relays that the user is typing, at most once an interval per conversation; nothing is stored. */
+  async typing(conn: Member, where: { room: string } | { to: string }): Promise<Result> {
     if ("room" in where) {
       if (!this.#isMember(conn.user, where.room)) {
-        return conn.error(errorFrame("not_member", {
+        return refused("not_member", {
           message: `you are not in ${where.room}`,
           request: { type: "typing", room: where.room },
-        }));
+        });
       }
-      if (!this.#typing.allow(`${conn.user}\0r/${where.room}`)) return;
-      return this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
+      if (this.#typing.allow(`${conn.user}\0r/${where.room}`)) {
+        this.#bus.publish({ kind: "typing", room: where.room, from: conn.user });
+      }
+      return DONE;
     }
-    const to = await this.#resolveUser(where.to);
+    const request = { type: "typing", to: where.to } as const;
+    let to;
+    try {
+      to = await this.#resolveUser(where.to);
+    } catch (error) {
+      return storeFailed(error, request);
+    }
     if (to === undefined) {
-      return conn.error(errorFrame("unknown_user", {
-        message: `no user is called ${where.to}`,
-        request: { type: "typing", to: where.to },
-      }));
+      return refused("unknown_user", { message: `no user is called ${where.to}`, request });
     }
-    if (!this.#typing.allow(`${conn.user}\0d/${to}`)) return;
-    this.#bus.publish({ kind: "typing", to, from: conn.user });
+    if (this.#typing.allow(`${conn.user}\0d/${to}`)) {
+      this.#bus.publish({ kind: "typing", to, from: conn.user });
+    }
+    return DONE;
   }
 
-  /** @internal The key of a conversation the user may read, or an error frame to them. */
+  /** The key of a conversation the user may read, or why not. */
   async conversationKey(
-    conn: Connection,
+    conn: Member,
     { ref, request }: { ref: ConversationRef; request: "history" | "read" | "resume" },
-  ): Promise<ConversationKey | undefined> {
+  ): Promise<Found | Refused> {
     if (ref.room !== undefined) {
       if (!this.#isMember(conn.user, ref.room)) {
-        conn.error(errorFrame("not_member", {
+        return refused("not_member", {
           message: `join ${ref.room} to read it`,
           request: { type: request, room: ref.room },
-        }));
-        return undefined;
+        });
       }
-      return roomKey(ref.room);
+      return { ok: true, key: roomKey(ref.room) };
+    }
+    let other;
+    try {
+      other = await this.#resolveUser(ref.with);
+    } catch (error) {
+      return storeFailed(error, { type: request, with: ref.with });
     }
     // Nobody but the two parties can name a DM: the key always holds the asker.
-    return dmKey(conn.user, await this.#resolveUser(ref.with) ?? ref.with);
+    return { ok: true, key: dmKey(conn.user, other ?? ref.with) };
   }
 
-  /** @internal */
+  /** A page of a conversation's history, oldest first: the reply is a `history` frame. */
   async history(
-    conn: Connection,
+    conn: Member,
     frame: ConversationRef & { before?: number; after?: number; limit?: number },
-  ): Promise<void> {
-    const key = await this.conversationKey(conn, { ref: frame, request: "history" });
-    if (key === undefined) return;
-    const page = await this.#store.history(key, {
-      before: frame.before,
-      after: frame.after,
-      limit: frame.limit ?? HISTORY_DEFAULT,
-    });
-    conn.deliver(
-      JSON.stringify({ type: "history", ...refOf(frame), ...page } satisfies ServerFrame),
-    );
+  ): Promise<Result> {
+    const found = await this.conversationKey(conn, { ref: frame, request: "history" });
+    if (!found.ok) return found;
+    let page;
+    try {
+      page = await this.#store.history(found.key, {
+        before: frame.before,
+        after: frame.after,
+        limit: frame.limit ?? HISTORY_DEFAULT,
+      });
+    } catch (error) {
+      return storeFailed(error, { type: "history", ...refOf(frame) });
+    }
+    return {
+      ok: true,
+      reply: JSON.stringify({ type: "history", ...refOf(frame), ...page } satisfies ServerFrame),
+    };
   }
 
-  /** @internal */
-  async read(conn: Connection, frame: ConversationRef & { id: number }): Promise<void> {
-    const key = await this.conversationKey(conn, { ref: frame, request: "read" });
-    if (key === undefined) return;
-    const id = await this.#store.markRead(conn.user, key, frame.id);
+  /** Marks a conversation read up to an id; every tab of the user hears it. */
+  async read(conn: Member, frame: ConversationRef & { id: number }): Promise<Result> {
+    const found = await this.conversationKey(conn, { ref: frame, request: "read" });
+    if (!found.ok) return found;
+    let id;
+    try {
+      id = await this.#store.markRead(conn.user, found.key, frame.id);
+    } catch (error) {
+      return storeFailed(error, { type: "read", ...refOf(frame) });
+    }
     this.#bus.publish({ kind: "read", user: conn.user, id, ...refOf(frame) });
+    return DONE;
   }
 
-  /** @internal The newest `replayLimit` messages after `after`, for a resume or a gap. */
+  /** The newest `replayLimit` messages after `after`, for a resume or a gap. */
   replay(key: ConversationKey, after: number): Promise<HistoryPage> {
     return this.track(this.#store.history(key, { after, limit: this.limits.replayLimit }));
   }
 
   /**
-   * @internal Work a shutdown waits for before the store closes: a
-   * connection's frames being handled, and what runs beside them (reads,
-   * replays, opening).
+   * Counts work a shutdown waits for before the store closes: a connection's
+   * frames being handled, and what runs beside them (reads, replays, opening).
    */
   track<T>(work: Promise<T>): Promise<T> {
     this.#inflight.add(work);
@@ -733,8 +783,8 @@ export class ChatHub {
     return work;
   }
 
-  /** @internal Called by {@linkcode Connection.close}. */
-  remove(conn: Connection): void {
+  /** Takes a member that closed out of the hub (its `close` calls this). */
+  remove(conn: Member): void {
     this.#connections--;
     const set = this.#users.get(conn.user);
     if (!set?.delete(conn) || set.size > 0) return;
@@ -743,7 +793,7 @@ export class ChatHub {
     if (!this.#shuttingDown) this.#presenceStep(conn.user, () => this.#depart(conn.user));
   }
 
-  #each(users: Iterable<string>, fn: (conn: Connection) => void): void {
+  #each(users: Iterable<string>, fn: (conn: Member) => void): void {
     for (const user of users) {
       const conns = this.#users.get(user);
       if (conns) { for (const conn of conns) fn(conn); }
@@ -816,7 +866,7 @@ export class ChatHub {
     // One key for all recipients: their cursor work is a map lookup each.
     const key = conversationOf(message);
     // Legacy clients get what the original would send: lobby and DMs, never their own words back.
-    const deliver = (c: Connection) => {
+    const deliver = (c: Member) => {
       if (!c.legacy) return c.deliverMessage(message, out, key);
       if (c.user !== message.from && (message.to !== undefined || message.room === LOBBY)) {
         c.deliverShared(out);

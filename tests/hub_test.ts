@@ -38,6 +38,24 @@ class FakePeer implements Peer {
     for (const w of this.#waiters.splice(0)) w();
   }
 
+  /** Waits until the hub closes this peer (5 s at most), and says how. */
+  async closing(): Promise<{ code?: number; reason?: string }> {
+    const deadline = Date.now() + 5000;
+    while (!this.closedWith && Date.now() < deadline) await this.#change(deadline - Date.now());
+    if (!this.closedWith) throw new Error("expected the peer to be closed within 5000 ms");
+    return this.closedWith;
+  }
+
+  /** Resolves at the next frame or close, or after `ms`. */
+  async #change(ms: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await new Promise<void>((resolve) => {
+      this.#waiters.push(resolve);
+      timer = setTimeout(resolve, ms);
+    });
+    clearTimeout(timer);
+  }
+
   /** Takes the first frame that matches, waiting until it arrives (5 s at most). */
   async take(match: (f: Frame) => boolean): Promise<Frame> {
     const deadline = Date.now() + 5000;
@@ -52,12 +70,7 @@ class FakePeer implements Peer {
           }${this.closedWith ? `, closed with ${JSON.stringify(this.closedWith)}` : ""}`,
         );
       }
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await new Promise<void>((resolve) => {
-        this.#waiters.push(resolve);
-        timer = setTimeout(resolve, left);
-      });
-      clearTimeout(timer);
+      await this.#change(left);
     }
   }
 
@@ -79,7 +92,7 @@ const LIMITS = {
 async function withHub(
   fn: (
     hub: ChatHub,
-    open: (user: string, legacy?: boolean) => Promise<[FakePeer, Connection]>,
+    open: (user: string, legacy?: boolean, session?: string) => Promise<[FakePeer, Connection]>,
   ) => Promise<void>,
   options: { store?: ChatStore & { db: SqlDatabase }; limits?: Partial<HubLimits> } = {},
 ): Promise<void> {
@@ -90,9 +103,13 @@ async function withHub(
     limits: { ...LIMITS, ...options.limits },
   });
   const conns: Connection[] = [];
-  const open = async (user: string, legacy = false): Promise<[FakePeer, Connection]> => {
+  const open = async (
+    user: string,
+    legacy = false,
+    session?: string,
+  ): Promise<[FakePeer, Connection]> => {
     const peer = new FakePeer();
-    const conn = hub.connect(peer, { user, legacy });
+    const conn = hub.connect(peer, { user, legacy, session });
     conns.push(conn);
     await conn.ready;
     return [peer, conn];
@@ -404,6 +421,52 @@ Deno.test("ChatHub answers store_failed when a message cannot be stored, no one 
     assert.equal((await bob.take(isMessage("back"))).id, 1, "the failed message took no id");
     assert.equal((await alice.take(isMessage("back"))).cid, "f2");
     assert.equal(alice.of("message").length + bob.of("message").length, 0);
+  }, { store });
+});
+
+Deno.test("ChatHub answers store_failed to every request the store fails, naming it, and keeps the connection open", async () => {
+  // The real store (and the accounts on its database) closed under the hub, as a dead disk or
+  // database would leave them: every request that needs it is answered, none is left hanging,
+  // none is mistaken for a bad frame.
+  const store = await openStore(":memory:");
+  await withHub(async (hub, open) => {
+    const [alice, a] = await open("alice", false, "alice-session");
+    await open("bob");
+    send(a, { type: "join", room: "den" });
+    await alice.take((f) => f.type === "joined" && f.room === "den");
+    const resumer = new FakePeer();
+    const r = hub.connect(resumer, { user: "dora", resume: true });
+    await r.ready;
+    await store.close();
+    const asked: Array<[Frame, Frame]> = [
+      [{ type: "send", room: "lobby", text: "lost?", cid: "c1" }, { type: "send", room: "lobby" }],
+      [{ type: "send", to: "bob", text: "lost?", cid: "c2" }, { type: "send", to: "bob" }],
+      [{ type: "join", room: "attic" }, { type: "join", room: "attic" }],
+      [{ type: "leave", room: "den" }, { type: "leave", room: "den" }],
+      [{ type: "create", room: "cellar" }, { type: "create", room: "cellar" }],
+      [{ type: "invite", room: "den", user: "bob" }, { type: "invite", room: "den" }],
+      [{ type: "rooms" }, { type: "rooms" }],
+      [{ type: "history", room: "den" }, { type: "history", room: "den" }],
+      [{ type: "read", room: "den", id: 1 }, { type: "read", room: "den" }],
+      [{ type: "typing", to: "carol" }, { type: "typing", to: "carol" }],
+      [{ type: "set_password", password: "correct horse" }, { type: "set_password" }],
+      [{ type: "logout" }, { type: "logout" }],
+    ];
+    for (const [frame, request] of asked) {
+      send(a, frame);
+      const err = await alice.take((f) => f.type === "error");
+      assert.deepEqual(
+        [err.code, err.request, err.ref],
+        ["store_failed", request, frame.cid],
+        `the answer to ${JSON.stringify(frame)}`,
+      );
+    }
+    assert.equal(alice.closedWith, undefined, "the connection stays open");
+    assert.deepEqual(alice.of("error"), [], "one answer each");
+    // A resume that cannot be read is not half done: the client reconnects and resumes again.
+    r.receive(JSON.stringify({ type: "resume", conversations: [{ with: "erin", after: 0 }] }));
+    assert.equal((await resumer.closing()).code, CloseCode.InternalError);
+    r.close();
   }, { store });
 });
 
