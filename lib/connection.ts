@@ -230,6 +230,8 @@ export class Connection {
         return await hub.invite(this, frame);
       case "rooms":
         return await hub.publicRooms(this);
+      case "online":
+        return await hub.onlinePage(this, frame);
       case "set_password":
         return await hub.setPassword(this, frame.password);
       case "logout":

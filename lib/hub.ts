@@ -40,7 +40,9 @@ import { type ErrorDetail, errorFrame, Outgoing } from "./frames.ts";
 import { CloseCode, type Peer } from "./peer.ts";
 import { LocalPresence, type Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
-import { Coalescer, Throttle } from "./throttle.ts";
+import { Throttle } from "./throttle.ts";
+import { PresenceFanout } from "./presence_fanout.ts";
+import { onlinePage, welcomeOnline } from "./online_list.ts";
 import { BusyError } from "./semaphore.ts";
 import { skeleton } from "./identity.ts";
 import { LogOnce } from "./log.ts";
@@ -68,10 +70,12 @@ export interface HubLimits {
   sendBurst: number;
   /**
    * Milliseconds between two `typing` frames relayed for one sender in one
-   * conversation (more are dropped), and between two presence changes of one
-   * user (the latest wins); 2000 when absent.
+   * conversation (more are dropped), and between two batched presence frames
+   * (each user's latest state wins); 2000 when absent.
    */
   fanoutIntervalMs?: number;
+  /** The most users a `welcome` lists as online; more are paged with `online` (200). */
+  welcomeOnline?: number;
   /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
   maxQueuedBytes?: number;
   /** Pending invitations one user may hold; more are refused (100). */
@@ -161,8 +165,8 @@ export class ChatHub {
   #typing: Throttle;
   /** The public rooms listing, shared by everyone who asks within an interval. */
   #listing: { at: number; frame: Promise<string> } | undefined;
-  /** Presence changes per user, coalesced before they reach this hub's readers. */
-  #presenceOut: Coalescer<boolean>;
+  /** Presence changes, batched: one shared frame per interval to this hub's readers. */
+  #presenceOut: PresenceFanout;
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -179,9 +183,13 @@ export class ChatHub {
     );
     const interval = options.limits.fanoutIntervalMs ?? 2000;
     this.#typing = new Throttle(interval);
-    this.#presenceOut = new Coalescer(interval, (user, online) => {
-      const out = new Outgoing({ type: "presence", user, online });
-      this.#each(this.#users.keys(), (c) => c.user !== user && !c.legacy && c.deliverShared(out));
+    this.#presenceOut = new PresenceFanout({
+      intervalMs: interval,
+      deliver: (batch) =>
+        this.#each(this.#users.keys(), (c) => {
+          const out = c.legacy ? undefined : batch.for(c.user);
+          if (out) c.deliverShared(out);
+        }),
     });
   }
 
@@ -313,9 +321,17 @@ export class ChatHub {
       c !== conn && !c.legacy && c.welcomed
     );
     if (first) { for (const room of rooms) this.#memberSet(room).add(user); }
-    // Everyone online anywhere, this user included once their arrival is recorded.
+    // Who is online anywhere (this user included once their arrival is recorded), bounded:
+    // first the DM partners and room-mates connected here (no query), then in name order.
     await this.#presenceSteps.get(user);
-    const online = await this.#presence.online();
+    const online = await welcomeOnline(this.#presence, {
+      limit: this.limits.welcomeOnline ?? 200,
+      visible: (function* (members) {
+        for (const c of conversations) if (c.with !== undefined) yield c.with;
+        for (const room of rooms) if (room !== LOBBY) yield* members.get(room) ?? [];
+      })(this.#members),
+      isOnline: (u) => this.#users.has(u),
+    });
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
     conn.welcome(JSON.stringify(
@@ -323,7 +339,7 @@ export class ChatHub {
         type: "welcome",
         user,
         rooms: first ? rooms : this.#roomsOf(user),
-        online,
+        ...online,
         conversations,
         privateRooms: rooms.filter((_, i) => infos[i]),
         invites,
@@ -615,6 +631,11 @@ export class ChatHub {
       this.#listing.frame.catch(() => this.#listing = undefined);
     }
     conn.deliver(await this.#listing.frame);
+  }
+
+  /** @internal Sends a page of who is online (after `after`, in name order). */
+  async onlinePage(conn: Connection, query: { after?: string; limit: number }): Promise<void> {
+    conn.deliver(JSON.stringify(await onlinePage(this.#presence, query) satisfies ServerFrame));
   }
 
   /** @internal Sets the password of the connection's (claimed) name. */
