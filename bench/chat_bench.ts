@@ -511,6 +511,12 @@ const ROWS: Array<{ key: string; label: string; lower: boolean; gen: string; sca
     gen: "churn_cores",
     scale: 100,
   },
+  {
+    key: "presence_per_s",
+    label: "  presence frames received per second, all clients",
+    lower: true,
+    gen: "",
+  },
 ];
 
 function figure(kind: Kind, key: string, gen: string, scale = 1) {

@@ -480,7 +480,11 @@ async function roomPhase(): Promise<void> {
  * for at most `arrivalSeconds`), the memory they hold is measured once the
  * target is idle, they all leave and come back with their tokens, then for
  * `churnSeconds` `churnRate` arrivals and departures a second happen among
- * them (one user leaving and coming back is two).
+ * them: every `2 / churnRate` seconds one user leaves and another, who left
+ * `awaySeconds` (3) before, comes back with its token. Away longer than the
+ * server's presence interval (`--fanout-interval`, 2 s), each is news to
+ * everyone: a departure and return within one interval would cancel out in
+ * a batching server, and measure only the reconnection.
  */
 async function crowdPhase(): Promise<void> {
   const { online, concurrency, arrivalSeconds, churnSeconds, churnRate } = params;
@@ -526,31 +530,50 @@ async function crowdPhase(): Promise<void> {
   result.generator.returning_per_s = s.self;
   await quiesce();
 
-  // Churn: every 2/churnRate seconds one user leaves and comes back (with its token).
+  // Churn: every 2/churnRate seconds one user leaves, and the one who left `away` steps
+  // before comes back (with its token). The first `away` leave before the window.
   const cycles = Math.floor((churnSeconds * churnRate) / 2);
+  const away = Math.min(
+    Math.max(0, opened - 1),
+    Math.ceil(((params.awaySeconds ?? 3) * churnRate) / 2),
+  );
+  const left = new Map<number, Promise<unknown>>();
+  const leave = (i: number) => {
+    const client = clients[i];
+    if (client) left.set(i, client.socket.close());
+  };
+  const comeBack = async (i: number) => {
+    const client = clients[i];
+    if (!client || !left.has(i)) return;
+    await left.get(i);
+    left.delete(i);
+    try {
+      clients[i] = await connect(client.user, undefined, client.token, client.slot);
+    } catch (e) {
+      clients[i] = undefined;
+      error(`churn ${client.user}: ${(e as Error).message}`);
+    }
+  };
+  for (let i = 0; i < away; i++) leave(i);
+  await Promise.all(left.values());
+  await quiesce();
   const pending: Promise<void>[] = [];
   a = mark();
+  const framesBefore = seen.presence;
   for (let c = 0; c < cycles && opened > 0; c++) {
-    const i = c % opened;
-    const client = clients[i];
-    if (client) {
-      pending.push((async () => {
-        await client.socket.close();
-        try {
-          clients[i] = await connect(client.user, undefined, client.token, client.slot);
-        } catch (e) {
-          error(`churn ${client.user}: ${(e as Error).message}`);
-        }
-      })());
-    }
+    leave((c + away) % opened);
+    pending.push(comeBack(c % opened));
     await sleep(2000 / churnRate);
   }
   b = mark();
+  result.metrics.presence_frames = seen.presence - framesBefore;
   await Promise.all(pending);
+  // Those still away come back, so every socket is closed the same way below.
+  await Promise.all([...left.keys()].map(comeBack));
   s = span(a, b);
   result.metrics.churn_cores = s.target / s.seconds;
+  result.metrics.presence_per_s = result.metrics.presence_frames / s.seconds;
   result.generator.churn_cores = s.self;
-  result.metrics.presence_frames = seen.presence;
   await Promise.all([warm, ...clients].map((c) => c?.socket.close()));
 }
 

@@ -53,7 +53,9 @@ import type {
 import { CloseCode, type Peer } from "./peer.ts";
 import { LocalPresence, type Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
-import { Coalescer, Throttle } from "./throttle.ts";
+import { Throttle } from "./throttle.ts";
+import { PresenceFanout } from "./presence_fanout.ts";
+import { onlinePage, welcomeOnline } from "./online_list.ts";
 import { BusyError } from "./semaphore.ts";
 import { skeleton } from "./identity.ts";
 import { LogOnce } from "./log.ts";
@@ -152,8 +154,8 @@ export class ChatHub implements HubPort {
   #typing: Throttle;
   /** The public rooms listing, shared by everyone who asks within an interval. */
   #listing: { at: number; frame: Promise<string> } | undefined;
-  /** Presence changes per user, coalesced before they reach this hub's readers. */
-  #presenceOut: Coalescer<boolean>;
+  /** Presence changes, batched: one shared frame per interval to this hub's readers. */
+  #presenceOut: PresenceFanout;
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -170,9 +172,13 @@ export class ChatHub implements HubPort {
     );
     const interval = options.limits.fanoutIntervalMs ?? 2000;
     this.#typing = new Throttle(interval);
-    this.#presenceOut = new Coalescer(interval, (user, online) => {
-      const out = new Outgoing({ type: "presence", user, online });
-      this.#each(this.#users.keys(), (c) => c.user !== user && !c.legacy && c.deliverShared(out));
+    this.#presenceOut = new PresenceFanout({
+      intervalMs: interval,
+      deliver: (batch) =>
+        this.#each(this.#users.keys(), (c) => {
+          const out = c.legacy ? undefined : batch.for(c.user);
+          if (out) c.deliverShared(out);
+        }),
     });
   }
 
@@ -304,9 +310,17 @@ export class ChatHub implements HubPort {
       c !== conn && !c.legacy && c.welcomed
     );
     if (first) { for (const room of rooms) this.#memberSet(room).add(user); }
-    // Everyone online anywhere, this user included once their arrival is recorded.
+    // Who is online anywhere (this user included once their arrival is recorded), bounded:
+    // first the DM partners and room-mates connected here (no query), then in name order.
     await this.#presenceSteps.get(user);
-    const online = await this.#presence.online();
+    const online = await welcomeOnline(this.#presence, {
+      limit: this.limits.welcomeOnline ?? 200,
+      visible: (function* (members) {
+        for (const c of conversations) if (c.with !== undefined) yield c.with;
+        for (const room of rooms) if (room !== LOBBY) yield* members.get(room) ?? [];
+      })(this.#members),
+      isOnline: (u) => this.#users.has(u),
+    });
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
     conn.welcome(JSON.stringify(
@@ -314,7 +328,7 @@ export class ChatHub implements HubPort {
         type: "welcome",
         user,
         rooms: first ? rooms : this.#roomsOf(user),
-        online,
+        ...online,
         conversations,
         privateRooms: rooms.filter((_, i) => infos[i]),
         invites,
@@ -632,6 +646,18 @@ export class ChatHub implements HubPort {
       this.#listing.frame.catch(() => this.#listing = undefined);
     }
     return { ok: true, reply: await this.#listing.frame };
+  }
+
+  /** A page of who is online (after `after`, in name order): the reply is an `online` frame. */
+  async onlinePage(_conn: Member, query: { after?: string; limit: number }): Promise<Result> {
+    try {
+      return {
+        ok: true,
+        reply: JSON.stringify(await onlinePage(this.#presence, query) satisfies ServerFrame),
+      };
+    } catch (error) {
+      return storeFailed(error, { type: "online" });
+    }
   }
 
   /** Sets the password of the connection's (claimed) name: the reply is `password_set`. */

@@ -34,10 +34,12 @@ export interface HubLimits {
   sendBurst: number;
   /**
    * Milliseconds between two `typing` frames relayed for one sender in one
-   * conversation (more are dropped), and between two presence changes of one
-   * user (the latest wins); 2000 when absent.
+   * conversation (more are dropped), and between two batched presence frames
+   * (each user's latest state wins); 2000 when absent.
    */
   fanoutIntervalMs?: number;
+  /** The most users a `welcome` lists as online; more are paged with `online` (200). */
+  welcomeOnline?: number;
   /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
   maxQueuedBytes?: number;
   /** Pending invitations one user may hold; more are refused (100). */
@@ -170,6 +172,8 @@ export interface HubPort {
   invite(member: Member, frame: { room: string; user: string }): Promise<Result>;
   /** Lists public rooms; the reply is a `rooms` frame. */
   publicRooms(member: Member): Promise<Result>;
+  /** A page of who is online (after `after`, in name order); the reply is an `online` frame. */
+  onlinePage(member: Member, query: { after?: string; limit: number }): Promise<Result>;
   /** Sets the password of the member's (claimed) name; the reply is `password_set`. */
   setPassword(member: Member, password: string): Promise<Result>;
   /** Revokes the member's token, or all of the user's, closing their sockets. */

@@ -12,14 +12,14 @@
 import type postgres from "npm:postgres@^3.4.9";
 import type { Bus } from "./bus.ts";
 import type { PgInstance } from "./pg_instance.ts";
-import type { Presence } from "./presence.ts";
+import { type OnlinePage, type OnlineQuery, type Presence, SortedNames } from "./presence.ts";
 
 /** Presence in PostgreSQL with expiry. */
 export class PgPresence implements Presence {
   #instance: PgInstance;
   #bus: Bus;
   /** Users with a connection here, as this instance last told the table. */
-  #local = new Set<string>();
+  #local = new SortedNames();
   /** Per user, the last operation: arrivals and departures reach the table in order. */
   #chains = new Map<string, Promise<unknown>>();
 
@@ -96,13 +96,36 @@ export class PgPresence implements Presence {
       }) as Promise<T>);
   }
 
-  async online(): Promise<string[]> {
-    const rows = await this.#instance.sql`
-      SELECT DISTINCT p."user" AS "user" FROM chat_presence p
-      JOIN chat_instances i ON i.id = p.instance WHERE i.expires_at >= now()`;
-    const users = new Set(rows.map((r) => r.user as string));
-    for (const user of this.#local) users.add(user);
-    return [...users];
+  /**
+   * A page of who is online on any instance with a fresh row, merged with
+   * this instance's own users (whom the table may not show while this
+   * instance's row is being revived). Pages follow PostgreSQL's `C` order,
+   * which is UTF-16 code unit order for every name but those mixing
+   * characters beyond U+FFFF with ones from U+E000 to U+FFFF. `total` counts
+   * the table's users, or this instance's if more.
+   */
+  async online(query: OnlineQuery): Promise<OnlinePage> {
+    const after = query.after ?? null;
+    const [row] = await this.#instance.sql`
+      SELECT
+        (SELECT count(DISTINCT p."user") FROM chat_presence p
+          JOIN chat_instances i ON i.id = p.instance WHERE i.expires_at >= now())::int AS total,
+        ARRAY(
+          SELECT DISTINCT p."user" COLLATE "C" FROM chat_presence p
+          JOIN chat_instances i ON i.id = p.instance
+          WHERE i.expires_at >= now()
+            AND (${after}::text IS NULL OR p."user" COLLATE "C" > ${after}::text COLLATE "C")
+          ORDER BY 1 LIMIT ${query.limit + 1}
+        ) AS users`;
+    const local = this.#local.page({ after: query.after, limit: query.limit + 1 }).users;
+    const merged = [...new Set([...(row.users as string[]), ...local])].sort((a, b) =>
+      a < b ? -1 : a > b ? 1 : 0
+    );
+    return {
+      users: merged.slice(0, query.limit),
+      more: merged.length > query.limit,
+      total: Math.max(row.total as number, this.#local.size),
+    };
   }
 
   /** Writes this instance's users again after its rows were lost, and announces them. */

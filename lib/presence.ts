@@ -9,8 +9,29 @@
  * instance renews its users, and a crashed instance's users go offline
  * everywhere once their entries expire.
  *
+ * Who is online is read a page at a time, in name order ({@linkcode OnlineQuery}):
+ * with thousands online, a `welcome` lists a bounded few and the count.
+ *
  * @module
  */
+
+/** Which page of who is online to read. */
+export interface OnlineQuery {
+  /** Only names after this one (in UTF-16 code unit order); from the first when absent. */
+  after?: string;
+  /** The most names to return. */
+  limit: number;
+}
+
+/** A page of who is online. */
+export interface OnlinePage {
+  /** Names in UTF-16 code unit order, at most the query's `limit`. */
+  users: string[];
+  /** Whether more come after the last of `users`. */
+  more: boolean;
+  /** How many are online in all. */
+  total: number;
+}
 
 /** Who is online, as every instance of one chat sees it. */
 export interface Presence {
@@ -24,8 +45,67 @@ export interface Presence {
    * user is now offline everywhere (the hub announces them offline).
    */
   depart(user: string): Promise<boolean>;
-  /** Everyone online, on any instance. */
-  online(): Promise<string[]>;
+  /** A page of everyone online, on any instance, in name order. */
+  online(query: OnlineQuery): Promise<OnlinePage>;
+}
+
+/** The greatest index whose name is at most `name` plus one: where names after it begin. */
+function upperBound(names: readonly string[], name: string): number {
+  let lo = 0, hi = names.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (names[mid] <= name) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/**
+ * A set of names kept in UTF-16 code unit order, so a page after a cursor is
+ * a binary search and a slice (an arrival or departure moves at most the
+ * array's tail: microseconds for thousands of names), not a sort per read.
+ */
+export class SortedNames {
+  #names: string[] = [];
+
+  /** How many names it holds. */
+  get size(): number {
+    return this.#names.length;
+  }
+
+  /** Whether it holds a name. */
+  has(name: string): boolean {
+    const i = upperBound(this.#names, name) - 1;
+    return i >= 0 && this.#names[i] === name;
+  }
+
+  /** Adds a name; true if it was not there. */
+  add(name: string): boolean {
+    const i = upperBound(this.#names, name);
+    if (i > 0 && this.#names[i - 1] === name) return false;
+    this.#names.splice(i, 0, name);
+    return true;
+  }
+
+  /** Removes a name; true if it was there. */
+  delete(name: string): boolean {
+    const i = upperBound(this.#names, name) - 1;
+    if (i < 0 || this.#names[i] !== name) return false;
+    this.#names.splice(i, 1);
+    return true;
+  }
+
+  /** Up to `limit` names after `after` (from the first when absent), and whether more follow. */
+  page(query: OnlineQuery): { users: string[]; more: boolean } {
+    const from = query.after === undefined ? 0 : upperBound(this.#names, query.after);
+    const users = this.#names.slice(from, from + query.limit);
+    return { users, more: from + users.length < this.#names.length };
+  }
+
+  /** Every name, in order. */
+  [Symbol.iterator](): Iterator<string> {
+    return this.#names[Symbol.iterator]();
+  }
 }
 
 /**
@@ -35,26 +115,30 @@ export interface Presence {
  */
 export class LocalPresence implements Presence {
   /** Per online user, how many hubs have a connection of theirs. */
-  #users = new Map<string, number>();
+  #hubs = new Map<string, number>();
+  /** The online users in name order, for pages. */
+  #users = new SortedNames();
 
   arrive(user: string): Promise<boolean> {
-    const hubs = this.#users.get(user) ?? 0;
-    this.#users.set(user, hubs + 1);
+    const hubs = this.#hubs.get(user) ?? 0;
+    this.#hubs.set(user, hubs + 1);
+    if (hubs === 0) this.#users.add(user);
     return Promise.resolve(hubs === 0);
   }
 
   depart(user: string): Promise<boolean> {
-    const hubs = this.#users.get(user);
+    const hubs = this.#hubs.get(user);
     if (hubs === undefined) return Promise.resolve(false);
     if (hubs > 1) {
-      this.#users.set(user, hubs - 1);
+      this.#hubs.set(user, hubs - 1);
       return Promise.resolve(false);
     }
+    this.#hubs.delete(user);
     this.#users.delete(user);
     return Promise.resolve(true);
   }
 
-  online(): Promise<string[]> {
-    return Promise.resolve([...this.#users.keys()]);
+  online(query: OnlineQuery): Promise<OnlinePage> {
+    return Promise.resolve({ ...this.#users.page(query), total: this.#users.size });
   }
 }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { canonicalForm, parseName } from "./names.ts";
+import { canonicalForm, MAX_NAME_LENGTH, parseName } from "./names.ts";
 
 /** The subprotocol a typed client asks for in `Sec-WebSocket-Protocol`. */
 export const SUBPROTOCOL = "chat.v1";
@@ -86,6 +86,7 @@ export type ClientFrame =
   | { type: "rooms" }
   | { type: "set_password"; password: string }
   | { type: "logout"; everywhere: boolean }
+  | { type: "online"; after?: string; limit: number }
   | { type: "ping" };
 
 /** Where a client stands in one conversation: it has every message up to `after`. */
@@ -122,7 +123,20 @@ export type ServerFrame =
     type: "welcome";
     user: string;
     rooms: string[];
+    /**
+     * Who is online, at most `--welcome-online` of them: first those the user
+     * can see (DM partners and room-mates), then the others in name order.
+     */
     online: string[];
+    /** How many users are online in all (`online` may list fewer). */
+    onlineCount: number;
+    /** Whether more are online than `online` lists: page through them with `{"type":"online"}`. */
+    onlineMore: boolean;
+    /**
+     * Where paging by name goes on from: every user online up to this name
+     * is in `online` (absent: page from the first).
+     */
+    onlineAfter?: string;
     conversations: ConversationSummary[];
     /** The user's private rooms (a subset of `rooms`). */
     privateRooms: string[];
@@ -143,7 +157,20 @@ export type ServerFrame =
   | ({ type: "typing"; from: string } & Target)
   | ({ type: "read"; id: number } & ConversationRef)
   | ({ type: "resumed"; after: number; from: number; to: number; more: boolean } & ConversationRef)
-  | { type: "presence"; user: string; online: boolean }
+  | {
+    /**
+     * Presence changes since the previous one, at most one such frame per
+     * `--fanout-interval`: each user appears once, in the state they ended
+     * the interval in, and never the reader's own user.
+     */
+    type: "presence";
+    /** Users who came online. */
+    online: string[];
+    /** Users who went offline. */
+    offline: string[];
+  }
+  /** A page of who is online, in name order, after the `after` the client asked from. */
+  | { type: "online"; users: string[]; more: boolean }
   | { type: "pong" }
   | {
     type: "error";
@@ -180,6 +207,15 @@ export const MAX_RESUME_CONVERSATIONS = 1000;
 
 /** Password length bounds, in characters. */
 export const PASSWORD_MIN = 8, PASSWORD_MAX = 200;
+
+/**
+ * The most changes one `presence` frame carries: beyond, the rest (latest
+ * state per user still) wait for the next interval, oldest first.
+ */
+export const PRESENCE_BATCH_MAX = 500;
+
+/** The default and the largest page of `{"type":"online"}`. */
+export const ONLINE_PAGE_DEFAULT = 200, ONLINE_PAGE_MAX = 1000;
 
 /** The longest `cid` a client may attach. */
 export const MAX_CID_LENGTH = 64;
@@ -309,6 +345,25 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
         return fail("bad_frame", "everywhere must be true or false");
       }
       return { ok: true, frame: { type, everywhere: everywhere === true } };
+    }
+    case "online": {
+      const after = own(obj, "after");
+      // A cursor, compared by code units: any string as long as a name may be (in UTF-16).
+      if (
+        after !== undefined && (typeof after !== "string" || after.length > 2 * MAX_NAME_LENGTH)
+      ) {
+        return fail("bad_frame", `after must be a name (at most ${MAX_NAME_LENGTH} characters)`);
+      }
+      const limit = own(obj, "limit");
+      if (limit !== undefined && !positiveInt(limit)) {
+        return fail("bad_frame", "limit must be a positive integer");
+      }
+      const frame: ClientFrame = {
+        type,
+        limit: Math.min((limit as number | undefined) ?? ONLINE_PAGE_DEFAULT, ONLINE_PAGE_MAX),
+      };
+      if (after !== undefined) frame.after = after as string;
+      return { ok: true, frame };
     }
     case "join":
     case "leave": {

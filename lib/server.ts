@@ -432,6 +432,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       sendRate: settings.sendRate,
       sendBurst: settings.sendBurst,
       fanoutIntervalMs: settings.fanoutInterval * 1000,
+      welcomeOnline: settings.welcomeOnline,
       maxQueuedBytes: settings.maxQueuedBytes,
       maxInvitesPerUser: settings.maxInvitesPerUser,
       maxRoomsCreatedPerUser: settings.maxRoomsCreatedPerUser,

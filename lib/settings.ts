@@ -53,8 +53,10 @@ export interface Settings {
   maxConnections: number;
   /** Seconds a connection may take to send a complete request head (`--handshake-timeout`). */
   handshakeTimeout: number;
-  /** Seconds between two `typing` relayed per sender and conversation, and presence changes per user (`--fanout-interval`). */
+  /** Seconds between two `typing` relayed per sender and conversation, and two batched presence frames (`--fanout-interval`). */
   fanoutInterval: number;
+  /** Users online a `welcome` lists at most; the rest are paged (`--welcome-online`). */
+  welcomeOnline: number;
   /** Bytes of frames one connection may have waiting to be handled (`--max-queued-bytes`). */
   maxQueuedBytes: number;
   /** Largest body of `POST /api/login`, in bytes (`--max-login-bytes`). */
@@ -254,7 +256,16 @@ const SPECS: Spec[] = [
     kind: "number",
     min: 0.01,
     help:
-      "seconds between two typing frames relayed per sender and conversation (more are dropped) and between presence changes per user (the latest wins)",
+      "seconds between two typing frames relayed per sender and conversation (more are dropped) and between two batched presence frames (each user's latest state wins)",
+  },
+  {
+    key: "welcomeOnline",
+    flag: "welcome-online",
+    env: "CHAT_WELCOME_ONLINE",
+    kind: "int",
+    min: 0,
+    help:
+      "users online a welcome lists at most (DM partners and room-mates first), with the count; clients page through the rest with {type: online}",
   },
   {
     key: "maxQueuedBytes",
@@ -339,6 +350,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   maxConnections: 0,
   handshakeTimeout: 10,
   fanoutInterval: 2,
+  welcomeOnline: 200,
   maxQueuedBytes: 1024 * 1024,
   maxLoginBytes: 4096,
   maxConcurrentHashes: 2,

@@ -23,6 +23,8 @@ const STRINGS = {
     invitations: "Invitations",
     dms: "Direct messages",
     people: "People",
+    onlineCount: "{n} online",
+    showMore: "Show more",
     noneYet: "None yet",
     nobodyElse: "Nobody else yet",
     invite: "Invite",
@@ -153,6 +155,8 @@ const STRINGS = {
     invitations: "邀请",
     dms: "私信",
     people: "用户",
+    onlineCount: "{n} 人在线",
+    showMore: "显示更多",
     noneYet: "暂无",
     nobodyElse: "还没有其他人",
     invite: "邀请",
@@ -271,6 +275,8 @@ const STRINGS = {
 
 const LOBBY = "lobby";
 const PAGE = 50; // messages per history page
+// Users per `online` page: ONLINE_PAGE_DEFAULT of lib/protocol.ts (tests/presence_scale_test.ts).
+const ONLINE_PAGE = 200;
 const CONTEXT = 10; // read messages shown above the first unread on a first load
 const GROUP_GAP = 5 * 60_000; // one sender's messages closer than this form a group
 const TYPING_EVERY = 3000; // send `typing` at most this often per conversation
@@ -344,6 +350,8 @@ for (
     "invite-user",
     "invite-msg",
     "people-list",
+    "users-count",
+    "users-more",
   ]
 ) ui[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
 const list = ui.messages;
@@ -475,6 +483,14 @@ let invites = []; // [{room, by}]
 const dms = new Set(); // peers with a DM conversation
 const online = new Set();
 const known = new Set(); // everyone seen: online, DM peers, senders
+// Beyond `--welcome-online` the welcome lists a page of who is online: the count, whether more
+// are online than listed, where the next page starts, and whether one was asked for.
+const crowd = {
+  count: 0,
+  more: false,
+  after: /** @type {string | undefined} */ (undefined),
+  asked: false,
+};
 /** @type {Map<string, Conv>} key "r:<room>" or "d:<peer>" */
 const convs = new Map();
 let current = "r:" + LOBBY;
@@ -714,6 +730,8 @@ function handle(f) {
       return onRead(f);
     case "presence":
       return onPresence(f);
+    case "online":
+      return onOnline(f);
     case "invited":
       return onInvited(f);
     case "rooms":
@@ -752,6 +770,10 @@ function onWelcome(f) {
   online.clear();
   for (const u of names(f.online)) if (u !== me) online.add(u);
   for (const u of online) known.add(u);
+  crowd.count = typeof f.onlineCount === "number" ? f.onlineCount : online.size + 1;
+  crowd.more = f.onlineMore === true;
+  crowd.after = typeof f.onlineAfter === "string" ? f.onlineAfter : undefined;
+  crowd.asked = false;
   const summaries = Array.isArray(f.conversations) ? f.conversations : [];
   for (const s of summaries) {
     const c = conv(keyOf(s));
@@ -963,11 +985,43 @@ function onRead(f) {
   renderSidebar();
 }
 
+/** The strings of a list from the server (anything else dropped). */
+const strings = (v) => (Array.isArray(v) ? v : []).filter((x) => typeof x === "string");
+
+/** A batch of presence changes: `{online: [...], offline: [...]}`, each a real change. */
 function onPresence(f) {
-  if (f.user === me || typeof f.user !== "string") return;
-  known.add(f.user);
-  if (f.online) online.add(f.user);
-  else online.delete(f.user);
+  const came = strings(f.online).filter((u) => u !== me);
+  const went = strings(f.offline).filter((u) => u !== me);
+  for (const u of came) {
+    known.add(u);
+    online.add(u);
+  }
+  for (const u of went) {
+    known.add(u);
+    online.delete(u);
+  }
+  crowd.count = Math.max(online.size + 1, crowd.count + came.length - went.length);
+  renderSidebar();
+}
+
+/** A page of who is online, asked for with "Show more". */
+function onOnline(f) {
+  const users = strings(f.users);
+  for (const u of users) {
+    if (u === me) continue;
+    known.add(u);
+    online.add(u);
+  }
+  crowd.more = f.more === true;
+  if (users.length) crowd.after = users.at(-1);
+  crowd.asked = false;
+  crowd.count = Math.max(crowd.count, online.size + 1);
+  renderSidebar();
+}
+
+function showMoreOnline() {
+  if (crowd.asked || !crowd.more) return;
+  if (send({ type: "online", after: crowd.after, limit: ONLINE_PAGE })) crowd.asked = true;
   renderSidebar();
 }
 
@@ -1209,6 +1263,7 @@ function endSession(message = "") {
   rooms = [LOBBY];
   invites = [];
   for (const set of [privateRooms, dms, online, known]) set.clear();
+  Object.assign(crowd, { count: 0, more: false, after: undefined, asked: false });
   convs.clear();
   pending = [];
   current = "r:" + LOBBY;
@@ -1690,6 +1745,11 @@ function renderSidebar() {
     setItem(li, "d:" + user, t("personLabel", { name: user, state: state(user) }), false);
     li.querySelector(".badge").hidden = li.querySelector(".mentions").hidden = true;
   });
+  // With more online than listed, the count and a way to list more.
+  ui.usersCount.hidden = !crowd.more;
+  ui.usersCount.textContent = t("onlineCount", { n: crowd.count.toLocaleString(lang) });
+  ui.usersMore.hidden = !crowd.more;
+  ui.usersMore.disabled = crowd.asked;
   ui.peopleList.replaceChildren(...people.map((u) => {
     const o = el("option");
     o.value = u;
@@ -1835,6 +1895,7 @@ ui.me.addEventListener("click", () => {
   ui.accountDialog.showModal();
 });
 
+ui.usersMore.addEventListener("click", showMoreOnline);
 ui.browse.addEventListener("click", () => {
   ui.createMsg.textContent = "";
   ui.publicStatus.textContent = t("loading");

@@ -219,3 +219,13 @@ export class TestClient implements AsyncDisposable {
     await this.close();
   }
 }
+
+/**
+ * Matches a batched `presence` frame that says `user` came online (`online`
+ * true) or went offline: `{"type":"presence","online":[…],"offline":[…]}`.
+ */
+export function isPresence(user: string, online: boolean): (frame: Frame) => boolean {
+  return (f) =>
+    f.type === "presence" && Array.isArray(online ? f.online : f.offline) &&
+    (online ? f.online : f.offline).includes(user);
+}

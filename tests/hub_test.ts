@@ -141,8 +141,8 @@ Deno.test("ChatHub welcomes a user with the lobby, who is online, and the limits
     });
     assert.deepEqual(await alice.take((f) => f.type === "presence"), {
       type: "presence",
-      user: "bob",
-      online: true,
+      online: ["bob"],
+      offline: [],
     });
   });
 });
@@ -340,7 +340,10 @@ Deno.test("ChatHub leaves idempotently: a second close changes nothing", async (
     a1.close();
     a1.close();
     assert.deepEqual(hub.stats, { connections: 2, usersOnline: 2 });
-    assert.equal(bob.sent.filter((f) => f.type === "presence" && f.online === false).length, 0);
+    assert.equal(
+      bob.sent.filter((f) => f.type === "presence" && (f.offline as string[]).length > 0).length,
+      0,
+    );
   });
 });
 

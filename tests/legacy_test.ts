@@ -18,7 +18,7 @@
 import assert from "node:assert/strict";
 import { type Browser, chromium, type Page } from "npm:playwright-core@1";
 import { CHROMIUM, CHROMIUM_ARGS, hasChromium } from "./_browser.ts";
-import { TestClient } from "./_client.ts";
+import { isPresence, TestClient } from "./_client.ts";
 import { startServer } from "./_server.ts";
 
 const SEED = "shared/seed/000_7f52692642683dec.txt";
@@ -78,7 +78,7 @@ async function newPage(browser: Browser, label: string, problems: string[]): Pro
  * online (a chat.v1 `watcher` sees its presence).
  */
 async function logIn(page: Page, name: string, watcher: TestClient): Promise<void> {
-  const online = watcher.next((f) => f.type === "presence" && f.user === name && f.online);
+  const online = watcher.next(isPresence(name, true));
   // Both awaited together, so the one that fails first is the one reported.
   await Promise.all([
     online,

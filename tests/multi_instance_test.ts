@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Frame, TestClient, tokens } from "./_client.ts";
+import { type Frame, isPresence, TestClient, tokens } from "./_client.ts";
 import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
 import { canonicalName } from "../lib/identity.ts";
@@ -92,7 +92,9 @@ Deno.test({
     const [carol, carolWelcome] = await tab(cluster, s3.origin, "carol");
     // Everyone online anywhere is in a new tab's welcome, whichever instance it is on.
     assert.deepEqual([...carolWelcome.online].sort(), ["alice", "bob", "carol"]);
-    await alice.next((f) => f.type === "presence" && f.user === "carol" && f.online);
+    assert.equal(carolWelcome.onlineCount, 3);
+    assert.equal(carolWelcome.onlineMore, false);
+    await alice.next(isPresence("carol", true));
 
     alice.send({ type: "send", to: "bob", text: "你好 bob", cid: "dm-1" });
     const ack = await alice.next(isMessage("你好 bob"));
@@ -134,13 +136,13 @@ Deno.test({
     carol.send({ type: "send", to: "bob", text: "still there?" });
     await bob3.next(isMessage("still there?"));
     assert.equal(
-      alice.queued.some((f) => f.type === "presence" && f.user === "bob" && !f.online),
+      alice.queued.some(isPresence("bob", false)),
       false,
       "bob went offline while his other tab was open",
     );
     await bob3.close();
-    await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
-    await carol.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    await alice.next(isPresence("bob", false));
+    await carol.next(isPresence("bob", false));
     await alice.close();
     await carol.close();
   },
@@ -200,15 +202,13 @@ Deno.test({
     const [s1, s2] = cluster.servers;
     const [alice] = await tab(cluster, s1.origin, "alice");
     const [carol] = await tab(cluster, s2.origin, "carol");
-    await alice.next((f) => f.type === "presence" && f.user === "carol" && f.online);
+    await alice.next(isPresence("carol", true));
     const acked: number[] = [];
     for (let i = 0; i < 20; i++) carol.send({ type: "send", room: "lobby", text: `c${i}` });
     for (let i = 0; i < 20; i++) acked.push((await carol.next(isMessage(`c${i}`))).id);
     await s2.kill("SIGKILL");
     const killed = Date.now();
-    const offline = await alice.next((f) =>
-      f.type === "presence" && f.user === "carol" && !f.online
-    );
+    const offline = await alice.next(isPresence("carol", false));
     const took = Date.now() - killed;
     assert.ok(offline && took <= TTL * 1000, `carol went offline after ${took} ms (TTL ${TTL} s)`);
     alice.send({ type: "history", room: "lobby", limit: 100 });
@@ -324,7 +324,7 @@ Deno.test({
     const [s1, s2] = cluster.servers;
     const [alice] = await tab(cluster, s1.origin, "alice");
     const [bob] = await tab(cluster, s2.origin, "bob");
-    await alice.next((f) => f.type === "presence" && f.user === "bob" && f.online);
+    await alice.next(isPresence("bob", true));
     alice.send({ type: "send", to: "bob", text: "polled" });
     assert.deepEqual(await bob.next(isMessage("polled")), await alice.next(isMessage("polled")));
     bob.send({ type: "typing", to: "alice" });
@@ -332,7 +332,7 @@ Deno.test({
     for (let i = 0; i < 5; i++) bob.send({ type: "send", room: "lobby", text: `p${i}` });
     for (let i = 0; i < 5; i++) await alice.next(isMessage(`p${i}`));
     await bob.close();
-    await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+    await alice.next(isPresence("bob", false));
     await alice.close();
   },
 });
@@ -390,9 +390,9 @@ Deno.test({
     for (let round = 0; round < 8; round++) {
       const [one] = await tab(cluster, s1.origin, "bob");
       const [two] = await tab(cluster, s2.origin, "bob");
-      await alice.next((f) => f.type === "presence" && f.user === "bob" && f.online);
+      await alice.next(isPresence("bob", true));
       await Promise.all([one.close(), two.close()]);
-      await alice.next((f) => f.type === "presence" && f.user === "bob" && !f.online);
+      await alice.next(isPresence("bob", false));
     }
     await alice.close();
   },

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import type { Page } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
+import { TestClient } from "./_client.ts";
 import { browserTest, logIn, openConversation, say, seeOnce, waitTitle } from "./_browser.ts";
 
 /** Opens the rooms dialog and asks for `room` (joined if it exists, made if not). */
@@ -146,5 +147,36 @@ browserTest(
     await openConversation(zoe, "dm", "alice");
     await seeOnce(zoe, "hi zoe, a word in private");
     assert.deepEqual(h.problems, []);
+  },
+);
+
+browserTest(
+  "beyond --welcome-online the people list says how many are online and lists the rest on asking",
+  async (h) => {
+    await using server = await startServer({ settings: { welcomeOnline: 2 } });
+    const crowd = ["u1", "u2", "u3", "u4"];
+    const clients = await Promise.all(
+      crowd.map(async (u) => (await TestClient.join(server.origin, u))[0]),
+    );
+    try {
+      const alice = await h.open(server.origin);
+      await logIn(alice, "alice");
+      // The welcome named two (alice herself and u1) of the five online.
+      await alice.locator("#users-count").filter({ hasText: "5 online" }).waitFor();
+      await alice.locator('#users li.online[data-user="u1"]').waitFor();
+      assert.equal(await alice.locator("#users li").count(), 1);
+      await alice.getByRole("button", { name: "Show more" }).click();
+      await alice.locator('#users li.online[data-user="u4"]').waitFor();
+      const people = await alice.locator("#users li").evaluateAll((lis) =>
+        lis.map((li) => li.getAttribute("data-user"))
+      );
+      assert.deepEqual(people, crowd);
+      // All listed: no count, nothing more to ask for.
+      await alice.locator("#users-more").waitFor({ state: "hidden" });
+      assert.equal(await alice.locator("#users-count").isVisible(), false);
+      assert.deepEqual(h.problems, []);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
   },
 );

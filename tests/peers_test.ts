@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Frame, TestClient } from "./_client.ts";
+import { type Frame, isPresence, TestClient } from "./_client.ts";
 import { rawUpgrade } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 
@@ -19,12 +19,12 @@ Deno.test("a client that stops reading is dropped at --max-buffered-bytes while 
   await bob.next((f) => f.type === "welcome");
   const frozen = await rawUpgrade(server.port, "frozen");
   try {
-    await alice.next((f) => f.type === "presence" && f.user === "frozen" && f.online);
+    await alice.next(isPresence("frozen", true));
     // Far more than the kernel's socket buffers and the cap together can hold.
     const text = "x".repeat(3900);
     const count = 4000;
     let dropped = false;
-    const droppedSeen = alice.next((f) => f.type === "presence" && f.user === "frozen" && !f.online)
+    const droppedSeen = alice.next(isPresence("frozen", false))
       .then(() => dropped = true);
     let sent = 0;
     while (!dropped && sent < count) {
@@ -63,10 +63,10 @@ Deno.test("a peer that vanishes without a close is detected by ping within --idl
   await alice.next((f) => f.type === "welcome");
   const ghost = await rawUpgrade(server.port, "ghost");
   try {
-    await alice.next((f) => f.type === "presence" && f.user === "ghost" && f.online);
+    await alice.next(isPresence("ghost", true));
     const started = Date.now();
     // The raw peer never answers the server's ping: the server must give up on it by itself.
-    await alice.next((f) => f.type === "presence" && f.user === "ghost" && !f.online);
+    await alice.next(isPresence("ghost", false));
     const waited = Date.now() - started;
     assert.ok(waited < 10_000, `detected after ${waited} ms`);
     // Alice herself answers pings (a real client), so she stays.

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { VERSION } from "../lib/server.ts";
-import { type Frame, TestClient } from "./_client.ts";
+import { type Frame, isPresence, TestClient } from "./_client.ts";
 import { HANDSHAKE, rawGet } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 
@@ -304,6 +304,8 @@ Deno.test("server welcomes a chat.v1 user with the lobby, who is online, convers
   assert.equal(welcome.user, "bob");
   assert.deepEqual(welcome.rooms, ["lobby"]);
   assert.deepEqual([...welcome.online].sort(), ["alice", "bob"]);
+  assert.equal(welcome.onlineCount, 2);
+  assert.equal(welcome.onlineMore, false);
   assert.deepEqual(welcome.conversations, [{ room: "lobby", last: 0, read: 0, unread: 0 }]);
   // The limits a client needs to check its input; more may be added.
   assert.deepEqual({ ...welcome.limits, ...LIMITS }, welcome.limits);
@@ -590,8 +592,8 @@ Deno.test("server announces presence when a user's first tab opens and last tab 
   assert.deepEqual([...(await bob1.next(isType("welcome"))).online].sort(), ["alice", "bob"]);
   assert.deepEqual(await alice.next(isType("presence")), {
     type: "presence",
-    user: "bob",
-    online: true,
+    online: ["bob"],
+    offline: [],
   });
 
   await using bob2 = await welcomed(srv.origin, "bob");
@@ -606,8 +608,8 @@ Deno.test("server announces presence when a user's first tab opens and last tab 
   await bob1.close();
   assert.deepEqual(await alice.next(isType("presence")), {
     type: "presence",
-    user: "bob",
-    online: false,
+    online: [],
+    offline: ["bob"],
   });
   await ping(alice);
   assert.deepEqual(alice.queued, []);
@@ -972,7 +974,7 @@ for (const c of BAD_FRAMES) {
     await using srv = await startServer();
     await using alice = await welcomed(srv.origin, "alice");
     await using bob = await welcomed(srv.origin, "bob");
-    await alice.next((f) => f.type === "presence" && f.user === "bob");
+    await alice.next(isPresence("bob", true));
     alice.send(c.frame);
     const err = await alice.next(isType("error"));
     const { message, ...rest } = err;
@@ -1064,18 +1066,21 @@ const TOO_BIG: Array<[label: string, frame: () => string | Uint8Array<ArrayBuffe
 
 for (const [label, frame] of TOO_BIG) {
   Deno.test(`server closes a connection with 1009 for ${label}, and others are unaffected`, async () => {
-    await using srv = await startServer();
+    // Presence batches a fifth of a second apart: the test waits for two of them.
+    await using srv = await startServer({ settings: { fanoutInterval: 0.2 } });
     await using alice = await welcomed(srv.origin, "alice");
     await using bob = await welcomed(srv.origin, "bob");
     await using carol = await welcomed(srv.origin, "carol");
+    // Seen online first: an arrival and departure within one interval cancel out.
+    await alice.next(isPresence("carol", true));
     carol.send(frame());
     const closed = await carol.closed;
     assert.equal(closed.code, 1009);
     assert.match(closed.reason, /65536 bytes/);
     await healthShows(srv.origin, { connections: 2, usersOnline: 2 });
     assert.deepEqual(
-      await alice.next((f) => f.type === "presence" && f.user === "carol" && !f.online),
-      { type: "presence", user: "carol", online: false },
+      await alice.next(isPresence("carol", false)),
+      { type: "presence", online: [], offline: ["carol"] },
     );
     await ping(alice);
     alice.send({ type: "send", room: "lobby", text: "after", cid: "a" });

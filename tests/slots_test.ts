@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { TestClient } from "./_client.ts";
+import { isPresence, TestClient } from "./_client.ts";
 import { startServer } from "./_server.ts";
 
 /** Opens a chat.v1 connection and waits for its welcome (or fails, saying why). */
@@ -85,7 +85,7 @@ Deno.test({
     const tab1 = await welcomed(srv.origin, "alice");
     const tab2 = await welcomed(srv.origin, "alice");
     try {
-      await bob.next((f) => f.type === "presence" && f.user === "alice" && f.online);
+      await bob.next(isPresence("alice", true));
       assert.deepEqual(await health(), { connections: 3, usersOnline: 2 });
       await tab1.close();
       // One tab left: alice is still online, so nobody is told otherwise.
@@ -94,7 +94,7 @@ Deno.test({
       assert.deepEqual(bob.queued.filter((f) => f.type === "presence"), []);
       assert.deepEqual(await health(), { connections: 2, usersOnline: 2 });
       await tab2.close();
-      await bob.next((f) => f.type === "presence" && f.user === "alice" && !f.online);
+      await bob.next(isPresence("alice", false));
       assert.deepEqual(await health(), { connections: 1, usersOnline: 1 });
     } finally {
       await Promise.allSettled([tab1.close(), tab2.close()]);

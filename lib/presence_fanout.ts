@@ -1,0 +1,166 @@
+/**
+ * Presence changes on their way to one hub's readers, batched. With
+ * thousands online, a frame per arrival to everyone is a frame per reader
+ * per arrival: the work grows with the square of the crowd. Here every
+ * change since the last flush goes out as ONE `presence` frame per
+ * interval, encoded once and shared by every reader:
+ *
+ * - a user's last state within the interval wins, and a user who ends it as
+ *   they began it (offline, online, offline) is not mentioned at all;
+ * - the first change after a quiet interval goes out at once (on the next
+ *   turn of the event loop, so a burst shares it); later ones wait for the
+ *   end of the interval, so frames are at least an interval apart (a batch
+ *   that reached no reader does not count);
+ * - a reader never sees its own user's change: readers whose user is in the
+ *   batch get a copy without it (encoded once per such user);
+ * - a frame carries at most `maxBatch` changes ({@linkcode PRESENCE_BATCH_MAX}):
+ *   the rest, still latest-state-wins, wait for the next interval, oldest
+ *   first, so a reader's presence traffic is bounded per interval however
+ *   many arrive.
+ *
+ * @module
+ */
+
+import { Outgoing } from "./frames.ts";
+import { PRESENCE_BATCH_MAX } from "./protocol.ts";
+
+/** One flush: the changes, and the frame each reader gets. */
+export class PresenceBatch {
+  /** Users who came online. */
+  readonly online: readonly string[];
+  /** Users who went offline. */
+  readonly offline: readonly string[];
+  #shared: Outgoing;
+  #changed: Set<string>;
+  /** Frames without one user's own change, by that user (null: nothing left for them). */
+  #without = new Map<string, Outgoing | null>();
+  #delivered = false;
+
+  /** A batch of changes (each user at most once). */
+  constructor(online: string[], offline: string[]) {
+    this.online = online;
+    this.offline = offline;
+    this.#changed = new Set([...online, ...offline]);
+    this.#shared = new Outgoing({ type: "presence", online, offline });
+  }
+
+  /** Whether {@linkcode PresenceBatch.for} gave any reader a frame. */
+  get delivered(): boolean {
+    return this.#delivered;
+  }
+
+  /** How many changes it carries. */
+  get size(): number {
+    return this.#changed.size;
+  }
+
+  /**
+   * The frame for a reader who is `user`: everyone's changes but their own
+   * (the shared frame unless `user` is in the batch); undefined when that
+   * leaves nothing.
+   */
+  for(user: string): Outgoing | undefined {
+    if (!this.#changed.has(user)) {
+      this.#delivered = true;
+      return this.#shared;
+    }
+    let out = this.#without.get(user);
+    if (out === undefined) {
+      const online = this.online.filter((u) => u !== user);
+      const offline = this.offline.filter((u) => u !== user);
+      out = online.length + offline.length === 0
+        ? null
+        : new Outgoing({ type: "presence", online, offline });
+      this.#without.set(user, out);
+    }
+    if (out) this.#delivered = true;
+    return out ?? undefined;
+  }
+}
+
+/** Options of {@linkcode PresenceFanout}. */
+export interface PresenceFanoutOptions {
+  /** Milliseconds between two flushes at least (`--fanout-interval`). */
+  intervalMs: number;
+  /** The most changes in one batch; {@linkcode PRESENCE_BATCH_MAX} when absent. */
+  maxBatch?: number;
+  /** Called with each batch; it delivers `batch.for(reader)` to every reader. */
+  deliver: (batch: PresenceBatch) => void;
+}
+
+/** A pending change: the state before the interval's first change, and the latest. */
+interface Change {
+  from: boolean;
+  to: boolean;
+}
+
+/** Collects presence changes and delivers them as at most one batch per interval. */
+export class PresenceFanout implements Disposable {
+  #intervalMs: number;
+  #maxBatch: number;
+  #deliver: (batch: PresenceBatch) => void;
+  /** Changes not yet delivered, in the order users first changed (a Map keeps it). */
+  #pending = new Map<string, Change>();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #lastFlush = -Infinity;
+  #disposed = false;
+
+  /** A fan-out flushing at most once every `intervalMs`. */
+  constructor(options: PresenceFanoutOptions) {
+    this.#intervalMs = options.intervalMs;
+    this.#maxBatch = Math.max(1, options.maxBatch ?? PRESENCE_BATCH_MAX);
+    this.#deliver = options.deliver;
+  }
+
+  /** Changes waiting for the next flush. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
+  /** Records that a user came online (`true`) or went offline (`false`). */
+  push(user: string, online: boolean): void {
+    if (this.#disposed) return;
+    const change = this.#pending.get(user);
+    // A user's announcements alternate: before the first one here, they were the opposite.
+    if (change) change.to = online;
+    else this.#pending.set(user, { from: !online, to: online });
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined || this.#pending.size === 0) return;
+    const wait = Math.max(0, this.#lastFlush + this.#intervalMs - performance.now());
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#flush();
+    }, wait);
+  }
+
+  #flush(): void {
+    const online: string[] = [];
+    const offline: string[] = [];
+    for (const [user, change] of this.#pending) {
+      if (online.length + offline.length >= this.#maxBatch) break;
+      this.#pending.delete(user);
+      // Back where it began: nobody needs to hear of it.
+      if (change.to === change.from) continue;
+      (change.to ? online : offline).push(user);
+    }
+    if (online.length + offline.length > 0) {
+      const batch = new PresenceBatch(online, offline);
+      this.#deliver(batch);
+      // The pace is the readers': a batch nobody got (a first user alone) holds nothing back.
+      if (batch.delivered) this.#lastFlush = performance.now();
+    }
+    // What did not fit waits for the next interval.
+    this.#schedule();
+  }
+
+  /** Stops the timer, dropping what is pending (for a shutdown). */
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#pending.clear();
+  }
+}
