@@ -140,3 +140,41 @@ Deno.test("closing answers what was asked before, and refuses what comes after",
     await again.close();
   }
 });
+
+Deno.test("transactions asked together each keep their own outcome: one that fails alone is rolled back", async () => {
+  await using file = await tempFile();
+  const db = await withTable(file.path);
+  try {
+    // Asked in one turn, so they run one after the other in one SQLite transaction.
+    const outcomes = await Promise.allSettled(
+      ["a", "b", "a", "c"].map((k, i) =>
+        db.transaction(async (tx) => {
+          await tx.query(`INSERT INTO t (k, v) VALUES ($1, $2)`, [`${k}-note-${i}`, i]);
+          // The second "a" fails here, after its first write: that write goes with it.
+          await tx.query(`INSERT INTO t (k, v) VALUES ($1, $2)`, [k, i]);
+          return k;
+        })
+      ),
+    );
+    assert.deepEqual(outcomes.map((o) => o.status), [
+      "fulfilled",
+      "fulfilled",
+      "rejected",
+      "fulfilled",
+    ]);
+    assert.match(String((outcomes[2] as PromiseRejectedResult).reason), /UNIQUE constraint/);
+    assert.deepEqual(
+      await db.query(`SELECT k, v FROM t ORDER BY k`),
+      [
+        { k: "a", v: 0 },
+        { k: "a-note-0", v: 0 },
+        { k: "b", v: 1 },
+        { k: "b-note-1", v: 1 },
+        { k: "c", v: 3 },
+        { k: "c-note-3", v: 3 },
+      ],
+    );
+  } finally {
+    await db.close();
+  }
+});

@@ -42,7 +42,17 @@ export interface SqliteOptions {
  * statement, or a transaction's begin and end, or forgetting every prepared
  * statement.
  */
-export const Op = { query: 0, begin: 1, commit: 2, rollback: 3, reset: 4 } as const;
+export const Op = {
+  query: 0,
+  begin: 1,
+  commit: 2,
+  rollback: 3,
+  reset: 4,
+  /** `SAVEPOINT`, `RELEASE` and `ROLLBACK TO` of one transaction of a group (see `#transact`). */
+  savepoint: 5,
+  release: 6,
+  rollbackTo: 7,
+} as const;
 /** One of {@linkcode Op}. */
 export type OpKind = typeof Op[keyof typeof Op];
 /**
@@ -57,6 +67,21 @@ interface Pending {
   op: BatchOp;
   resolve(rows: unknown[]): void;
   reject(error: Error): void;
+}
+
+/** The most transactions one commit takes (see `#transact`). */
+const MAX_GROUP = 64;
+
+/** Transactions sharing one SQLite transaction, and so one commit (one fsync). */
+interface Group {
+  /** The SQLite transaction's number. */
+  id: number;
+  /** How many transactions it took so far. */
+  size: number;
+  /** Settled by its COMMIT's answer. */
+  committed: Promise<void>;
+  commit(): void;
+  fail(error: unknown): void;
 }
 
 /** The most statements the worker keeps prepared; beyond it both sides forget them all. */
@@ -104,7 +129,10 @@ export class SqliteDatabase implements SqlDatabase {
   #tx = 0;
   #nextTx = 1;
   /** What waits for the open transaction to end: statements outside it, and later transactions. */
-  #waiting: Array<() => void> = [];
+  #waiting: Array<{ go(): void; transaction: boolean }> = [];
+  /** The SQLite transaction open now, with the transactions it holds. */
+  #group: Group | undefined;
+  #nextMember = 1;
   /** The answer to an `open` or `close` message. */
   #control: { resolve(rows: unknown[]): void; reject(error: Error): void } | undefined;
   #closing: Promise<void> | undefined;
@@ -174,7 +202,7 @@ export class SqliteDatabase implements SqlDatabase {
     this.#control?.reject(error);
     this.#control = undefined;
     // Each of them now fails at once, on #broken.
-    for (const go of this.#waiting.splice(0)) go();
+    for (const { go } of this.#waiting.splice(0)) go();
   }
 
   /** An `open` or `close` message (sent only when no batch is in flight). */
@@ -226,15 +254,15 @@ export class SqliteDatabase implements SqlDatabase {
   }
 
   /** Runs `go` now, or once the open transaction (and everything queued before) is over. */
-  #inTurn(go: () => void): void {
-    if (this.#tx !== 0 || this.#waiting.length > 0) this.#waiting.push(go);
+  #inTurn(go: () => void, transaction = false): void {
+    if (this.#tx !== 0 || this.#waiting.length > 0) this.#waiting.push({ go, transaction });
     else go();
   }
 
   /** The open transaction's end is queued: what waited for it goes, up to the next transaction. */
   #end(): void {
     this.#tx = 0;
-    while (this.#tx === 0 && this.#waiting.length > 0) this.#waiting.shift()!();
+    while (this.#tx === 0 && this.#waiting.length > 0) this.#waiting.shift()!.go();
   }
 
   query<T>(text: string, params: readonly SqlValue[] = []): Promise<T[]> {
@@ -249,15 +277,38 @@ export class SqliteDatabase implements SqlDatabase {
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     if (this.#closing) return Promise.reject(new Error("the database is closed"));
     return new Promise<T>((resolve, reject) => {
-      this.#inTurn(() => this.#transact(fn).then(resolve, reject));
+      this.#inTurn(() => this.#transact(fn).then(resolve, reject), true);
     });
   }
 
+  /**
+   * Runs one transaction. Transactions asked while another runs (and queued
+   * right behind it) share its SQLite transaction, each in a savepoint of its
+   * own: a failed one rolls back to its savepoint alone, and the others are
+   * committed together, with one fsync, and only then answered (so answered
+   * means committed, for each). A commit on this machine costs ~340 µs of CPU
+   * and 3.5 ms of waiting in fsync alone; a new user's claim is one.
+   */
   async #transact<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
-    const id = this.#nextTx++;
+    let group = this.#group;
+    const first = group === undefined;
+    if (group === undefined) {
+      let commit = () => {}, fail = (_: unknown) => {};
+      const committed = new Promise<void>((resolve, reject) => {
+        commit = resolve;
+        fail = reject;
+      });
+      // Observed by each member that waits for it; none may be left unhandled.
+      committed.catch(() => {});
+      group = this.#group = { id: this.#nextTx++, size: 0, committed, commit, fail };
+    }
+    group.size++;
+    const id = group.id;
+    const member = this.#nextMember++;
     this.#tx = id;
     let over = false;
-    const begun = this.#push(Op.begin, id, null, []);
+    const begun = first ? this.#push(Op.begin, id, null, []) : Promise.resolve([]);
+    const saved = this.#push(Op.savepoint, id, null, [member]);
     const tx: Queryable = {
       query: <R>(text: string, params: readonly SqlValue[] = []) =>
         over
@@ -270,21 +321,45 @@ export class SqliteDatabase implements SqlDatabase {
     // A BEGIN that failed (the file locked by another process past busy_timeout) is the cause
     // of whatever its statements answered, and ends the transaction at once: the worker
     // refuses its statements, and those asked later are refused here.
-    const began = begun.then(() => undefined, (error) => ({ error, value: undefined }));
+    const began = Promise.all([begun, saved]).then(
+      () => undefined,
+      (error) => ({ error, value: undefined }),
+    );
     const outcome: { value: T | undefined; error?: unknown } = await Promise.race([
       began.then((failed) => failed ?? ran),
       ran,
     ]);
     const failure = (await began) ?? ("error" in outcome ? outcome : undefined);
     over = true;
-    const end = this.#push(failure ? Op.rollback : Op.commit, id, null, []);
-    this.#end();
+    const end = this.#push(failure ? Op.rollbackTo : Op.release, id, null, [member]);
+    if (failure && first && this.#group === group && group.size === 1) {
+      // Nothing of the group was kept: no COMMIT needed (and none possible if BEGIN failed).
+      this.#push(Op.rollback, id, null, []);
+      this.#group = undefined;
+      group.commit();
+    }
+    this.#next();
     if (failure) {
       await end.catch(() => {});
       throw failure.error;
     }
     await end;
+    await group.committed;
     return outcome.value as T;
+  }
+
+  /** A transaction of the group is over: the next one queued joins it, or the group commits. */
+  #next(): void {
+    const group = this.#group;
+    if (group && group.size < MAX_GROUP && this.#waiting[0]?.transaction) {
+      this.#waiting.shift()!.go();
+      return;
+    }
+    if (group) {
+      this.#group = undefined;
+      this.#push(Op.commit, group.id, null, []).then(() => group.commit(), group.fail);
+    }
+    this.#end();
   }
 
   close(): Promise<void> {

@@ -94,6 +94,18 @@ function run([kind, tx, id, sql, params]: BatchOp): unknown[] {
         if (db.isTransaction) db.exec("ROLLBACK");
       }
       return [];
+    case Op.savepoint:
+    case Op.release:
+    case Op.rollbackTo: {
+      if (open !== tx || !db.isTransaction) {
+        throw new Error("the transaction is not open (it failed to begin, or was rolled back)");
+      }
+      const name = `t${Math.trunc(Number(params[0]))}`;
+      if (kind === Op.savepoint) db.exec(`SAVEPOINT ${name}`);
+      else if (kind === Op.release) db.exec(`RELEASE ${name}`);
+      else db.exec(`ROLLBACK TO ${name}; RELEASE ${name}`);
+      return [];
+    }
     case Op.reset:
       texts.clear();
       statements.clear();
