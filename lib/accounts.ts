@@ -51,6 +51,9 @@ export type RoomName = { ok: true } | { ok: false; reason: string };
 /** Thrown inside a registration whose skeleton was taken meanwhile, to roll it back. */
 class LookAlikeRace extends Error {}
 
+/** Thrown inside a claim of a name claimed meanwhile, to roll it back. */
+class ClaimTaken extends Error {}
+
 /** Options of {@linkcode Accounts.authenticate}. */
 export interface AuthenticateOptions {
   /** The token the client presented, if any. */
@@ -289,28 +292,75 @@ export class Accounts {
     }
     const token = newToken();
     const session = await hashToken(token);
-    const claimed = await this.#db.transaction(async (tx) => {
-      const rows = await tx.query(
-        `INSERT INTO accounts (name, since) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
-         RETURNING name`,
-        [user, Date.now()],
-      );
-      if (rows.length === 0) return false;
-      await tx.query(`INSERT INTO tokens (hash, name, since) VALUES ($1, $2, $3)`, [
-        session,
-        user,
-        Date.now(),
-      ]);
-      return true;
-    });
-    if (!claimed) {
+    // A name not registered yet is registered in the same transaction (one commit, not two, for
+    // a new user; `register` then finds it known). Where that cannot be done here (the name or
+    // a look-alike was registered meanwhile), the claim goes alone, and `register` decides.
+    const canon = canonicalName(user);
+    let claimed: "claimed" | "registered" | "taken";
+    try {
+      claimed = await this.#claim(user, session, this.#known.has(canon) ? undefined : canon);
+    } catch (error) {
+      if (!(error instanceof LookAlikeRace)) throw error;
+      claimed = await this.#claim(user, session, undefined);
+    }
+    if (claimed === "taken") {
       return {
         ok: false,
         reason: `${user} was just claimed by someone else`,
         code: "just_claimed",
       };
     }
+    if (claimed === "registered") this.#known.set(canon, user);
     return { ok: true, session, token };
+  }
+
+  /**
+   * Claims `user` with the token whose hash is `session`, registering the
+   * name too when `canon` is given: every statement asked at once (one round
+   * trip), the outcome read from what each inserted. Throws
+   * {@linkcode LookAlikeRace} when the registration part could not be done
+   * (all of it rolled back).
+   */
+  async #claim(
+    user: string,
+    session: string,
+    canon: string | undefined,
+  ): Promise<"claimed" | "registered" | "taken"> {
+    return await this.#db.transaction(async (tx) => {
+      const now = Date.now();
+      const skel = skeleton(user);
+      const [registered, indexed, , account] = await Promise.all([
+        canon === undefined ? undefined : tx.query(
+          `INSERT INTO users (name, canon, skel, since) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING RETURNING name`,
+          [user, canon, skel, now],
+        ),
+        canon === undefined ? undefined : tx.query(
+          `INSERT INTO skeletons (skel, name) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING name`,
+          [skel, user],
+        ),
+        canon === undefined ? undefined : readFromLatest(tx, this.#db, user, LOBBY_KEY),
+        tx.query(
+          `INSERT INTO accounts (name, since) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
+           RETURNING name`,
+          [user, now],
+        ),
+        tx.query(`INSERT INTO tokens (hash, name, since) VALUES ($1, $2, $3)`, [
+          session,
+          user,
+          now,
+        ]),
+      ]);
+      // Registered meanwhile (this spelling, another, or a look-alike): undo it all, claim alone.
+      if (canon !== undefined && (registered!.length === 0 || indexed!.length === 0)) {
+        throw new LookAlikeRace();
+      }
+      if (account.length === 0) throw new ClaimTaken();
+      return canon === undefined ? "claimed" : "registered";
+    }).catch((error) => {
+      if (error instanceof ClaimTaken) return "taken" as const;
+      throw error;
+    });
   }
 
   /** Whether a name is claimed (a `chat.v1` client holds its tokens). */

@@ -20,6 +20,7 @@
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import { LOBBY } from "../protocol.ts";
 import type { ChatMessage, ConversationSummary } from "../protocol.ts";
 import {
@@ -102,15 +103,27 @@ function toMessage(row: MessageRow): ChatMessage {
   return message;
 }
 
-/** `($1, $2), ($3, $4), …` for `rows` rows of `width` placeholders, from `$start`. */
-function placeholders(rows: number, width: number, start = 1): string {
+/** Placeholder lists already made: a batch's statements differ only by their row count. */
+const placeholderLists = new Map<string, string>();
+
+/**
+ * `($1, $2), ($3, $4), …` for `rows` rows of `width` placeholders, from
+ * `$start`, with `extra` (constant SQL such as `, 0`) at the end of each row.
+ */
+function placeholders(rows: number, width: number, start = 1, extra = ""): string {
+  const key = `${rows} ${width} ${start} ${extra}`;
+  const cached = placeholderLists.get(key);
+  if (cached !== undefined) return cached;
   const out: string[] = [];
   for (let r = 0; r < rows; r++) {
     const cells: string[] = [];
     for (let c = 0; c < width; c++) cells.push(`$${start + r * width + c}`);
-    out.push(`(${cells.join(", ")})`);
+    out.push(`(${cells.join(", ")}${extra})`);
   }
-  return out.join(", ");
+  const list = out.join(", ");
+  if (placeholderLists.size >= 4096) placeholderLists.clear();
+  placeholderLists.set(key, list);
+  return list;
 }
 
 function chunks<T>(items: T[], size: number): T[][] {
@@ -178,8 +191,10 @@ export class SqlStore implements ChatStore, AsyncDisposable {
 
   async #drain(): Promise<void> {
     try {
-      // Let the messages that arrive in this turn of the event loop join the first batch.
-      await new Promise<void>((resolve) => setTimeout(resolve, 0));
+      // Let the messages that arrive in this turn of the event loop join the first batch (after
+      // this turn's microtasks; a setTimeout(0) would wait about 2 ms). Later batches form by
+      // themselves: what arrives while one commits goes in the next.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.#queue.length > 0) {
         const batch = this.#queue.splice(0, this.#maxBatch);
         try {
@@ -244,31 +259,37 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   async #commit(batch: Pending[], sent: Attempt): Promise<Appended[]> {
     const newPairs: ConversationKey[] = [];
     const results = await this.#db.transaction(async (tx) => {
-      // 1. Lock the conversations' heads, in sorted order, and read where each stands.
+      // 1. Lock the conversations' heads, in sorted order, and read where each stands; and
+      // 2. the messages already stored under their (from, cid): committed by now, as their
+      // heads are locked first. Asked together: one round trip (SQLite's worker gets them in
+      // one message; PostgreSQL pipelines them, in this order, on the transaction's connection).
       const conversations = [...new Set(batch.map((p) => p.conversation))].sort();
-      const last = new Map<ConversationKey, number>();
-      for (const part of chunks(conversations, ROWS_PER_INSERT)) {
-        const rows = await tx.query<{ conv: string; last_id: number }>(
-          `INSERT INTO heads (conv, last_id) VALUES ${
-            part.map((_, i) => `($${i + 1}, 0)`).join(", ")
-          }
-           ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
-           RETURNING conv, last_id`,
-          part,
-        );
-        for (const row of rows) last.set(row.conv, Number(row.last_id));
-      }
-      // 2. Messages already stored under their (from, cid): committed by now, as their heads were locked.
       const withCid = batch.filter((p) => p.message.cid !== undefined);
+      const [heads, stored] = await Promise.all([
+        Promise.all(
+          chunks(conversations, ROWS_PER_INSERT).map((part) =>
+            tx.query<{ conv: string; last_id: number }>(
+              `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 1, 1, ", 0")}
+             ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
+             RETURNING conv, last_id`,
+              part,
+            )
+          ),
+        ),
+        Promise.all(
+          chunks(withCid, ROWS_PER_INSERT).map((part) =>
+            tx.query<MessageRow>(
+              `SELECT ${MESSAGE_COLUMNS} FROM messages
+             WHERE cid IS NOT NULL AND (sender, cid) IN (VALUES ${placeholders(part.length, 2)})`,
+              part.flatMap((p) => [p.message.from, p.message.cid!]),
+            )
+          ),
+        ),
+      ]);
+      const last = new Map<ConversationKey, number>();
+      for (const row of heads.flat()) last.set(row.conv, Number(row.last_id));
       const earlier = new Map<string, ChatMessage>();
-      for (const part of chunks(withCid, ROWS_PER_INSERT)) {
-        const rows = await tx.query<MessageRow>(
-          `SELECT ${MESSAGE_COLUMNS} FROM messages
-           WHERE cid IS NOT NULL AND (sender, cid) IN (VALUES ${placeholders(part.length, 2)})`,
-          part.flatMap((p) => [p.message.from, p.message.cid!]),
-        );
-        for (const row of rows) earlier.set(`${row.sender}\n${row.cid}`, toMessage(row));
-      }
+      for (const row of stored.flat()) earlier.set(`${row.sender}\n${row.cid}`, toMessage(row));
       // 3. The new messages, numbered from each head.
       const next = new Map<ConversationKey, number>();
       const fresh: MessageRow[] = [];
@@ -301,47 +322,56 @@ export class SqlStore implements ChatStore, AsyncDisposable {
         }
         return { message, duplicate: false };
       });
-      for (const part of chunks(fresh, ROWS_PER_INSERT)) {
-        await tx.query(
-          `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
-          part.flatMap((r): SqlValue[] => [
-            r.conv,
-            r.id,
-            r.sender,
-            r.room,
-            r.recipient,
-            r.body,
-            r.ts,
-            r.cid,
-          ]),
-        );
-      }
-      for (const [conversation, id] of [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
-        await tx.query(`UPDATE heads SET last_id = $2 WHERE conv = $1`, [conversation, id]);
-      }
+      // 4. The writes, all at once (one round trip): the messages, the heads, the senders'
+      // read marks and the index of DM partners. Rows in sorted order, so that two instances'
+      // batches lock them in one order.
+      const heads2 = [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
       const marks = [...readMarks.values()].sort(([u1, c1], [u2, c2]) =>
         u1 < u2 ? -1 : u1 > u2 ? 1 : c1 < c2 ? -1 : c1 > c2 ? 1 : 0
       );
-      for (const part of chunks(marks, ROWS_PER_INSERT)) {
-        await tx.query(
-          `INSERT INTO reads (name, conv, id) VALUES ${placeholders(part.length, 3)}
-           ON CONFLICT (name, conv) DO UPDATE SET id = ${
-            this.#db.dialect.greatest("reads.id", "excluded.id")
-          }`,
-          part.flat(),
-        );
-      }
       const pairs = newPairs.flatMap((conversation) => {
         const [, a, b] = conversation.split("/");
         return [[a, b, conversation], [b, a, conversation]];
       });
-      for (const part of chunks(pairs, ROWS_PER_INSERT)) {
-        await tx.query(
-          `INSERT INTO dms (name, peer, conv) VALUES ${placeholders(part.length, 3)}
-           ON CONFLICT (name, peer) DO NOTHING`,
-          part.flat(),
-        );
-      }
+      const greatest = this.#db.dialect.greatest("reads.id", "excluded.id");
+      await Promise.all([
+        ...chunks(fresh, ROWS_PER_INSERT).map((part) =>
+          tx.query(
+            `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
+            part.flatMap((r): SqlValue[] => [
+              r.conv,
+              r.id,
+              r.sender,
+              r.room,
+              r.recipient,
+              r.body,
+              r.ts,
+              r.cid,
+            ]),
+          )
+        ),
+        ...chunks(heads2, ROWS_PER_INSERT).map((part) =>
+          tx.query(
+            `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
+             ON CONFLICT (conv) DO UPDATE SET last_id = excluded.last_id`,
+            part.flat(),
+          )
+        ),
+        ...chunks(marks, ROWS_PER_INSERT).map((part) =>
+          tx.query(
+            `INSERT INTO reads (name, conv, id) VALUES ${placeholders(part.length, 3)}
+             ON CONFLICT (name, conv) DO UPDATE SET id = ${greatest}`,
+            part.flat(),
+          )
+        ),
+        ...chunks(pairs, ROWS_PER_INSERT).map((part) =>
+          tx.query(
+            `INSERT INTO dms (name, peer, conv) VALUES ${placeholders(part.length, 3)}
+             ON CONFLICT (name, peer) DO NOTHING`,
+            part.flat(),
+          )
+        ),
+      ]);
       if (this.#onBatch && next.size > 0) await this.#onBatch(tx, next);
       // From here COMMIT is on its way: what to answer if it turns out to have committed.
       sent.results = out;
@@ -483,52 +513,59 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   }
 
   async conversations(user: string, rooms: string[]): Promise<ConversationSummary[]> {
-    const out: ConversationSummary[] = [];
-    for (const part of chunks(rooms, ROWS_PER_INSERT)) {
-      const keys = part.map(roomKey);
-      const list = keys.map((_, i) => `$${i + 2}`).join(", ");
-      const lasts = new Map(
-        (await this.#db.query<{ conv: string; last_id: number }>(
-          `SELECT conv, last_id FROM heads WHERE conv IN (${
-            keys.map((_, i) => `$${i + 1}`).join(", ")
-          })`,
-          keys,
-        )).map((r) => [r.conv, Number(r.last_id)]),
-      );
-      const readsQuery = () =>
-        this.#db.query<{ conv: string; id: number }>(
-          `SELECT conv, id FROM reads WHERE name = $1 AND conv IN (${list})`,
-          [user, ...keys],
-        );
-      let reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
-      // A room the user has no read mark in (the lobby, on their first welcome) starts at its
-      // newest message; the mark is kept (even at 0) so what comes later counts as unread.
-      const unmarked = keys.filter((k) => !reads.has(k));
-      if (unmarked.length > 0) {
-        await this.#db.transaction(async (tx) => {
-          for (const key of unmarked) await readFromLatest(tx, this.#db, user, key);
-        });
-        reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
-      }
-      part.forEach((room, i) => {
-        const last = lasts.get(keys[i]) ?? 0;
-        const read = Math.min(reads.get(keys[i]) ?? 0, last);
-        out.push({ room, last, read, unread: last - read });
-      });
-    }
-    const dms = await this.#db.query<{ peer: string; last_id: number | null; id: number | null }>(
-      `SELECT d.peer, h.last_id, r.id FROM dms d
-       LEFT JOIN heads h ON h.conv = d.conv
-       LEFT JOIN reads r ON r.name = d.name AND r.conv = d.conv
-       WHERE d.name = $1`,
-      [user],
-    );
+    // Everything asked at once: one round trip to SQLite's worker.
+    const [summaries, dms] = await Promise.all([
+      Promise.all(chunks(rooms, ROWS_PER_INSERT).map((part) => this.#roomSummaries(user, part))),
+      this.#db.query<{ peer: string; last_id: number | null; id: number | null }>(
+        `SELECT d.peer, h.last_id, r.id FROM dms d
+         LEFT JOIN heads h ON h.conv = d.conv
+         LEFT JOIN reads r ON r.name = d.name AND r.conv = d.conv
+         WHERE d.name = $1`,
+        [user],
+      ),
+    ]);
+    const out = summaries.flat();
     for (const row of dms) {
       const last = Number(row.last_id ?? 0);
       const read = Math.min(Number(row.id ?? 0), last);
       out.push({ with: row.peer, last, read, unread: last - read });
     }
     return out;
+  }
+
+  async #roomSummaries(user: string, rooms: string[]): Promise<ConversationSummary[]> {
+    const keys = rooms.map(roomKey);
+    const list = keys.map((_, i) => `$${i + 2}`).join(", ");
+    const readsQuery = () =>
+      this.#db.query<{ conv: string; id: number }>(
+        `SELECT conv, id FROM reads WHERE name = $1 AND conv IN (${list})`,
+        [user, ...keys],
+      );
+    const [heads, marks] = await Promise.all([
+      this.#db.query<{ conv: string; last_id: number }>(
+        `SELECT conv, last_id FROM heads WHERE conv IN (${
+          keys.map((_, i) => `$${i + 1}`).join(", ")
+        })`,
+        keys,
+      ),
+      readsQuery(),
+    ]);
+    const lasts = new Map(heads.map((r) => [r.conv, Number(r.last_id)]));
+    let reads = new Map(marks.map((r) => [r.conv, Number(r.id)]));
+    // A room the user has no read mark in (the lobby, on their first welcome) starts at its
+    // newest message; the mark is kept (even at 0) so what comes later counts as unread.
+    const unmarked = keys.filter((k) => !reads.has(k));
+    if (unmarked.length > 0) {
+      await this.#db.transaction(async (tx) => {
+        for (const key of unmarked) await readFromLatest(tx, this.#db, user, key);
+      });
+      reads = new Map((await readsQuery()).map((r) => [r.conv, Number(r.id)]));
+    }
+    return rooms.map((room, i) => {
+      const last = lasts.get(keys[i]) ?? 0;
+      const read = Math.min(reads.get(keys[i]) ?? 0, last);
+      return { room, last, read, unread: last - read };
+    });
   }
 
   async markRead(user: string, conversation: ConversationKey, id: number): Promise<number> {

@@ -1,0 +1,180 @@
+/**
+ * The SQLite connection lives in a worker, and everything asked of it in one
+ * turn of the event loop goes there in one message (`lib/sql/sqlite.ts`).
+ * None of that may show: each statement gets its own rows or its own error,
+ * a statement outside a transaction never sees the transaction's writes
+ * before its commit nor becomes part of it, and a transaction that could not
+ * begin writes nothing, even what it asks once the lock is free.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { SqliteDatabase } from "../lib/sql/sqlite.ts";
+
+/** A database file in a fresh temporary folder, removed with it. */
+async function tempFile(): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "chat-sqlite-" });
+  return {
+    path: join(dir, "chat.db"),
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** A promise and the function that settles it, for a step a test decides when to take. */
+function gate(): { opened: Promise<void>; open(): void } {
+  let open = () => {};
+  const opened = new Promise<void>((resolve) => open = resolve);
+  return { opened, open };
+}
+
+async function withTable(path: string, options = {}): Promise<SqliteDatabase> {
+  const db = await SqliteDatabase.open(path, options);
+  await db.query(`CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)`);
+  return db;
+}
+
+Deno.test("statements asked together get each their own rows, and a failing one fails alone", async () => {
+  await using file = await tempFile();
+  const db = await withTable(file.path);
+  try {
+    await db.query(`INSERT INTO t (k, v) VALUES ($1, $2), ($3, $4)`, ["a", 1, "b", 2]);
+    const [a, bad, both, reused] = await Promise.allSettled([
+      db.query<{ v: number }>(`SELECT v FROM t WHERE k = $1`, ["a"]),
+      db.query(`INSERT INTO t (k, v) VALUES ($1, $2)`, ["a", 3]),
+      db.query<{ k: string }>(`SELECT k FROM t ORDER BY k`),
+      // A placeholder used twice (numbered `?n` in SQLite).
+      db.query<{ n: number }>(`SELECT COUNT(*) AS n FROM t WHERE k = $1 OR v = $2 OR k = $1`, [
+        "b",
+        1,
+      ]),
+    ]);
+    assert.deepEqual(a, { status: "fulfilled", value: [{ v: 1 }] });
+    assert.equal(bad.status, "rejected");
+    assert.match(String((bad as PromiseRejectedResult).reason), /UNIQUE constraint failed/);
+    assert.deepEqual(both, { status: "fulfilled", value: [{ k: "a" }, { k: "b" }] });
+    assert.deepEqual(reused, { status: "fulfilled", value: [{ n: 2 }] });
+  } finally {
+    await db.close();
+  }
+});
+
+Deno.test("a statement outside a transaction waits for its commit, and never sees a rolled-back write", async () => {
+  await using file = await tempFile();
+  const db = await withTable(file.path);
+  const bystander = await SqliteDatabase.open(file.path);
+  try {
+    const hold = gate();
+    const committed = db.transaction(async (tx) => {
+      await tx.query(`INSERT INTO t (k, v) VALUES ('kept', 1)`);
+      await hold.opened;
+      await tx.query(`UPDATE t SET v = 2 WHERE k = 'kept'`);
+    });
+    // Asked while the transaction is open: answered after its commit, so with v = 2 (the same
+    // connection would see v = 1 in the middle of the transaction).
+    const seen = db.query<{ v: number }>(`SELECT v FROM t`);
+    // A round trip through another connection's worker: time for a wrong answer to arrive.
+    assert.deepEqual(await bystander.query(`SELECT v FROM t`), []);
+    hold.open();
+    assert.deepEqual(await seen, [{ v: 2 }]);
+    await committed;
+
+    const failing = db.transaction(async (tx) => {
+      await tx.query(`INSERT INTO t (k, v) VALUES ('dropped', 3)`);
+      throw new Error("changed my mind");
+    });
+    const after = db.query<{ k: string }>(`SELECT k FROM t ORDER BY k`);
+    await assert.rejects(failing, /changed my mind/);
+    assert.deepEqual(await after, [{ k: "kept" }]);
+  } finally {
+    await bystander.close();
+    await db.close();
+  }
+});
+
+Deno.test("a transaction that could not begin writes nothing, even once the lock is free", async () => {
+  await using file = await tempFile();
+  const holder = await withTable(file.path);
+  const other = await withTable(file.path, { busyTimeoutMs: 50 });
+  try {
+    const hold = gate();
+    const locked = gate();
+    const holding = holder.transaction(async (tx) => {
+      await tx.query(`INSERT INTO t (k, v) VALUES ('holder', 1)`);
+      locked.open();
+      await hold.opened;
+    });
+    await locked.opened;
+    const free = gate();
+    const refused = other.transaction(async (tx) => {
+      // Its BEGIN is on its way with this statement, and fails after the busy timeout ...
+      await tx.query(`SELECT COUNT(*) AS n FROM t`).catch(() => {});
+      // ... and this one is asked only once the other process's transaction is over.
+      await free.opened;
+      await tx.query(`INSERT INTO t (k, v) VALUES ('other', 2)`);
+    });
+    // It fails (after the busy timeout) without waiting for its function to finish.
+    const failed = await refused.then(() => undefined, (error) => error);
+    assert.match(String(failed), /database is locked/);
+    hold.open();
+    await holding;
+    free.open();
+    assert.deepEqual(await other.query(`SELECT k FROM t ORDER BY k`), [{ k: "holder" }]);
+  } finally {
+    await other.close();
+    await holder.close();
+  }
+});
+
+Deno.test("closing answers what was asked before, and refuses what comes after", async () => {
+  await using file = await tempFile();
+  const db = await withTable(file.path);
+  const asked = db.query(`INSERT INTO t (k, v) VALUES ('last', 1) RETURNING k`);
+  const closed = db.close();
+  await assert.rejects(db.query(`SELECT 1`), /closed/);
+  assert.deepEqual(await asked, [{ k: "last" }]);
+  await closed;
+  const again = await SqliteDatabase.open(file.path);
+  try {
+    assert.deepEqual(await again.query(`SELECT k FROM t`), [{ k: "last" }]);
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test("transactions asked together each keep their own outcome: one that fails alone is rolled back", async () => {
+  await using file = await tempFile();
+  const db = await withTable(file.path);
+  try {
+    // Asked in one turn, so they run one after the other in one SQLite transaction.
+    const outcomes = await Promise.allSettled(
+      ["a", "b", "a", "c"].map((k, i) =>
+        db.transaction(async (tx) => {
+          await tx.query(`INSERT INTO t (k, v) VALUES ($1, $2)`, [`${k}-note-${i}`, i]);
+          // The second "a" fails here, after its first write: that write goes with it.
+          await tx.query(`INSERT INTO t (k, v) VALUES ($1, $2)`, [k, i]);
+          return k;
+        })
+      ),
+    );
+    assert.deepEqual(outcomes.map((o) => o.status), [
+      "fulfilled",
+      "fulfilled",
+      "rejected",
+      "fulfilled",
+    ]);
+    assert.match(String((outcomes[2] as PromiseRejectedResult).reason), /UNIQUE constraint/);
+    assert.deepEqual(
+      await db.query(`SELECT k, v FROM t ORDER BY k`),
+      [
+        { k: "a", v: 0 },
+        { k: "a-note-0", v: 0 },
+        { k: "b", v: 1 },
+        { k: "b-note-1", v: 1 },
+        { k: "c", v: 3 },
+        { k: "c-note-3", v: 3 },
+      ],
+    );
+  } finally {
+    await db.close();
+  }
+});
