@@ -75,7 +75,8 @@ interface Attempt {
   probe?: MessageRow;
 }
 
-interface MessageRow {
+/** A row of the messages table (for the fan-out's reads of several conversations). */
+export interface MessageRow {
   conv: string;
   id: number;
   sender: string;
@@ -86,9 +87,11 @@ interface MessageRow {
   cid: string | null;
 }
 
-const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
+/** The messages table's columns, as {@linkcode MessageRow} names them. */
+export const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
 
-function toMessage(row: MessageRow): ChatMessage {
+/** A stored row as the message it is. */
+export function toMessage(row: MessageRow): ChatMessage {
   const message: ChatMessage = row.room !== null
     ? { id: Number(row.id), room: row.room, from: row.sender, text: row.body, ts: Number(row.ts) }
     : {
