@@ -319,8 +319,17 @@ export class SqlStore implements ChatStore, AsyncDisposable {
           ]),
         );
       }
-      for (const [conversation, id] of [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
-        await tx.query(`UPDATE heads SET last_id = $2 WHERE conv = $1`, [conversation, id]);
+      // Every head in one statement (a batch of DMs touches as many conversations as messages).
+      const heads = [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+      for (const part of chunks(heads, ROWS_PER_INSERT)) {
+        await tx.query(
+          `UPDATE heads SET last_id = v.column2
+           FROM (VALUES ${
+            part.map((_, i) => `($${2 * i + 1}, CAST($${2 * i + 2} AS BIGINT))`).join(", ")
+          })
+             AS v WHERE heads.conv = v.column1`,
+          part.flat(),
+        );
       }
       const marks = [...readMarks.values()].sort(([u1, c1], [u2, c2]) =>
         u1 < u2 ? -1 : u1 > u2 ? 1 : c1 < c2 ? -1 : c1 > c2 ? 1 : 0
