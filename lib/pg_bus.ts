@@ -87,6 +87,11 @@ interface Conversation {
   held: Map<number, ChatMessage>;
   /** A gap is being read. */
   reading: boolean;
+  /**
+   * New here: the messages stored since this time (ms) before the first one
+   * heard of are read and handed over first.
+   */
+  fresh?: number;
 }
 
 /** A conversation's gap waiting to be read: ids after `after` and before `before`. */
@@ -94,6 +99,8 @@ interface Gap {
   conv: Conversation;
   after: number;
   before: number;
+  /** Only those stored since this time (ms): the lead-in of a conversation new here. */
+  since?: number;
 }
 
 /** Fan-out over PostgreSQL: positions by NOTIFY (or polling), messages from the table. */
@@ -202,13 +209,31 @@ export class PgBus implements Bus {
     this.#scheduleFlush(0);
     let conv = this.#conversations.get(key);
     if (!conv) {
-      conv = { known: message.id - 1, target: 0, held: new Map(), reading: false };
+      conv = this.#fresh(message.id - 1);
       this.#conversations.set(key, conv);
     }
     if (message.id <= conv.known) return;
     conv.held.set(message.id, message);
     conv.target = Math.max(conv.target, message.id);
     this.#pump(key, conv);
+  }
+
+  /**
+   * A conversation new here, about to hand over what follows `known`. What
+   * came before is for each connection's cursor to fill, but a connection
+   * that has no cursor yet (a member who just joined) takes whatever comes
+   * first: so the messages stored just before (in the last {@linkcode MARGIN_MS},
+   * which this instance may not have heard of yet, their announcements still
+   * on their way) are read and handed over first.
+   */
+  #fresh(known: number): Conversation {
+    return {
+      known,
+      target: 0,
+      held: new Map(),
+      reading: false,
+      fresh: known > 0 ? Date.now() - MARGIN_MS : undefined,
+    };
   }
 
   #interested(key: ConversationKey): boolean {
@@ -225,8 +250,7 @@ export class PgBus implements Bus {
     }
     let conv = this.#conversations.get(key);
     if (!conv) {
-      // Never seen here: what came before `from` is for each connection's cursor to fill.
-      conv = { known: (from ?? to) - 1, target: 0, held: new Map(), reading: false };
+      conv = this.#fresh((from ?? to) - 1);
       this.#conversations.set(key, conv);
     }
     if (to <= conv.known) return;
@@ -257,6 +281,15 @@ export class PgBus implements Bus {
    */
   #pump(key: ConversationKey, conv: Conversation): void {
     if (conv.reading) return;
+    if (conv.fresh !== undefined) {
+      conv.reading = true;
+      // The newest MAX_READ before what comes next, stored since then.
+      const after = Math.max(0, conv.known - MAX_READ);
+      this.#gaps.set(key, { conv, after, before: conv.known + 1, since: conv.fresh });
+      conv.fresh = undefined;
+      this.#scheduleRead();
+      return;
+    }
     while (conv.known < conv.target && !this.#closed) {
       const next = conv.held.get(conv.known + 1);
       if (next) {
@@ -304,7 +337,7 @@ export class PgBus implements Bus {
     let read: Map<ConversationKey, ChatMessage[]>;
     try {
       read = await this.#read(
-        taken.map(([key, gap, limit]) => [key, gap.after, gap.before, limit]),
+        taken.map(([key, gap, limit]) => [key, gap.after, gap.before, limit, gap.since ?? 0]),
       );
       this.#cleared("read");
     } catch (error) {
@@ -313,6 +346,7 @@ export class PgBus implements Bus {
         this.#readingGaps = false;
         for (const [key, gap] of taken) {
           gap.conv.reading = false;
+          if (gap.since !== undefined) gap.conv.fresh = gap.since;
           this.#pump(key, gap.conv);
         }
         this.#scheduleRead();
@@ -320,9 +354,15 @@ export class PgBus implements Bus {
       return;
     }
     this.#readingGaps = false;
-    for (const [key, { conv, before }] of taken) {
+    for (const [key, { conv, before, since }] of taken) {
       conv.reading = false;
       if (this.#conversations.get(key) !== conv) continue;
+      if (since !== undefined) {
+        // The lead-in: all before what is handed over next, in order.
+        for (const message of read.get(key) ?? []) this.#deliver({ kind: "message", message });
+        this.#pump(key, conv);
+        continue;
+      }
       let progressed = false;
       for (const message of read.get(key) ?? []) {
         if (message.id <= conv.known) continue;
@@ -341,18 +381,24 @@ export class PgBus implements Bus {
     if (this.#gaps.size > 0) this.#scheduleRead();
   }
 
-  /** Reads each `(conversation, after, before, limit)` range of the messages table, in id order. */
+  /**
+   * Reads each `(conversation, after, before, limit, since)` range of the
+   * messages table (ids between `after` and `before`, stored at `since` ms or
+   * later), in id order.
+   */
   async #read(
-    ranges: Array<[ConversationKey, number, number, number]>,
+    ranges: Array<[ConversationKey, number, number, number, number]>,
   ): Promise<Map<ConversationKey, ChatMessage[]>> {
     const rows = await this.#sql`
       SELECT m.* FROM unnest(
         ${ranges.map((r) => r[0])}::text[], ${ranges.map((r) => r[1])}::bigint[],
-        ${ranges.map((r) => r[2])}::bigint[], ${ranges.map((r) => r[3])}::int[]
-      ) AS r(conv, after, before, lim)
+        ${ranges.map((r) => r[2])}::bigint[], ${ranges.map((r) => r[3])}::int[],
+        ${ranges.map((r) => r[4])}::bigint[]
+      ) AS r(conv, after, before, lim, since)
       CROSS JOIN LATERAL (
         SELECT ${this.#sql.unsafe(MESSAGE_COLUMNS)} FROM messages
-        WHERE conv = r.conv AND id > r.after AND id < r.before ORDER BY id LIMIT r.lim
+        WHERE conv = r.conv AND id > r.after AND id < r.before AND ts >= r.since
+        ORDER BY id LIMIT r.lim
       ) m`;
     const out = new Map<ConversationKey, ChatMessage[]>();
     for (const row of rows) {

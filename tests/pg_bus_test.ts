@@ -131,3 +131,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "an instance's first message in a conversation new to it comes after the others' just before it, even when their announcement is late",
+  ignore: ignoreWithoutPostgres(),
+  async fn() {
+    await using pg = await startPostgres();
+    const sql = postgres(pg.url, { max: 2, onnotice: () => {} });
+    await using storeA = await openStore(pg.url);
+    await using storeB = await openStore(pg.url);
+    await ensureFanoutSchema(sql);
+    const a = await PgBus.start({ sql, instance: "a" });
+    const b = await PgBus.start({ sql, instance: "b" });
+    try {
+      const seen: BusEvent[] = [];
+      using _sub = b.subscribe((e) => seen.push(e), { has: () => true });
+      // A room's first two messages here: a's is stored first but announced late; b's own
+      // comes second. A member of b's who just joined (no cursor yet) takes whatever comes
+      // first: if b handed over its own first, a's would never reach that member.
+      const room = { room: "fresh", from: "x" };
+      const one = (await storeA.append({ ...room, text: "1" })).message;
+      const two = (await storeB.append({ ...room, text: "2" })).message;
+      b.publish({ kind: "message", message: two });
+      a.publish({ kind: "message", message: one });
+      const got = await messages(seen, 2);
+      assert.deepEqual(got.map((m) => m.text), ["1", "2"]);
+    } finally {
+      await a.close();
+      await b.close();
+      await sql.end();
+    }
+  },
+});
