@@ -52,7 +52,6 @@ export async function openPgBackend(options: PgBackendOptions): Promise<Backend>
     const bus = await PgBus.start({
       sql,
       instance: instance.id,
-      store: options.store,
       pollMs: options.pollMs,
     });
     const presence = new PgPresence(instance, bus);

@@ -10,7 +10,9 @@
  *   first and last new id), written in the same statement as the
  *   conversation's row in `chat_positions`.
  * - An instance that hears of a conversation it has members of reads the new
- *   rows from the store and hands them to its hub in order. Per conversation
+ *   rows from the messages table and hands them to its hub in order; the
+ *   gaps of every conversation heard of in one turn of the loop are read in
+ *   one query. Conversations it has no member of are not read at all. Per conversation
  *   it keeps the last id it handed over; anything after a gap (a message of
  *   its own whose predecessors it has not seen, a notification it missed)
  *   waits until the gap is read. Nothing is handed over that is not stored,
@@ -35,7 +37,8 @@
 import type { Bus, BusEvent, BusHandler, BusInterest } from "./bus.ts";
 import type { Sql } from "./pg_instance.ts";
 import type { ChatMessage } from "./protocol.ts";
-import { type ChatStore, type ConversationKey, conversationOf } from "./store.ts";
+import { MESSAGE_COLUMNS, type MessageRow, toMessage } from "./sql/store.ts";
+import { type ConversationKey, conversationOf } from "./store.ts";
 
 /** Options of {@linkcode PgBus.start}. */
 export interface PgBusOptions {
@@ -43,8 +46,6 @@ export interface PgBusOptions {
   sql: Sql;
   /** This instance's id: its own notifications are not delivered twice. */
   instance: string;
-  /** Where missed messages are read from. */
-  store: Pick<ChatStore, "history">;
   /** Poll every this many milliseconds instead of listening; 0 listens. */
   pollMs?: number;
   /** The channel; `chat` by default. */
@@ -55,6 +56,8 @@ export interface PgBusOptions {
 
 /** The most rows one catch-up read takes per conversation; connections page the rest. */
 const MAX_READ = 500;
+/** The most rows one read of several conversations' gaps asks for. */
+const MAX_READ_ROWS = 5000;
 /** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more. */
 const MAX_PAYLOAD = 7500;
 /** Ephemeral events queued while the database is down, at most. */
@@ -84,18 +87,35 @@ interface Conversation {
   held: Map<number, ChatMessage>;
   /** A gap is being read. */
   reading: boolean;
+  /**
+   * New here: the messages stored since this time (ms) before the first one
+   * heard of are read and handed over first.
+   */
+  fresh?: number;
+}
+
+/** A conversation's gap waiting to be read: ids after `after` and before `before`. */
+interface Gap {
+  conv: Conversation;
+  after: number;
+  before: number;
+  /** Only those stored since this time (ms): the lead-in of a conversation new here. */
+  since?: number;
 }
 
 /** Fan-out over PostgreSQL: positions by NOTIFY (or polling), messages from the table. */
 export class PgBus implements Bus {
   #sql: Sql;
   #me: string;
-  #store: Pick<ChatStore, "history">;
   #channel: string;
   #pollMs: number;
   #pingMs: number;
   #subs = new Set<{ handler: BusHandler; interest?: BusInterest }>();
   #conversations = new Map<ConversationKey, Conversation>();
+  /** Gaps waiting for the next read, and whether one is running. */
+  #gaps = new Map<ConversationKey, Gap>();
+  #readTimer: ReturnType<typeof setTimeout> | undefined;
+  #readingGaps = false;
   #positions = new Map<ConversationKey, [number, number]>();
   #events: BusEvent[] = [];
   #flushing: Promise<void> | undefined;
@@ -120,7 +140,6 @@ export class PgBus implements Bus {
   private constructor(options: PgBusOptions) {
     this.#sql = options.sql;
     this.#me = options.instance;
-    this.#store = options.store;
     this.#channel = options.channel ?? "chat";
     this.#pollMs = options.pollMs ?? 0;
     this.#pingMs = options.pingMs ?? 2000;
@@ -190,13 +209,31 @@ export class PgBus implements Bus {
     this.#scheduleFlush(0);
     let conv = this.#conversations.get(key);
     if (!conv) {
-      conv = { known: message.id - 1, target: 0, held: new Map(), reading: false };
+      conv = this.#fresh(message.id - 1);
       this.#conversations.set(key, conv);
     }
     if (message.id <= conv.known) return;
     conv.held.set(message.id, message);
     conv.target = Math.max(conv.target, message.id);
-    void this.#pump(key, conv);
+    this.#pump(key, conv);
+  }
+
+  /**
+   * A conversation new here, about to hand over what follows `known`. What
+   * came before is for each connection's cursor to fill, but a connection
+   * that has no cursor yet (a member who just joined) takes whatever comes
+   * first: so the messages stored just before (in the last {@linkcode MARGIN_MS},
+   * which this instance may not have heard of yet, their announcements still
+   * on their way) are read and handed over first.
+   */
+  #fresh(known: number): Conversation {
+    return {
+      known,
+      target: 0,
+      held: new Map(),
+      reading: false,
+      fresh: known > 0 ? Date.now() - MARGIN_MS : undefined,
+    };
   }
 
   #interested(key: ConversationKey): boolean {
@@ -213,8 +250,7 @@ export class PgBus implements Bus {
     }
     let conv = this.#conversations.get(key);
     if (!conv) {
-      // Never seen here: what came before `from` is for each connection's cursor to fill.
-      conv = { known: (from ?? to) - 1, target: 0, held: new Map(), reading: false };
+      conv = this.#fresh((from ?? to) - 1);
       this.#conversations.set(key, conv);
     }
     if (to <= conv.known) return;
@@ -222,7 +258,7 @@ export class PgBus implements Bus {
     // late). This conversation reads its gap below; the others are checked from the table.
     if (from !== undefined && from > conv.known + 1) this.#suspectMissed();
     conv.target = Math.max(conv.target, to);
-    void this.#pump(key, conv);
+    this.#pump(key, conv);
   }
 
   /** At most once a second, catches up every conversation from the table. */
@@ -238,9 +274,22 @@ export class PgBus implements Bus {
     }, 0);
   }
 
-  /** Hands a conversation's messages to the hub in order, reading what it lacks from the store. */
-  async #pump(key: ConversationKey, conv: Conversation): Promise<void> {
+  /**
+   * Hands a conversation's messages to the hub in order; at a gap, asks for
+   * it to be read (with every other conversation's gap of this turn, in one
+   * query) and continues when it is.
+   */
+  #pump(key: ConversationKey, conv: Conversation): void {
     if (conv.reading) return;
+    if (conv.fresh !== undefined) {
+      conv.reading = true;
+      // The newest MAX_READ before what comes next, stored since then.
+      const after = Math.max(0, conv.known - MAX_READ);
+      this.#gaps.set(key, { conv, after, before: conv.known + 1, since: conv.fresh });
+      conv.fresh = undefined;
+      this.#scheduleRead();
+      return;
+    }
     while (conv.known < conv.target && !this.#closed) {
       const next = conv.held.get(conv.known + 1);
       if (next) {
@@ -253,27 +302,69 @@ export class PgBus implements Bus {
       let before = conv.target + 1;
       for (const id of conv.held.keys()) if (id > conv.known && id < before) before = id;
       conv.reading = true;
-      let messages: ChatMessage[];
-      try {
-        const page = await this.#store.history(key, {
-          after: conv.known,
-          before,
-          limit: Math.min(MAX_READ, before - conv.known - 1),
-        });
-        messages = page.messages;
-      } catch (error) {
-        this.#trouble("read", `could not read ${key} (${(error as Error).message}); retrying`);
-        setTimeout(() => {
-          conv.reading = false;
-          void this.#pump(key, conv);
-        }, 500);
-        return;
-      }
-      conv.reading = false;
+      this.#gaps.set(key, { conv, after: conv.known, before });
+      this.#scheduleRead();
+      return;
+    }
+    for (const id of conv.held.keys()) if (id <= conv.known) conv.held.delete(id);
+  }
+
+  #scheduleRead(): void {
+    if (this.#readTimer !== undefined || this.#readingGaps || this.#closed) return;
+    // The gaps of this turn of the loop (one notification names many conversations) together.
+    this.#readTimer = setTimeout(() => {
+      this.#readTimer = undefined;
+      void this.#readGaps();
+    }, 0);
+  }
+
+  /**
+   * Reads the waiting gaps, as many conversations as fit {@linkcode MAX_READ_ROWS}
+   * rows, in one query; one such query at a time.
+   */
+  async #readGaps(): Promise<void> {
+    if (this.#readingGaps || this.#gaps.size === 0) return;
+    this.#readingGaps = true;
+    const taken: Array<[ConversationKey, Gap, number]> = [];
+    let rows = 0;
+    for (const [key, gap] of this.#gaps) {
+      const limit = Math.min(MAX_READ, gap.before - gap.after - 1);
+      if (taken.length > 0 && rows + limit > MAX_READ_ROWS) break;
+      taken.push([key, gap, limit]);
+      rows += limit;
+    }
+    for (const [key] of taken) this.#gaps.delete(key);
+    let read: Map<ConversationKey, ChatMessage[]>;
+    try {
+      read = await this.#read(
+        taken.map(([key, gap, limit]) => [key, gap.after, gap.before, limit, gap.since ?? 0]),
+      );
       this.#cleared("read");
-      if (this.#conversations.get(key) !== conv) return;
+    } catch (error) {
+      this.#trouble("read", `could not read new messages (${(error as Error).message}); retrying`);
+      setTimeout(() => {
+        this.#readingGaps = false;
+        for (const [key, gap] of taken) {
+          gap.conv.reading = false;
+          if (gap.since !== undefined) gap.conv.fresh = gap.since;
+          this.#pump(key, gap.conv);
+        }
+        this.#scheduleRead();
+      }, 500);
+      return;
+    }
+    this.#readingGaps = false;
+    for (const [key, { conv, before, since }] of taken) {
+      conv.reading = false;
+      if (this.#conversations.get(key) !== conv) continue;
+      if (since !== undefined) {
+        // The lead-in: all before what is handed over next, in order.
+        for (const message of read.get(key) ?? []) this.#deliver({ kind: "message", message });
+        this.#pump(key, conv);
+        continue;
+      }
       let progressed = false;
-      for (const message of messages) {
+      for (const message of read.get(key) ?? []) {
         if (message.id <= conv.known) continue;
         for (const id of conv.held.keys()) if (id <= message.id) conv.held.delete(id);
         conv.known = message.id;
@@ -285,8 +376,38 @@ export class PgBus implements Bus {
         if (before <= conv.target) conv.known = before - 1;
         else conv.target = conv.known;
       }
+      this.#pump(key, conv);
     }
-    for (const id of conv.held.keys()) if (id <= conv.known) conv.held.delete(id);
+    if (this.#gaps.size > 0) this.#scheduleRead();
+  }
+
+  /**
+   * Reads each `(conversation, after, before, limit, since)` range of the
+   * messages table (ids between `after` and `before`, stored at `since` ms or
+   * later), in id order.
+   */
+  async #read(
+    ranges: Array<[ConversationKey, number, number, number, number]>,
+  ): Promise<Map<ConversationKey, ChatMessage[]>> {
+    const rows = await this.#sql`
+      SELECT m.* FROM unnest(
+        ${ranges.map((r) => r[0])}::text[], ${ranges.map((r) => r[1])}::bigint[],
+        ${ranges.map((r) => r[2])}::bigint[], ${ranges.map((r) => r[3])}::int[],
+        ${ranges.map((r) => r[4])}::bigint[]
+      ) AS r(conv, after, before, lim, since)
+      CROSS JOIN LATERAL (
+        SELECT ${this.#sql.unsafe(MESSAGE_COLUMNS)} FROM messages
+        WHERE conv = r.conv AND id > r.after AND id < r.before AND ts >= r.since
+        ORDER BY id LIMIT r.lim
+      ) m`;
+    const out = new Map<ConversationKey, ChatMessage[]>();
+    for (const row of rows) {
+      const message = toMessage(row as unknown as MessageRow);
+      const list = out.get(row.conv);
+      if (list) list.push(message);
+      else out.set(row.conv, [message]);
+    }
+    return out;
   }
 
   #trouble(what: string, message: string): void {
@@ -471,6 +592,7 @@ export class PgBus implements Bus {
     clearInterval(this.#timer);
     clearTimeout(this.#suspect);
     clearTimeout(this.#flushTimer);
+    clearTimeout(this.#readTimer);
     this.#flushTimer = undefined;
     await this.#flushing;
     if (this.#positions.size > 0 || this.#events.length > 0) {

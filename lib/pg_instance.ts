@@ -50,8 +50,10 @@ export async function ensureFanoutSchema(sql: Sql): Promise<void> {
         ON chat_user_connections (instance);
       CREATE UNLOGGED TABLE IF NOT EXISTS chat_send_budget (
         "user" text PRIMARY KEY,
-        tat double precision NOT NULL
+        tat double precision NOT NULL,
+        granted integer NOT NULL DEFAULT 0
       );
+      ALTER TABLE chat_send_budget ADD COLUMN IF NOT EXISTS granted integer NOT NULL DEFAULT 0;
       CREATE TABLE IF NOT EXISTS chat_positions (
         conversation text PRIMARY KEY,
         last bigint NOT NULL,

@@ -317,6 +317,46 @@ Deno.test({
 
 Deno.test({
   name:
+    "a burst of sends from one user on two instances at once gets exactly the send budget, in each tab's order",
+  ignore,
+  async fn() {
+    // The sends of one moment are taken from the budget together, in one statement per
+    // instance: together they still get exactly the burst, and each tab's accepted messages
+    // are the first it sent.
+    await using cluster = await instances(2, ["--send-rate", "0.01", "--send-burst", "5"]);
+    const [s1, s2] = cluster.servers;
+    const [one] = await tab(cluster, s1.origin, "erin");
+    const [two] = await tab(cluster, s2.origin, "erin");
+    const answers = async (client: TestClient, prefix: string) => {
+      for (let i = 0; i < 4; i++) {
+        client.send({ type: "send", room: "lobby", text: `${prefix}${i}`, cid: `${prefix}${i}` });
+      }
+      const got: string[] = [];
+      while (got.length < 4) {
+        const f = await client.next((f) =>
+          (f.type === "message" && f.from === "erin" && f.cid?.startsWith(prefix)) ||
+          (f.type === "error" && f.ref?.startsWith(prefix))
+        );
+        got.push(f.type === "message" ? f.cid : `refused ${f.ref} ${f.code}`);
+      }
+      return got;
+    };
+    const [a, b] = await Promise.all([answers(one, "a"), answers(two, "b")]);
+    const accepted = [...a, ...b].filter((x) => !x.startsWith("refused"));
+    assert.equal(accepted.length, 5, `${a} / ${b}`);
+    for (const [got, prefix] of [[a, "a"], [b, "b"]] as const) {
+      const ok = got.filter((x) => !x.startsWith("refused"));
+      // The first n sends of a tab are the accepted ones, acknowledged in the order sent.
+      assert.deepEqual(ok, ok.map((_, i) => `${prefix}${i}`), `${got}`);
+      for (const x of got.filter((x) => x.startsWith("refused"))) assert.match(x, /rate_limited$/);
+    }
+    await one.close();
+    await two.close();
+  },
+});
+
+Deno.test({
+  name:
     "with --pg-poll-ms (for poolers that cannot LISTEN) DMs, room messages, typing and presence still cross instances",
   ignore,
   async fn() {

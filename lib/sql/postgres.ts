@@ -82,14 +82,14 @@ export class PostgresDatabase implements SqlDatabase {
   }
 
   async query<T>(text: string, params: readonly SqlValue[] = []): Promise<T[]> {
-    return [...await this.client.unsafe(text, params as SqlValue[])] as T[];
+    return [...await this.client.unsafe(text, params as SqlValue[], prepare(params))] as T[];
   }
 
   async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     return await this.client.begin(async (sql) => {
       return await fn({
         query: async <R>(text: string, params: readonly SqlValue[] = []) =>
-          [...await sql.unsafe(text, params as SqlValue[])] as R[],
+          [...await sql.unsafe(text, params as SqlValue[], prepare(params))] as R[],
       });
     }) as T;
   }
@@ -97,6 +97,22 @@ export class PostgresDatabase implements SqlDatabase {
   async close(): Promise<void> {
     await this.client.end({ timeout: 5 });
   }
+}
+
+/**
+ * The most parameters of a statement that is prepared (kept by name on its
+ * connection and then sent as Bind + Execute alone). postgres.js sends an
+ * unprepared statement with parameters as Parse + Describe, waits for the
+ * parameter types, then Bind + Execute: two round trips, and a parse and plan
+ * on the server, every time. Every fixed statement is prepared; of the
+ * multi-row ones (whose text grows with the batch), only the small batches,
+ * so that each connection keeps a bounded number of statements (postgres.js
+ * forgets them when it reconnects, at the latest after its `max_lifetime`).
+ */
+const MAX_PREPARED_PARAMS = 128;
+
+function prepare(params: readonly SqlValue[]): { prepare: boolean } {
+  return { prepare: params.length > 0 && params.length <= MAX_PREPARED_PARAMS };
 }
 
 /** A connection URL with its password masked. */

@@ -76,7 +76,8 @@ interface Attempt {
   probe?: MessageRow;
 }
 
-interface MessageRow {
+/** A row of the messages table (for the fan-out's reads of several conversations). */
+export interface MessageRow {
   conv: string;
   id: number;
   sender: string;
@@ -87,9 +88,11 @@ interface MessageRow {
   cid: string | null;
 }
 
-const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
+/** The messages table's columns, as {@linkcode MessageRow} names them. */
+export const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
 
-function toMessage(row: MessageRow): ChatMessage {
+/** A stored row as the message it is. */
+export function toMessage(row: MessageRow): ChatMessage {
   const message: ChatMessage = row.room !== null
     ? { id: Number(row.id), room: row.room, from: row.sender, text: row.body, ts: Number(row.ts) }
     : {
@@ -334,8 +337,28 @@ export class SqlStore implements ChatStore, AsyncDisposable {
         return [[a, b, conversation], [b, a, conversation]];
       });
       const greatest = this.#db.dialect.greatest("reads.id", "excluded.id");
+      const postgres = this.#db.dialect.name === "postgres";
+      // PostgreSQL takes a batch's messages as one array per column: one text whatever the
+      // batch (prepared once per connection), and 8 parameters to encode instead of 8 a row.
+      const column = (pick: (r: MessageRow) => SqlValue) => fresh.map(pick);
       await Promise.all([
-        ...chunks(fresh, ROWS_PER_INSERT).map((part) =>
+        ...(postgres && fresh.length > 0
+          ? [tx.query(
+            `INSERT INTO messages (${MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],
+             $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])`,
+            [
+              column((r) => r.conv),
+              column((r) => r.id),
+              column((r) => r.sender),
+              column((r) => r.room),
+              column((r) => r.recipient),
+              column((r) => r.body),
+              column((r) => r.ts),
+              column((r) => r.cid),
+            ] as unknown as SqlValue[],
+          )]
+          : []),
+        ...chunks(postgres ? [] : fresh, ROWS_PER_INSERT).map((part) =>
           tx.query(
             `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
             part.flatMap((r): SqlValue[] => [
