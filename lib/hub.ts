@@ -275,6 +275,14 @@ export class ChatHub implements HubPort {
 
   async #open(conn: Member): Promise<void> {
     const user = conn.user;
+    // A chat.v1 welcome's first reads go with the registration, in one round trip to the store;
+    // nothing of them is sent unless the name turns out to be this connection's.
+    const reads = conn.legacy ? undefined : Promise.all([
+      this.#store.rooms(user),
+      this.#store.invites(user),
+      this.#accounts.hasPassword(user),
+    ]);
+    reads?.catch(() => {}); // A failure is seen where they are awaited, or does not matter.
     const registered = await this.#accounts.register(user);
     if (!registered.ok || registered.user !== user) {
       conn.closePeer(
@@ -295,11 +303,10 @@ export class ChatHub implements HubPort {
       }
       return;
     }
-    const rooms = [LOBBY, ...(await this.#store.rooms(user)).filter((r) => r !== LOBBY)];
-    const [conversations, invites, password, infos] = await Promise.all([
+    const [stored, invites, password] = await reads!;
+    const rooms = [LOBBY, ...stored.filter((r) => r !== LOBBY)];
+    const [conversations, infos] = await Promise.all([
       this.#store.conversations(user, rooms),
-      this.#store.invites(user),
-      this.#accounts.hasPassword(user),
       Promise.all(rooms.map((r) => this.#isPrivate(r))),
     ]);
     if (conn.closed) return;
