@@ -22,6 +22,7 @@
  */
 
 import { LogOnce } from "./log.ts";
+import { acceptKey, offerUpgrade } from "./websocket.ts";
 
 /** Options of {@linkcode startGuard}. */
 export interface GuardOptions {
@@ -37,6 +38,13 @@ export interface GuardOptions {
   maxMessageBytes: number;
   /** Largest request head, in bytes. */
   maxHeadBytes?: number;
+  /**
+   * The server's request handler, for WebSocket handshakes to `/ws/…`: given,
+   * such a connection is not relayed but answered here, and once upgraded it
+   * speaks WebSocket with the guard's own implementation (lib/websocket.ts),
+   * which bounds messages itself. Other requests are relayed.
+   */
+  handshake?: (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response>;
 }
 
 /** A running guard. */
@@ -185,6 +193,81 @@ class FrameMeter {
   }
 }
 
+/** Reason phrases of the statuses a handshake may be answered with. */
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  421: "Misdirected Request",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+/** A header field name (RFC 9110 token). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * A WebSocket handshake's head as a `Request` (what `Deno.serve` would have
+ * given the handler); undefined if it is not well formed HTTP/1.1.
+ */
+function handshakeRequest(head: string): Request | undefined {
+  const lines = head.split("\r\n");
+  const m = /^GET (\/\S*) HTTP\/1\.1$/.exec(lines[0]);
+  if (!m) return undefined;
+  const headers = new Headers();
+  try {
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i];
+      if (line === "") continue;
+      const colon = line.indexOf(":");
+      const name = line.slice(0, colon);
+      // No obsolete line folding, no space before the colon (RFC 9112 §5).
+      if (colon < 1 || !TOKEN.test(name)) return undefined;
+      headers.append(name, line.slice(colon + 1).trim());
+    }
+    const host = headers.get("host");
+    // One Host, and no body on a handshake.
+    if (host === null || host.includes(",")) return undefined;
+    if (headers.has("content-length") || headers.has("transfer-encoding")) return undefined;
+    return new Request(new URL(m[1], `http://${host}`), { headers });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes `last`, ends the sending side, and reads (dropping) for a moment so the client sees it. */
+async function lingerClose(conn: Deno.Conn, last: Uint8Array): Promise<void> {
+  await writeAll(conn, last).catch(() => {});
+  await conn.closeWrite().catch(() => {});
+  const timer = setTimeout(() => tryClose(conn), LINGER_MS);
+  const sink = new Uint8Array(4096);
+  for (let drained = 0; drained < LINGER_BYTES;) {
+    const n = await conn.read(sink).catch(() => null);
+    if (n === null) break;
+    drained += n;
+  }
+  clearTimeout(timer);
+  tryClose(conn);
+}
+
+/** A response written by hand, on a connection that ends after it. */
+async function answer(conn: Deno.Conn, response: Response): Promise<void> {
+  const body = new Uint8Array(await response.arrayBuffer());
+  let head = `HTTP/1.1 ${response.status} ${STATUS_TEXT[response.status] ?? "Error"}\r\n`;
+  for (const [name, value] of response.headers) {
+    if (name !== "content-length" && name !== "connection") head += `${name}: ${value}\r\n`;
+  }
+  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  const bytes = encoder.encode(head);
+  const all = new Uint8Array(bytes.length + body.length);
+  all.set(bytes);
+  all.set(body, bytes.length);
+  await lingerClose(conn, all);
+}
+
 /** Starts the guard; resolves once it listens. */
 export function startGuard(options: GuardOptions): Guard {
   const listener = Deno.listen({ ...options.listen, transport: "tcp" });
@@ -195,7 +278,92 @@ export function startGuard(options: GuardOptions): Guard {
   const relays = new Set<Promise<void>>();
   let target = { hostname: options.upstream.hostname, port: options.upstream.port };
 
-  async function relay(client: Deno.TcpConn): Promise<void> {
+  /**
+   * A new connection: its first request head is read here. A WebSocket
+   * handshake to `/ws/` is answered by the server's handler in this process
+   * and, once upgraded, spoken by lib/websocket.ts; anything else is relayed.
+   */
+  async function serve(client: Deno.TcpConn): Promise<void> {
+    let buf = new Uint8Array(2048);
+    let end = 0;
+    let at = -1;
+    const timer = setTimeout(() => tryClose(client), options.handshakeTimeoutMs);
+    try {
+      while (at === -1) {
+        if (end === buf.length) {
+          const grown = new Uint8Array(buf.length * 2);
+          grown.set(buf);
+          buf = grown;
+        }
+        const n = await client.read(buf.subarray(end)).catch(() => null);
+        if (n === null) return tryClose(client);
+        for (let i = Math.max(0, end - 3); i + 3 < end + n; i++) {
+          if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) {
+            at = i + 4;
+            break;
+          }
+        }
+        end += n;
+        if (at === -1 && end > maxHead) {
+          clearTimeout(timer);
+          return await lingerClose(client, encoder.encode(TOO_LARGE_HEAD));
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    const head = latin1.decode(buf.subarray(0, at));
+    if (
+      options.handshake && head.startsWith("GET /ws/") &&
+      /\r\nupgrade:[^\r\n]*websocket/i.test(head)
+    ) {
+      return await terminate(client, head, buf.slice(at, end));
+    }
+    await relay(client, buf.subarray(0, end));
+  }
+
+  /** A WebSocket handshake answered here; `pending`: bytes the client sent after its head. */
+  async function terminate(client: Deno.TcpConn, head: string, pending: Uint8Array) {
+    const req = handshakeRequest(head);
+    if (!req) {
+      return await answer(
+        client,
+        new Response("not a valid WebSocket handshake\n", { status: 400 }),
+      );
+    }
+    const key = req.headers.get("sec-websocket-key");
+    const upgrade = offerUpgrade(req, {
+      accept: key === null ? undefined : await acceptKey(key),
+      maxMessageBytes: options.maxMessageBytes,
+    });
+    const completed = Promise.withResolvers<void>();
+    let response: Response;
+    try {
+      response = await options.handshake!(req, {
+        remoteAddr: client.remoteAddr as Deno.NetAddr,
+        completed: completed.promise,
+      });
+    } catch (error) {
+      log.error("guard: the handshake handler failed", error);
+      response = new Response("internal error\n", { status: 500 });
+    }
+    try {
+      const socket = upgrade.socket;
+      if (socket && response === upgrade.response) {
+        let lines = "HTTP/1.1 101 Switching Protocols\r\n";
+        for (const [name, value] of response.headers) lines += `${name}: ${value}\r\n`;
+        socket.start(client, encoder.encode(lines + "\r\n"), pending);
+        await socket.ended;
+      } else {
+        socket?.abort();
+        await answer(client, response);
+      }
+    } finally {
+      completed.resolve();
+    }
+  }
+
+  async function relay(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
     let upstream: Deno.TcpConn;
     try {
       upstream = await Deno.connect({ ...target, transport: "tcp" });
@@ -261,8 +429,9 @@ export function startGuard(options: GuardOptions): Guard {
     let head = "";
     const toServer = async () => {
       const buf = new Uint8Array(32 * 1024);
-      for (;;) {
-        const n = await client.read(buf);
+      for (let first = true;; first = false) {
+        // The bytes read before the relay began (the first head, at least) come first.
+        const n = first ? initial.length : await client.read(buf);
         if (n === null) return;
         if (serverDone) {
           // Lingering after the server's end: read and dropped, a bounded amount.
@@ -270,7 +439,7 @@ export function startGuard(options: GuardOptions): Guard {
           if (lingered > LINGER_BYTES) return;
           continue;
         }
-        const chunk = buf.subarray(0, n);
+        const chunk = first ? initial : buf.subarray(0, n);
         let frames: Uint8Array | undefined;
         if (mode === "http") {
           // After a head, its body (if any) passes unscanned until the answer starts; the
@@ -366,7 +535,7 @@ export function startGuard(options: GuardOptions): Guard {
         continue;
       }
       open++;
-      const relayed: Promise<void> = relay(conn)
+      const relayed: Promise<void> = serve(conn)
         .catch((error) => log.error("guard: relay failed", error))
         .finally(() => {
           open--;
