@@ -147,6 +147,8 @@ export class GuardedWebSocket implements ServerSocket {
   /** Encoded frames waiting for the writer, and their size. */
   #queue: Uint8Array[] = [];
   #buffered = 0;
+  /** Bytes at the front of the queue that are not counted in `bufferedAmount` (the 101 head). */
+  #uncounted = 0;
   #writing = false;
   /** Ends the connection once the queue is written (after the closing handshake). */
   #endAfterWrite = false;
@@ -190,7 +192,10 @@ export class GuardedWebSocket implements ServerSocket {
    */
   start(conn: Deno.Conn, head: Uint8Array, pending: Uint8Array): void {
     this.#conn = conn;
+    // The 101 head goes out with the first frames, but is not a frame: not in bufferedAmount.
     this.#enqueue(head);
+    this.#buffered -= head.length;
+    this.#uncounted = head.length;
     this.#state = OPEN;
     this.#call("open", this.onopen, {});
     this.#resetIdle();
@@ -287,7 +292,9 @@ export class GuardedWebSocket implements ServerSocket {
         for (let written = 0; written < data.length;) {
           const n = await conn.write(data.subarray(written));
           written += n;
-          this.#buffered -= n;
+          const uncounted = Math.min(n, this.#uncounted);
+          this.#uncounted -= uncounted;
+          this.#buffered -= n - uncounted;
         }
       }
     } catch {
