@@ -193,7 +193,7 @@ Deno.test("a client's close is answered with its code, the connection ends, and 
  * `onSocket`: for what only the socket itself shows (its events, its
  * buffered amount).
  */
-async function bareGuard(onSocket: (socket: GuardedWebSocket) => void) {
+function bareGuard(onSocket: (socket: GuardedWebSocket) => void) {
   const guard = startGuard({
     listen: { hostname: "127.0.0.1", port: 0 },
     // Nothing here is relayed: every request in these tests is a handshake to /ws/.
@@ -219,7 +219,7 @@ async function bareGuard(onSocket: (socket: GuardedWebSocket) => void) {
 Deno.test("the close event fires once when the server's close, the client's close and the end of the stream race", async () => {
   const closes: number[] = [];
   const opened = Promise.withResolvers<GuardedWebSocket>();
-  const guard = await bareGuard((socket) => {
+  const guard = bareGuard((socket) => {
     socket.onopen = () => opened.resolve(socket);
     socket.onclose = (e) => closes.push(e.code);
   });
@@ -239,7 +239,7 @@ Deno.test("the close event fires once when the server's close, the client's clos
 
 Deno.test("bufferedAmount counts what a reader that stopped has not taken, and falls to 0 once it reads", async () => {
   const opened = Promise.withResolvers<GuardedWebSocket>();
-  await using guard = await bareGuard((socket) => socket.onopen = () => opened.resolve(socket));
+  await using guard = bareGuard((socket) => socket.onopen = () => opened.resolve(socket));
   const conn = await rawUpgrade(guard.port, "stalled");
   try {
     const socket = await opened.promise;
