@@ -22,7 +22,7 @@
  */
 
 import { LogOnce } from "./log.ts";
-import { acceptKey, offerUpgrade } from "./websocket.ts";
+import { type GuardedWebSocket, offerUpgrade } from "./websocket.ts";
 
 /** Options of {@linkcode startGuard}. */
 export interface GuardOptions {
@@ -317,50 +317,55 @@ export function startGuard(options: GuardOptions): Guard {
       options.handshake && head.startsWith("GET /ws/") &&
       /\r\nupgrade:[^\r\n]*websocket/i.test(head)
     ) {
-      return await terminate(client, head, buf.slice(at, end));
+      const completed = Promise.withResolvers<void>();
+      try {
+        // Only the socket lives on: the head, the request and the response are let go.
+        const socket = await terminate(client, head, buf.slice(at, end), completed.promise);
+        if (socket) await socket.ended;
+      } finally {
+        completed.resolve();
+      }
+      return;
     }
     await relay(client, buf.subarray(0, end));
   }
 
-  /** A WebSocket handshake answered here; `pending`: bytes the client sent after its head. */
-  async function terminate(client: Deno.TcpConn, head: string, pending: Uint8Array) {
+  /**
+   * A WebSocket handshake answered here (`pending`: bytes the client sent
+   * after its head): the open socket, or undefined if it was refused.
+   */
+  async function terminate(
+    client: Deno.TcpConn,
+    head: string,
+    pending: Uint8Array,
+    completed: Promise<void>,
+  ): Promise<GuardedWebSocket | undefined> {
     const req = handshakeRequest(head);
     if (!req) {
-      return await answer(
-        client,
-        new Response("not a valid WebSocket handshake\n", { status: 400 }),
-      );
+      await answer(client, new Response("not a valid WebSocket handshake\n", { status: 400 }));
+      return undefined;
     }
-    const key = req.headers.get("sec-websocket-key");
-    const upgrade = offerUpgrade(req, {
-      accept: key === null ? undefined : await acceptKey(key),
-      maxMessageBytes: options.maxMessageBytes,
-    });
-    const completed = Promise.withResolvers<void>();
+    const upgrade = offerUpgrade(req, { maxMessageBytes: options.maxMessageBytes });
     let response: Response;
     try {
       response = await options.handshake!(req, {
         remoteAddr: client.remoteAddr as Deno.NetAddr,
-        completed: completed.promise,
+        completed,
       });
     } catch (error) {
       log.error("guard: the handshake handler failed", error);
       response = new Response("internal error\n", { status: 500 });
     }
-    try {
-      const socket = upgrade.socket;
-      if (socket && response === upgrade.response) {
-        let lines = "HTTP/1.1 101 Switching Protocols\r\n";
-        for (const [name, value] of response.headers) lines += `${name}: ${value}\r\n`;
-        socket.start(client, encoder.encode(lines + "\r\n"), pending);
-        await socket.ended;
-      } else {
-        socket?.abort();
-        await answer(client, response);
-      }
-    } finally {
-      completed.resolve();
+    const socket = upgrade.socket;
+    if (socket && response === upgrade.response) {
+      let lines = "HTTP/1.1 101 Switching Protocols\r\n";
+      for (const [name, value] of response.headers) lines += `${name}: ${value}\r\n`;
+      socket.start(client, encoder.encode(lines + "\r\n"), pending);
+      return socket;
     }
+    socket?.abort();
+    await answer(client, response);
+    return undefined;
   }
 
   async function relay(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
