@@ -1,21 +1,30 @@
 /**
- * The TCP guard in front of `Deno.serve`: the one place that sees every
- * connection as bytes, before Deno's HTTP and WebSocket code holds anything
- * for it. `Deno.serve` accepts without limit (when descriptors run out its
- * listener dies with "Too many open files"), never times out a connection
- * that sends no request, and `Deno.upgradeWebSocket` assembles fragmented
- * messages with no size limit (denoland/deno#15809). The guard accepts on
- * the public address itself and relays each connection to the real server
- * on a private loopback port, and on the way:
+ * The TCP guard: the one place that sees every connection as bytes, before
+ * Deno's HTTP code holds anything for it. `Deno.serve` accepts without limit
+ * (when descriptors run out its listener dies with "Too many open files"),
+ * never times out a connection that sends no request, and
+ * `Deno.upgradeWebSocket` assembles fragmented messages with no size limit
+ * (denoland/deno#15809). The guard accepts on the public address itself,
+ * reads each connection's first request head, and then:
  *
- * - counts open connections and refuses past `maxConnections` with a 503
- *   (the descriptor budget is checked at start: see {@linkcode descriptorLimit});
+ * - a WebSocket handshake to `/ws/…` is answered in this process by the
+ *   server's own handler, and once upgraded the connection speaks
+ *   lib/websocket.ts, which bounds each message (all its fragments together)
+ *   by `maxMessageBytes` (1009) before buffering it. Nothing is relayed: the
+ *   relay cost a second socket and a read and a write in JavaScript per chunk
+ *   each way (README "Hostile clients" has the figures);
+ * - anything else (the page, `/api/*`, `/healthz`) is relayed to `Deno.serve`
+ *   on a private loopback port; should such a connection upgrade after all, the
+ *   relay reads its frame headers and closes it with 1009 past the same bound.
+ *
+ * And for every connection it:
+ *
+ * - counts open connections and the descriptors they hold, and refuses past
+ *   `maxConnections` or `maxDescriptors` with a 503 (the descriptor budget is
+ *   checked at start: see {@linkcode descriptorLimit});
  * - closes a connection whose request head is not complete within
- *   `handshakeTimeout` (idle keep-alive and slowloris alike);
- * - after a `101`, reads the WebSocket frame headers going to the server and
- *   closes the connection with 1009 as soon as one message (all its
- *   fragments together) exceeds `maxMessageBytes`, before the server has
- *   buffered more than that;
+ *   `handshakeTimeout` (idle keep-alive and slowloris alike), and answers a
+ *   head over `maxHeadBytes` with 431;
  * - survives `accept` failing (EMFILE): it waits and accepts again.
  *
  * @module
@@ -32,6 +41,12 @@ export interface GuardOptions {
   upstream: { hostname: string; port: number };
   /** Most client connections open at once. */
   maxConnections: number;
+  /**
+   * Most descriptors the clients may hold at once: one per connection, and
+   * {@linkcode DESCRIPTORS_PER_RELAY} more while one is relayed (a request
+   * past it is answered 503); unbounded when absent.
+   */
+  maxDescriptors?: number;
   /** Milliseconds a request head may take, from accept or from the previous head. */
   handshakeTimeoutMs: number;
   /** Largest WebSocket message from a client, all fragments together, in bytes. */
@@ -80,10 +95,13 @@ export function descriptorLimit(): number | undefined {
 }
 
 /**
- * Descriptors one client costs: its own socket, the relay's socket to the
- * server and the server's end of it.
+ * Descriptors one client costs: its own socket. A WebSocket is spoken here on
+ * that socket; a relayed request (the page, `/api/*`, `/healthz`) costs
+ * {@linkcode DESCRIPTORS_PER_RELAY} more while it is relayed.
  */
-export const DESCRIPTORS_PER_CONNECTION = 3;
+export const DESCRIPTORS_PER_CONNECTION = 1;
+/** Descriptors a relay adds: its socket to the server and the server's end of it. */
+export const DESCRIPTORS_PER_RELAY = 2;
 /** Descriptors open in this process now (from /proc/self/fd); undefined if unknown. */
 export function descriptorsOpen(): number | undefined {
   try {
@@ -96,10 +114,11 @@ export function descriptorsOpen(): number | undefined {
 }
 
 /**
- * The connection limit that fits a descriptor limit, given those open at
- * start (the store, the runtime): a quarter of the limit (64 at least) is
- * kept aside besides, for the store's files, the page, logs, and the server's
- * ends of closed relays that it has not yet noticed are gone.
+ * The descriptors clients may hold under a descriptor limit, given those open
+ * at start (the store, the runtime), which is also the most connections (one
+ * descriptor each): a quarter of the limit (64 at least) is kept aside
+ * besides, for the store's files, the page, logs, and the server's ends of
+ * closed relays that it has not yet noticed are gone.
  */
 export function connectionsFitting(descriptors: number, inUse = 32): number {
   const spare = Math.max(64, Math.floor(descriptors / 4));
@@ -274,6 +293,9 @@ export function startGuard(options: GuardOptions): Guard {
   const clients = new Map<number, Deno.NetAddr>();
   const maxHead = options.maxHeadBytes ?? 16 * 1024;
   let open = 0;
+  /** Descriptors the clients hold: theirs, and their relays'. */
+  let held = 0;
+  const maxDescriptors = options.maxDescriptors ?? Infinity;
   let closing = false;
   const relays = new Set<Promise<void>>();
   let target = { hostname: options.upstream.hostname, port: options.upstream.port };
@@ -369,6 +391,19 @@ export function startGuard(options: GuardOptions): Guard {
   }
 
   async function relay(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
+    if (held + DESCRIPTORS_PER_RELAY > maxDescriptors) {
+      log.warn(`guard: ${maxDescriptors} descriptors in use; refusing a request`);
+      return await lingerClose(client, encoder.encode(BUSY));
+    }
+    held += DESCRIPTORS_PER_RELAY;
+    try {
+      await relayed(client, initial);
+    } finally {
+      held -= DESCRIPTORS_PER_RELAY;
+    }
+  }
+
+  async function relayed(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
     let upstream: Deno.TcpConn;
     try {
       upstream = await Deno.connect({ ...target, transport: "tcp" });
@@ -531,7 +566,7 @@ export function startGuard(options: GuardOptions): Guard {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      if (open >= options.maxConnections) {
+      if (open >= options.maxConnections || held + DESCRIPTORS_PER_CONNECTION > maxDescriptors) {
         log.warn(`guard: ${options.maxConnections} connections open; refusing more`);
         // Awaited, so refusals hold one descriptor at a time: a fresh socket's
         // send buffer is empty, so this write does not wait for the client.
@@ -540,13 +575,15 @@ export function startGuard(options: GuardOptions): Guard {
         continue;
       }
       open++;
-      const relayed: Promise<void> = serve(conn)
+      held += DESCRIPTORS_PER_CONNECTION;
+      const served: Promise<void> = serve(conn)
         .catch((error) => log.error("guard: relay failed", error))
         .finally(() => {
           open--;
-          relays.delete(relayed);
+          held -= DESCRIPTORS_PER_CONNECTION;
+          relays.delete(served);
         });
-      relays.add(relayed);
+      relays.add(served);
     }
   })();
 

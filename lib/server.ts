@@ -494,7 +494,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
     if (wanted > fit) {
       console.warn(
-        `warning: --max-connections ${wanted} needs about ${wanted * 3} descriptors, more than ` +
+        `warning: --max-connections ${wanted} needs about ${wanted} descriptors, more than ` +
           `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
       );
     } else if (fit < 1000 && settings.maxConnections === 0) {
@@ -507,6 +507,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
         listen: { hostname: settings.hostname, port: settings.port },
         upstream: { hostname: addr.hostname, port: addr.port },
         maxConnections: Math.min(wanted, fit, 1_000_000),
+        maxDescriptors: fit,
         handshakeTimeoutMs: settings.handshakeTimeout * 1000,
         maxMessageBytes: settings.maxFrameBytes,
         handshake: (req, info) => {

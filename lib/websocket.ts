@@ -97,6 +97,8 @@ const Code = {
  */
 const READ_MIN = 512;
 const READ_MAX = 64 * 1024;
+/** Frames from one read handled before the event loop gets a turn. */
+const FRAMES_PER_TURN = 32;
 /** How long a close frame sent waits for the client's before the connection is dropped. */
 const CLOSE_WAIT_MS = 1000;
 /** How long, and how much, a client told to go away is still read (and dropped) so it sees why. */
@@ -326,13 +328,19 @@ export class GuardedWebSocket implements ServerSocket {
     buf.set(pending);
     let start = 0, end = pending.length;
     for (;;) {
-      // Every whole frame in the buffer.
-      for (;;) {
+      // Every whole frame in the buffer; a turn of the event loop between each
+      // FRAMES_PER_TURN, so that one read of many frames does not run ahead of
+      // the work they start (and of everyone else's) the way no single frame can.
+      for (let handled = 0;;) {
         const step = this.#parse(buf, start, end);
         if (step === -1) return; // the connection is closing: stop reading frames
         if (step === 0) break;
         start += step;
         if (this.#state === CLOSED) return;
+        if (++handled % FRAMES_PER_TURN === 0) {
+          await new Promise((r) => setTimeout(r, 0));
+          if (this.#state === CLOSED) return;
+        }
       }
       if (start === end) {
         start = end = 0;
