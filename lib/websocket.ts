@@ -113,15 +113,39 @@ function validCode(code: number): boolean {
     (code >= 3000 && code <= 4999);
 }
 
-/** A frame's header, for a payload of `length` bytes (servers never mask). */
-function header(opcode: number, length: number): Uint8Array {
-  if (length < 126) return new Uint8Array([0x80 | opcode, length]);
-  if (length < 65536) return new Uint8Array([0x80 | opcode, 126, length >> 8, length & 0xff]);
-  const h = new Uint8Array(10);
-  h[0] = 0x80 | opcode;
-  h[1] = 127;
-  new DataView(h.buffer).setBigUint64(2, BigInt(length));
-  return h;
+/** A whole frame (servers never mask): its header, then `payload`. */
+function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  const length = payload.length;
+  const head = length < 126 ? 2 : length < 65536 ? 4 : 10;
+  const out = new Uint8Array(head + length);
+  out[0] = 0x80 | opcode;
+  if (length < 126) out[1] = length;
+  else if (length < 65536) {
+    out[1] = 126;
+    out[2] = length >> 8;
+    out[3] = length & 0xff;
+  } else {
+    out[1] = 127;
+    new DataView(out.buffer).setBigUint64(2, BigInt(length));
+  }
+  out.set(payload, head);
+  return out;
+}
+
+/**
+ * The last text frame encoded, by its string: the hub sends one string to
+ * every recipient of a message (a room, a presence change), so it is encoded
+ * once for all of them. Queued frames are never written to, so they can be shared.
+ */
+let lastText: string | undefined;
+let lastFrame: Uint8Array = new Uint8Array(0);
+
+function textFrame(text: string): Uint8Array {
+  if (text !== lastText) {
+    lastFrame = encodeFrame(1, encoder.encode(text));
+    lastText = text;
+  }
+  return lastFrame;
 }
 
 /** A close frame's payload: the code, then the reason cut to fit 125 bytes on a character boundary. */
@@ -225,7 +249,7 @@ export class GuardedWebSocket implements ServerSocket {
   send(data: string | ArrayBuffer | Uint8Array): void {
     if (this.#state === CONNECTING) throw new DOMException("not open yet", "InvalidStateError");
     if (this.#state !== OPEN || this.#closeSent) return;
-    if (typeof data === "string") this.#frame(1, encoder.encode(data));
+    if (typeof data === "string") this.#enqueue(textFrame(data));
     else this.#frame(2, data instanceof Uint8Array ? data : new Uint8Array(data));
   }
 
@@ -262,8 +286,7 @@ export class GuardedWebSocket implements ServerSocket {
   }
 
   #frame(opcode: number, payload: Uint8Array): void {
-    this.#enqueue(header(opcode, payload.length));
-    if (payload.length > 0) this.#enqueue(payload);
+    this.#enqueue(encodeFrame(opcode, payload));
   }
 
   #sendClose(code: number, reason: string): void {
@@ -370,8 +393,10 @@ export class GuardedWebSocket implements ServerSocket {
         this.#drop(Code.Abnormal, "");
         return;
       }
+      // Grown while reads fill it; shrunk by a read into an empty buffer that used little of it
+      // (not by one that only finished a frame).
       if (end + n === buf.length) size = Math.min(READ_MAX, size * 2);
-      else if (n < size / 4) size = Math.max(READ_MIN, size / 2);
+      else if (end === 0 && n < size / 4) size = Math.max(READ_MIN, size / 2);
       end += n;
       this.#heard = true;
     }
