@@ -227,6 +227,11 @@ export class GuardedWebSocket implements ServerSocket {
    */
   start(conn: Deno.Conn, head: Uint8Array, pending: Uint8Array): void {
     this.#conn = conn;
+    if (this.#state !== CONNECTING) {
+      // Closed before it opened (its close event has fired): it never opens.
+      this.#closeTcp();
+      return;
+    }
     // The 101 head goes out with the first frames, but is not a frame: not in bufferedAmount.
     this.#enqueue(head);
     this.#buffered -= head.length;
@@ -274,14 +279,20 @@ export class GuardedWebSocket implements ServerSocket {
     handler: ((event: SocketEvents[K]) => void) | null,
     event: SocketEvents[K],
   ): void {
-    // A listener that throws must not end the read loop or the process.
+    // A listener that throws must not end the read loop or the process, nor keep the others
+    // (which give back the connection's places) from running.
     try {
       handler?.call(this, event);
-      if (type === "close" || type === "error") {
-        for (const l of this.#listeners[type as "close" | "error"]) l();
-      }
     } catch (error) {
       log.error(`websocket: a ${type} listener threw`, error);
+    }
+    if (type !== "close" && type !== "error") return;
+    for (const listener of this.#listeners[type as "close" | "error"]) {
+      try {
+        listener();
+      } catch (error) {
+        log.error(`websocket: a ${type} listener threw`, error);
+      }
     }
   }
 

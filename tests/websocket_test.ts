@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { TestClient } from "./_client.ts";
-import { FrameReader, rawUpgrade } from "./_raw.ts";
+import { FrameReader, rawUpgrade, upgradeHead } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 import { within } from "./_hostile.ts";
 import { startGuard } from "../lib/guard.ts";
@@ -273,4 +273,54 @@ Deno.test("bufferedAmount counts what a reader that stopped has not taken, and f
   } finally {
     conn.close();
   }
+});
+
+Deno.test("a socket closed by its handler before it opens never opens, and its close fires once", async () => {
+  const events: string[] = [];
+  const closed = Promise.withResolvers<GuardedWebSocket>();
+  const guard = bareGuard((socket) => {
+    socket.onopen = () => events.push("open");
+    socket.onclose = () => events.push("close");
+    socket.close(4003, "refused before it opened");
+    closed.resolve(socket);
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: guard.port });
+  try {
+    await write(conn, text(upgradeHead(guard.port, "early")));
+    const socket = await closed.promise;
+    await socket.ended;
+    // No 101: the connection just ends.
+    assert.equal(await new FrameReader(conn).next(), null);
+  } finally {
+    conn.close();
+    await guard[Symbol.asyncDispose]();
+  }
+  assert.deepEqual(events, ["close"]);
+});
+
+Deno.test("a close listener that throws does not keep the others (which give back places) from running", async () => {
+  const released: string[] = [];
+  const opened = Promise.withResolvers<GuardedWebSocket>();
+  const guard = bareGuard((socket) => {
+    socket.onopen = () => opened.resolve(socket);
+    socket.onclose = () => {
+      throw new Error("a listener's bug");
+    };
+    socket.addEventListener("close", () => released.push("released"));
+  });
+  const logged: string[] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => logged.push(args.map(String).join(" "));
+  try {
+    const conn = await rawUpgrade(guard.port, "thrower");
+    const socket = await opened.promise;
+    await write(conn, frame({ opcode: 8, payload: new Uint8Array([0x03, 0xe8]) }));
+    await socket.ended;
+    conn.close();
+  } finally {
+    console.error = error;
+    await guard[Symbol.asyncDispose]();
+  }
+  assert.deepEqual(released, ["released"]);
+  assert.match(logged.join("\n"), /a close listener threw/);
 });
