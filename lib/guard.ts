@@ -1,27 +1,37 @@
 /**
- * The TCP guard in front of `Deno.serve`: the one place that sees every
- * connection as bytes, before Deno's HTTP and WebSocket code holds anything
- * for it. `Deno.serve` accepts without limit (when descriptors run out its
- * listener dies with "Too many open files"), never times out a connection
- * that sends no request, and `Deno.upgradeWebSocket` assembles fragmented
- * messages with no size limit (denoland/deno#15809). The guard accepts on
- * the public address itself and relays each connection to the real server
- * on a private loopback port, and on the way:
+ * The TCP guard: the one place that sees every connection as bytes, before
+ * Deno's HTTP code holds anything for it. `Deno.serve` accepts without limit
+ * (when descriptors run out its listener dies with "Too many open files"),
+ * never times out a connection that sends no request, and
+ * `Deno.upgradeWebSocket` assembles fragmented messages with no size limit
+ * (denoland/deno#15809). The guard accepts on the public address itself,
+ * reads each connection's first request head, and then:
  *
- * - counts open connections and refuses past `maxConnections` with a 503
- *   (the descriptor budget is checked at start: see {@linkcode descriptorLimit});
+ * - a WebSocket handshake to `/ws/…` is answered in this process by the
+ *   server's own handler, and once upgraded the connection speaks
+ *   lib/websocket.ts, which bounds each message (all its fragments together)
+ *   by `maxMessageBytes` (1009) before buffering it. Nothing is relayed: the
+ *   relay cost a second socket and a read and a write in JavaScript per chunk
+ *   each way (README "Hostile clients" has the figures);
+ * - anything else (the page, `/api/*`, `/healthz`) is relayed to `Deno.serve`
+ *   on a private loopback port; should such a connection upgrade after all, the
+ *   relay reads its frame headers and closes it with 1009 past the same bound.
+ *
+ * And for every connection it:
+ *
+ * - counts open connections and the descriptors they hold, and refuses past
+ *   `maxConnections` or `maxDescriptors` with a 503 (the descriptor budget is
+ *   checked at start: see {@linkcode descriptorLimit});
  * - closes a connection whose request head is not complete within
- *   `handshakeTimeout` (idle keep-alive and slowloris alike);
- * - after a `101`, reads the WebSocket frame headers going to the server and
- *   closes the connection with 1009 as soon as one message (all its
- *   fragments together) exceeds `maxMessageBytes`, before the server has
- *   buffered more than that;
+ *   `handshakeTimeout` (idle keep-alive and slowloris alike), and answers a
+ *   head over `maxHeadBytes` with 431;
  * - survives `accept` failing (EMFILE): it waits and accepts again.
  *
  * @module
  */
 
 import { LogOnce } from "./log.ts";
+import { type GuardedWebSocket, offerUpgrade } from "./websocket.ts";
 
 /** Options of {@linkcode startGuard}. */
 export interface GuardOptions {
@@ -31,12 +41,25 @@ export interface GuardOptions {
   upstream: { hostname: string; port: number };
   /** Most client connections open at once. */
   maxConnections: number;
+  /**
+   * Most descriptors the clients may hold at once: one per connection, and
+   * {@linkcode DESCRIPTORS_PER_RELAY} more while one is relayed (a request
+   * past it is answered 503); unbounded when absent.
+   */
+  maxDescriptors?: number;
   /** Milliseconds a request head may take, from accept or from the previous head. */
   handshakeTimeoutMs: number;
   /** Largest WebSocket message from a client, all fragments together, in bytes. */
   maxMessageBytes: number;
   /** Largest request head, in bytes. */
   maxHeadBytes?: number;
+  /**
+   * The server's request handler, for WebSocket handshakes to `/ws/…`: given,
+   * such a connection is not relayed but answered here, and once upgraded it
+   * speaks WebSocket with the guard's own implementation (lib/websocket.ts),
+   * which bounds messages itself. Other requests are relayed.
+   */
+  handshake?: (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response>;
 }
 
 /** A running guard. */
@@ -72,10 +95,13 @@ export function descriptorLimit(): number | undefined {
 }
 
 /**
- * Descriptors one client costs: its own socket, the relay's socket to the
- * server and the server's end of it.
+ * Descriptors one client costs: its own socket. A WebSocket is spoken here on
+ * that socket; a relayed request (the page, `/api/*`, `/healthz`) costs
+ * {@linkcode DESCRIPTORS_PER_RELAY} more while it is relayed.
  */
-export const DESCRIPTORS_PER_CONNECTION = 3;
+export const DESCRIPTORS_PER_CONNECTION = 1;
+/** Descriptors a relay adds: its socket to the server and the server's end of it. */
+export const DESCRIPTORS_PER_RELAY = 2;
 /** Descriptors open in this process now (from /proc/self/fd); undefined if unknown. */
 export function descriptorsOpen(): number | undefined {
   try {
@@ -88,10 +114,11 @@ export function descriptorsOpen(): number | undefined {
 }
 
 /**
- * The connection limit that fits a descriptor limit, given those open at
- * start (the store, the runtime): a quarter of the limit (64 at least) is
- * kept aside besides, for the store's files, the page, logs, and the server's
- * ends of closed relays that it has not yet noticed are gone.
+ * The descriptors clients may hold under a descriptor limit, given those open
+ * at start (the store, the runtime), which is also the most connections (one
+ * descriptor each): a quarter of the limit (64 at least) is kept aside
+ * besides, for the store's files, the page, logs, and the server's ends of
+ * closed relays that it has not yet noticed are gone.
  */
 export function connectionsFitting(descriptors: number, inUse = 32): number {
   const spare = Math.max(64, Math.floor(descriptors / 4));
@@ -185,17 +212,198 @@ class FrameMeter {
   }
 }
 
+/** Reason phrases of the statuses a handshake may be answered with. */
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  421: "Misdirected Request",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+/** A header field name (RFC 9110 token). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * A WebSocket handshake's head as a `Request` (what `Deno.serve` would have
+ * given the handler); undefined if it is not well formed HTTP/1.1.
+ */
+function handshakeRequest(head: string): Request | undefined {
+  const lines = head.split("\r\n");
+  const m = /^GET (\/\S*) HTTP\/1\.1$/.exec(lines[0]);
+  if (!m) return undefined;
+  const headers = new Headers();
+  try {
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i];
+      if (line === "") continue;
+      const colon = line.indexOf(":");
+      const name = line.slice(0, colon);
+      // No obsolete line folding, no space before the colon (RFC 9112 §5).
+      if (colon < 1 || !TOKEN.test(name)) return undefined;
+      headers.append(name, line.slice(colon + 1).trim());
+    }
+    const host = headers.get("host");
+    // One Host, and no body on a handshake.
+    if (host === null || host.includes(",")) return undefined;
+    if (headers.has("content-length") || headers.has("transfer-encoding")) return undefined;
+    return new Request(new URL(m[1], `http://${host}`), { headers });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes `last`, ends the sending side, and reads (dropping) for a moment so the client sees it. */
+async function lingerClose(conn: Deno.Conn, last: Uint8Array): Promise<void> {
+  await writeAll(conn, last).catch(() => {});
+  await conn.closeWrite().catch(() => {});
+  const timer = setTimeout(() => tryClose(conn), LINGER_MS);
+  const sink = new Uint8Array(4096);
+  for (let drained = 0; drained < LINGER_BYTES;) {
+    const n = await conn.read(sink).catch(() => null);
+    if (n === null) break;
+    drained += n;
+  }
+  clearTimeout(timer);
+  tryClose(conn);
+}
+
+/** A response written by hand, on a connection that ends after it. */
+async function answer(conn: Deno.Conn, response: Response): Promise<void> {
+  const body = new Uint8Array(await response.arrayBuffer());
+  let head = `HTTP/1.1 ${response.status} ${STATUS_TEXT[response.status] ?? "Error"}\r\n`;
+  for (const [name, value] of response.headers) {
+    if (name !== "content-length" && name !== "connection") head += `${name}: ${value}\r\n`;
+  }
+  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  const bytes = encoder.encode(head);
+  const all = new Uint8Array(bytes.length + body.length);
+  all.set(bytes);
+  all.set(body, bytes.length);
+  await lingerClose(conn, all);
+}
+
 /** Starts the guard; resolves once it listens. */
 export function startGuard(options: GuardOptions): Guard {
   const listener = Deno.listen({ ...options.listen, transport: "tcp" });
   const clients = new Map<number, Deno.NetAddr>();
   const maxHead = options.maxHeadBytes ?? 16 * 1024;
   let open = 0;
+  /** Descriptors the clients hold: theirs, and their relays'. */
+  let held = 0;
+  const maxDescriptors = options.maxDescriptors ?? Infinity;
   let closing = false;
   const relays = new Set<Promise<void>>();
   let target = { hostname: options.upstream.hostname, port: options.upstream.port };
 
-  async function relay(client: Deno.TcpConn): Promise<void> {
+  /**
+   * A new connection: its first request head is read here. A WebSocket
+   * handshake to `/ws/` is answered by the server's handler in this process
+   * and, once upgraded, spoken by lib/websocket.ts; anything else is relayed.
+   */
+  async function serve(client: Deno.TcpConn): Promise<void> {
+    let buf = new Uint8Array(2048);
+    let end = 0;
+    let at = -1;
+    const timer = setTimeout(() => tryClose(client), options.handshakeTimeoutMs);
+    try {
+      while (at === -1) {
+        if (end === buf.length) {
+          const grown = new Uint8Array(buf.length * 2);
+          grown.set(buf);
+          buf = grown;
+        }
+        const n = await client.read(buf.subarray(end)).catch(() => null);
+        if (n === null) return tryClose(client);
+        for (let i = Math.max(0, end - 3); i + 3 < end + n; i++) {
+          if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) {
+            at = i + 4;
+            break;
+          }
+        }
+        end += n;
+        if (at === -1 && end > maxHead) {
+          clearTimeout(timer);
+          return await lingerClose(client, encoder.encode(TOO_LARGE_HEAD));
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    const head = latin1.decode(buf.subarray(0, at));
+    if (
+      options.handshake && head.startsWith("GET /ws/") &&
+      /\r\nupgrade:[^\r\n]*websocket/i.test(head)
+    ) {
+      const completed = Promise.withResolvers<void>();
+      try {
+        // Only the socket lives on: the head, the request and the response are let go.
+        const socket = await terminate(client, head, buf.slice(at, end), completed.promise);
+        if (socket) await socket.ended;
+      } finally {
+        completed.resolve();
+      }
+      return;
+    }
+    await relay(client, buf.subarray(0, end));
+  }
+
+  /**
+   * A WebSocket handshake answered here (`pending`: bytes the client sent
+   * after its head): the open socket, or undefined if it was refused.
+   */
+  async function terminate(
+    client: Deno.TcpConn,
+    head: string,
+    pending: Uint8Array,
+    completed: Promise<void>,
+  ): Promise<GuardedWebSocket | undefined> {
+    const req = handshakeRequest(head);
+    if (!req) {
+      await answer(client, new Response("not a valid WebSocket handshake\n", { status: 400 }));
+      return undefined;
+    }
+    const upgrade = offerUpgrade(req, { maxMessageBytes: options.maxMessageBytes });
+    let response: Response;
+    try {
+      response = await options.handshake!(req, {
+        remoteAddr: client.remoteAddr as Deno.NetAddr,
+        completed,
+      });
+    } catch (error) {
+      log.error("guard: the handshake handler failed", error);
+      response = new Response("internal error\n", { status: 500 });
+    }
+    const socket = upgrade.socket;
+    if (socket && response === upgrade.response) {
+      let lines = "HTTP/1.1 101 Switching Protocols\r\n";
+      for (const [name, value] of response.headers) lines += `${name}: ${value}\r\n`;
+      socket.start(client, encoder.encode(lines + "\r\n"), pending);
+      return socket;
+    }
+    socket?.abort();
+    await answer(client, response);
+    return undefined;
+  }
+
+  async function relay(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
+    if (held + DESCRIPTORS_PER_RELAY > maxDescriptors) {
+      log.warn(`guard: ${maxDescriptors} descriptors in use; refusing a request`);
+      return await lingerClose(client, encoder.encode(BUSY));
+    }
+    held += DESCRIPTORS_PER_RELAY;
+    try {
+      await relayed(client, initial);
+    } finally {
+      held -= DESCRIPTORS_PER_RELAY;
+    }
+  }
+
+  async function relayed(client: Deno.TcpConn, initial: Uint8Array): Promise<void> {
     let upstream: Deno.TcpConn;
     try {
       upstream = await Deno.connect({ ...target, transport: "tcp" });
@@ -261,8 +469,9 @@ export function startGuard(options: GuardOptions): Guard {
     let head = "";
     const toServer = async () => {
       const buf = new Uint8Array(32 * 1024);
-      for (;;) {
-        const n = await client.read(buf);
+      for (let first = true;; first = false) {
+        // The bytes read before the relay began (the first head, at least) come first.
+        const n = first ? initial.length : await client.read(buf);
         if (n === null) return;
         if (serverDone) {
           // Lingering after the server's end: read and dropped, a bounded amount.
@@ -270,7 +479,7 @@ export function startGuard(options: GuardOptions): Guard {
           if (lingered > LINGER_BYTES) return;
           continue;
         }
-        const chunk = buf.subarray(0, n);
+        const chunk = first ? initial : buf.subarray(0, n);
         let frames: Uint8Array | undefined;
         if (mode === "http") {
           // After a head, its body (if any) passes unscanned until the answer starts; the
@@ -357,7 +566,7 @@ export function startGuard(options: GuardOptions): Guard {
         await new Promise((r) => setTimeout(r, 50));
         continue;
       }
-      if (open >= options.maxConnections) {
+      if (open >= options.maxConnections || held + DESCRIPTORS_PER_CONNECTION > maxDescriptors) {
         log.warn(`guard: ${options.maxConnections} connections open; refusing more`);
         // Awaited, so refusals hold one descriptor at a time: a fresh socket's
         // send buffer is empty, so this write does not wait for the client.
@@ -366,13 +575,15 @@ export function startGuard(options: GuardOptions): Guard {
         continue;
       }
       open++;
-      const relayed: Promise<void> = relay(conn)
+      held += DESCRIPTORS_PER_CONNECTION;
+      const served: Promise<void> = serve(conn)
         .catch((error) => log.error("guard: relay failed", error))
         .finally(() => {
           open--;
-          relays.delete(relayed);
+          held -= DESCRIPTORS_PER_CONNECTION;
+          relays.delete(served);
         });
-      relays.add(relayed);
+      relays.add(served);
     }
   })();
 

@@ -29,6 +29,7 @@ import { serveAsset } from "./page.ts";
 import type { Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
+import { type ServerSocket, upgradeHere } from "./websocket.ts";
 import type { Settings } from "./settings.ts";
 import type { ChatStore } from "./store.ts";
 
@@ -381,7 +382,9 @@ export function createHandler(
 }
 
 /**
- * `Deno.upgradeWebSocket`, with the subprotocol answered here: Deno looks for
+ * The upgrade: behind the guard, its own WebSocket (lib/websocket.ts, which
+ * bounds fragmented messages; see README "Hostile clients"); otherwise
+ * (Deno Deploy) `Deno.upgradeWebSocket`, with the subprotocol answered here: Deno looks for
  * it in the request's list split on `", "` exactly, while RFC 9110 lists
  * allow any whitespace around the commas (Node's `ws` sends `a,b`). The list
  * was parsed by {@linkcode offered}; the chosen name goes on the response.
@@ -390,13 +393,16 @@ export function createHandler(
 function upgradeSocket(
   req: Request,
   options: { protocol?: string; idleTimeout: number },
-): { ok: true; socket: WebSocket; response: Response } | { ok: false; response: Response } {
+): { ok: true; socket: ServerSocket; response: Response } | { ok: false; response: Response } {
   try {
+    const here = upgradeHere(req, options);
+    if (here) return { ok: true, ...here };
     const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: options.idleTimeout });
     if (options.protocol !== undefined) {
       response.headers.set("sec-websocket-protocol", options.protocol);
     }
-    return { ok: true, socket, response };
+    // The same events and members; Deno's are full DOM events.
+    return { ok: true, socket: socket as unknown as ServerSocket, response };
   } catch (error) {
     const why = error instanceof Error ? error.message : String(error);
     console.error(`WebSocket handshake refused (${new URL(req.url).pathname}): ${why}`);
@@ -440,13 +446,16 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
   });
   let closing = false;
   let guard: Guard | undefined;
+  const direct = new WeakSet<Deno.ServeHandlerInfo<Deno.NetAddr>>();
   const handler = createHandler(hub, {
     settings,
     store,
     accounts: options.accounts,
     userLimits,
     isClosing: () => closing,
-    clientIp: (info) => guard?.clientOf(info.remoteAddr.port)?.hostname,
+    // A relayed connection's client, by the relay's port; one answered by the guard is its own.
+    clientIp: (info) =>
+      direct.has(info) ? undefined : guard?.clientOf(info.remoteAddr.port)?.hostname,
   });
   const guarded = options.guard ?? true;
   const stopped = Promise.withResolvers<void>();
@@ -486,7 +495,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
     const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
     if (wanted > fit) {
       console.warn(
-        `warning: --max-connections ${wanted} needs about ${wanted * 3} descriptors, more than ` +
+        `warning: --max-connections ${wanted} needs about ${wanted} descriptors, more than ` +
           `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
       );
     } else if (fit < 1000 && settings.maxConnections === 0) {
@@ -499,8 +508,13 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
         listen: { hostname: settings.hostname, port: settings.port },
         upstream: { hostname: addr.hostname, port: addr.port },
         maxConnections: Math.min(wanted, fit, 1_000_000),
+        maxDescriptors: fit,
         handshakeTimeoutMs: settings.handshakeTimeout * 1000,
         maxMessageBytes: settings.maxFrameBytes,
+        handshake: (req, info) => {
+          direct.add(info);
+          return handler(req, info);
+        },
       });
     } catch (error) {
       await server.shutdown();

@@ -239,7 +239,7 @@ const SPECS: Spec[] = [
     kind: "int",
     min: 0,
     help:
-      "open TCP connections at most, all clients together; more get HTTP 503 (0: as many as ulimit -n allows, 3 descriptors each)",
+      "open TCP connections at most, all clients together; more get HTTP 503 (0: as many as ulimit -n allows, 1 descriptor each, 3 while an HTTP request is relayed)",
   },
   {
     key: "handshakeTimeout",

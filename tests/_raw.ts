@@ -237,3 +237,61 @@ export async function readCloseCode(
     data = grown;
   }
 }
+
+/** A frame from the server: FIN, opcode (1 text, 2 binary, 8 close, 9 ping, 10 pong) and payload. */
+export interface RawFrame {
+  fin: boolean;
+  opcode: number;
+  payload: Uint8Array;
+}
+
+/** Reads the server's frames from a raw connection one at a time, keeping what it read past each. */
+export class FrameReader {
+  #data = new Uint8Array(0);
+  #chunk = new Uint8Array(16 * 1024);
+  constructor(readonly conn: Deno.TcpConn, readonly timeoutMs: number = RAW_TIMEOUT_MS) {}
+
+  /** The next frame, or null if the connection ends first. */
+  async next(): Promise<RawFrame | null> {
+    const deadline = Date.now() + this.timeoutMs;
+    for (;;) {
+      const d = this.#data;
+      if (d.length >= 2) {
+        let length = d[1] & 0x7f, offset = 2;
+        if (length === 126) [length, offset] = [(d[2] << 8) | d[3], 4];
+        else if (length === 127) {
+          length = Number(new DataView(d.buffer, d.byteOffset).getBigUint64(2));
+          offset = 10;
+        }
+        if (d.length >= offset + length) {
+          this.#data = d.subarray(offset + length);
+          return {
+            fin: (d[0] & 0x80) !== 0,
+            opcode: d[0] & 0x0f,
+            payload: d.slice(offset, offset + length),
+          };
+        }
+      }
+      const n = await readBy(
+        this.conn,
+        this.#chunk,
+        deadline,
+        () => `a frame within ${this.timeoutMs} ms; got ${shown(this.#data)}`,
+      );
+      if (n === null) return null;
+      const grown = new Uint8Array(d.length + n);
+      grown.set(d);
+      grown.set(this.#chunk.subarray(0, n), d.length);
+      this.#data = grown;
+    }
+  }
+
+  /** Frames until one matches; throws if the connection ends first. */
+  async until(match: (frame: RawFrame) => boolean): Promise<RawFrame> {
+    for (;;) {
+      const frame = await this.next();
+      if (frame === null) throw new Error("the connection ended before the frame expected");
+      if (match(frame)) return frame;
+    }
+  }
+}

@@ -128,3 +128,33 @@ Deno.test("a handshake split across many small writes is still recognised, and i
     conn.close();
   }
 });
+
+Deno.test("keep-alive HTTP connections past the descriptor budget are answered 503, not left to exhaust the server", async () => {
+  await using srv = await spawnLimited(256);
+  // Each relayed request holds three descriptors (the client's, the relay's and the server's
+  // end) until its connection's next head is due: 200 of them would need 600.
+  const conns: Deno.TcpConn[] = [];
+  const statuses: number[] = [];
+  try {
+    for (let i = 0; i < 200; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+      conns.push(conn);
+      await conn.write(
+        new TextEncoder().encode(`GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n`),
+      );
+      const buf = new Uint8Array(1024);
+      const n = await within(5000, "an answer", conn.read(buf));
+      statuses.push(Number(new TextDecoder().decode(buf.subarray(0, n ?? 0)).split(" ")[1]));
+    }
+  } finally {
+    for (const c of conns) c.close();
+  }
+  assert.ok(statuses.includes(200), "the first are served");
+  assert.deepEqual(statuses.filter((s) => s !== 200 && s !== 503), [], "200 or 503, nothing else");
+  assert.equal(statuses.at(-1), 503, "the last are refused");
+  assert.equal(await healthy(srv.port), 200);
+  await using alice = await TestClient.connect(`http://127.0.0.1:${srv.port}`, "alice");
+  await alice.next((f) => f.type === "welcome");
+  assert.equal(srv.exited(), false);
+  assert.doesNotMatch(srv.output(), /Uncaught|Too many open files/);
+});

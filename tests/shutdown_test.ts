@@ -14,7 +14,9 @@ Deno.test("shutting down while history and read frames stream in answers each or
   const error = console.error;
   console.error = (...args: unknown[]) => logged.push(args.map(String).join(" "));
   try {
-    const srv = await startServer();
+    // 2,000 frames in one burst, which the server reads as fast as they come: room for all of
+    // them behind the slow ones (--max-queued-bytes has its own test), so shutdown meets them.
+    const srv = await startServer({ settings: { maxQueuedBytes: 8 * 1024 * 1024 } });
     const [alice] = await TestClient.join(srv.origin, "alice");
     alice.send({ type: "send", room: "lobby", text: "one", cid: "one" });
     await alice.next((f) => f.cid === "one");
