@@ -8,7 +8,7 @@
  */
 
 import assert from "node:assert/strict";
-import { TestClient } from "./_client.ts";
+import { isPresence, TestClient } from "./_client.ts";
 import { FrameReader, rawUpgrade, upgradeHead } from "./_raw.ts";
 import { startServer } from "./_server.ts";
 import { within } from "./_hostile.ts";
@@ -180,12 +180,12 @@ Deno.test("a client's close is answered with its code, the connection ends, and 
   await using alice = await TestClient.connect(srv.origin, "alice");
   await alice.next((f) => f.type === "welcome");
   using c = await rawChat(srv.port, "leaver");
-  await alice.next((f) => f.type === "presence" && f.user === "leaver" && f.online);
+  await alice.next(isPresence("leaver", true));
   await write(c.conn, frame({ opcode: 8, payload: new Uint8Array([0x03, 0xe8, ...text("bye")]) }));
   const close = await c.frames.until((f) => f.opcode === 8);
   assert.equal(codeOf(close.payload), 1000);
   assert.equal(await c.frames.next(), null, "the server ends the TCP connection");
-  await alice.next((f) => f.type === "presence" && f.user === "leaver" && !f.online);
+  await alice.next(isPresence("leaver", false));
 });
 
 /**
