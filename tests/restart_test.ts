@@ -272,16 +272,28 @@ Deno.test("restart: SIGTERM in the middle of a burst acknowledges what it took, 
       await using srv = await spawnServer({ data });
       port = srv.port;
       await using alice = (await open(srv.origin, "alice"))[0];
-      for (let i = 0; i < total; i++) {
-        alice.send({ type: "send", room: "lobby", text: `burst ${i}`, cid: `burst-${i}` });
-      }
-      // Stop the server as soon as the first acknowledgements arrive: the rest are in flight.
-      await alice.seen((f) => f.type === "message" && f.cid === "burst-0");
+      // The burst goes out in chunks, each once the one before is being acknowledged, so the
+      // server is still taking frames when SIGTERM comes (sent all at once, every frame was
+      // read before the signal and the stop came after the burst, not in it).
+      const acked = (cid: string) =>
+        alice.seen((f) => f.type === "message" && f.cid === cid).then(() => true, () => false);
+      const sending = (async () => {
+        for (let i = 0; i < total; i += 100) {
+          for (let j = i; j < Math.min(i + 100, total); j++) {
+            if (alice.socket.readyState !== WebSocket.OPEN) return;
+            alice.send({ type: "send", room: "lobby", text: `burst ${j}`, cid: `burst-${j}` });
+          }
+          if (!(await acked(`burst-${i}`))) return;
+        }
+      })();
+      await acked("burst-200");
       const status = await srv.kill("SIGTERM");
       assert.equal(status.code, 0, srv.output());
       assert.equal((await alice.closed).code, 1001);
+      await sending;
       takeAcks(alice, "alice", acks);
       console.log(`SIGTERM after ${acks.size} of ${total} acknowledgements`);
+      assert.ok(acks.size < total, "the server stopped after the burst, not in the middle of it");
     }
     await using srv = await spawnServer({ data, port });
     await assertAllThere(srv.origin, [...acks.values()]);
