@@ -15,12 +15,13 @@
  * such a channel in place of `lib/sql/sqlite.ts`'s `postMessage` did not
  * move `deno task bench --quick --only dm,latency` beyond noise (DM
  * saturated 62 against 64 µs a DM over six runs each, ±6; latency phase 175
- * against 178 over three): at those rates one round trip carries dozens of
- * statements, so it is a few µs a DM. And the ~20% of the main thread's
- * DM-phase samples in `op_host_post_message_raw` moved with it to the
- * function that calls `Atomics.notify`: most likely, with both threads on one
- * core, the woken worker preempts the main thread there and those samples
- * are the worker's run, not the transport's cost.
+ * against 178 over six): at those rates one round trip carries dozens of
+ * statements, so it is a few µs a DM. The latency phase's p99 did drop
+ * (40–53 ms against 47–66 over six runs each). And the ~20% of the main
+ * thread's DM-phase samples in `op_host_post_message_raw` moved with it to
+ * the function that calls `Atomics.notify`: most likely, with both threads on
+ * one core, the woken worker preempts the main thread there and those
+ * samples are the worker's run, not the transport's cost.
  *
  * @module
  */
