@@ -21,7 +21,7 @@
  *
  * - counts open connections and the descriptors they hold, and refuses past
  *   `maxConnections` or `maxDescriptors` with a 503 (the descriptor budget is
- *   checked at start: see {@linkcode descriptorLimit});
+ *   checked at start: see {@linkcode descriptorBudget});
  * - closes a connection whose request head is not complete within
  *   `handshakeTimeout` (idle keep-alive and slowloris alike), and answers a
  *   head over `maxHeadBytes` with 431;
@@ -82,15 +82,56 @@ const encoder = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
 const log = new LogOnce();
 
-/** The soft limit on open descriptors of this process, from /proc/self/limits; undefined if unknown. */
-export function descriptorLimit(): number | undefined {
+/** The descriptors this process may open, and how many it has open now. */
+export interface Descriptors {
+  /** The soft limit (`ulimit -n`). */
+  limit: number;
+  /** Open now. */
+  inUse: number;
+  /** Whether the figures were probed (the limit then about right, give or take those in use). */
+  probed?: boolean;
+}
+
+/**
+ * Descriptors a probe opens at most (~100 ms): past it the limit is taken as
+ * high enough to leave to EMFILE (which the accept loop survives). The
+ * dangerous limits are the small ones, such as the common default of 1024.
+ */
+const PROBE_MAX = 4096;
+
+/**
+ * The descriptor limit and use of this process; undefined if it cannot tell.
+ * They come from /proc/self/limits and /proc/self/fd, which Deno lets only
+ * `--allow-all` read. With narrower permissions (`deno task start`, the
+ * compiled binary) the limit is probed instead: the executable is opened
+ * until the kernel says EMFILE (at most {@linkcode PROBE_MAX} times, ~25 µs
+ * each), and everything it opened is closed again.
+ */
+export function descriptorBudget(): Descriptors | undefined {
   try {
     const limits = Deno.readTextFileSync("/proc/self/limits");
     const m = /^Max open files\s+(\d+|unlimited)/m.exec(limits);
     if (!m) return undefined;
-    return m[1] === "unlimited" ? Infinity : Number(m[1]);
+    let inUse = 0;
+    for (const _ of Deno.readDirSync("/proc/self/fd")) inUse++;
+    return { limit: m[1] === "unlimited" ? Infinity : Number(m[1]), inUse };
   } catch {
+    return probeDescriptors();
+  }
+}
+
+function probeDescriptors(): Descriptors | undefined {
+  const files: Deno.FsFile[] = [];
+  try {
+    while (files.length < PROBE_MAX) files.push(Deno.openSync(Deno.execPath()));
     return undefined;
+  } catch (error) {
+    // Anything but running out (no read permission, say) says nothing of the limit.
+    if (!/EMFILE|too many open files|os error 24/i.test(String(error))) return undefined;
+    // The probe's descriptors were free, the rest in use: about 32 for the runtime and store.
+    return { limit: files.length + 32, inUse: 32, probed: true };
+  } finally {
+    for (const file of files) file.close();
   }
 }
 
@@ -102,16 +143,6 @@ export function descriptorLimit(): number | undefined {
 export const DESCRIPTORS_PER_CONNECTION = 1;
 /** Descriptors a relay adds: its socket to the server and the server's end of it. */
 export const DESCRIPTORS_PER_RELAY = 2;
-/** Descriptors open in this process now (from /proc/self/fd); undefined if unknown. */
-export function descriptorsOpen(): number | undefined {
-  try {
-    let n = 0;
-    for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
-    return n;
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * The descriptors clients may hold under a descriptor limit, given those open

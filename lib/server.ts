@@ -12,13 +12,7 @@
 import config from "../deno.json" with { type: "json" };
 import { type Bus } from "./bus.ts";
 import type { Accounts, Authenticated } from "./accounts.ts";
-import {
-  connectionsFitting,
-  descriptorLimit,
-  descriptorsOpen,
-  type Guard,
-  startGuard,
-} from "./guard.ts";
+import { connectionsFitting, descriptorBudget, type Guard, startGuard } from "./guard.ts";
 import { ChatHub, CloseCode, type Connection } from "./hub.ts";
 import { MinuteCounter, OpenCounter } from "./limiter.ts";
 import { BusyError } from "./semaphore.ts";
@@ -488,19 +482,19 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
   };
   let addr = await serve();
   if (guarded) {
-    const descriptors = descriptorLimit();
-    const fit = descriptors === undefined
-      ? Infinity
-      : connectionsFitting(descriptors, descriptorsOpen());
+    const budget = descriptorBudget();
+    const descriptors = budget?.limit;
+    const about = budget?.probed ? "about " : "";
+    const fit = budget === undefined ? Infinity : connectionsFitting(budget.limit, budget.inUse);
     const wanted = settings.maxConnections === 0 ? fit : settings.maxConnections;
     if (wanted > fit) {
       console.warn(
         `warning: --max-connections ${wanted} needs about ${wanted} descriptors, more than ` +
-          `the ${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
+          `the ${about}${descriptors} this process may open (ulimit -n); serving at most ${fit}`,
       );
     } else if (fit < 1000 && settings.maxConnections === 0) {
       console.warn(
-        `warning: ulimit -n is ${descriptors}: at most ${fit} connections; raise it for more`,
+        `warning: ulimit -n is ${about}${descriptors}: at most ${fit} connections; raise it for more`,
       );
     }
     try {

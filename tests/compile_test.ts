@@ -78,8 +78,9 @@ Deno.test("the server never reads the page from disk (it comes through text impo
   for (const source of sources.sort()) {
     const lines = (await Deno.readTextFile(`${ROOT}/${source}`)).split("\n");
     lines.forEach((line, i) => {
-      // The descriptor limit from /proc (lib/guard.ts) is the kernel's, not a page file.
-      if (fileReads.test(line) && !line.includes('"/proc/')) {
+      // The descriptor limit from /proc, or probed by opening the executable (lib/guard.ts), is
+      // the kernel's, not a page file.
+      if (fileReads.test(line) && !line.includes('"/proc/') && !line.includes("Deno.execPath()")) {
         found.push(`${source}:${i + 1}: ${line.trim()}`);
       }
     });
