@@ -6,25 +6,9 @@
  */
 
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { type SpawnedServer, spawnServer, within } from "./_server.ts";
 
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-
-/**
- * Resolves with what `promise` gives, or rejects once `ms` pass: a bound on an
- * event that a broken server never produces (so the test fails, not hangs), not a sleep.
- */
-export async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export { within };
 
 /** Writes one masked client frame with any FIN bit and opcode (0 continuation, 1 text, 2 binary). */
 export async function writeFragment(
@@ -45,66 +29,14 @@ export async function writeFragment(
   }
 }
 
-/** `main.ts` in a child under a low descriptor limit (`ulimit -n`). */
-export async function spawnLimited(nofile: number, args: string[] = []) {
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `ulimit -n ${nofile}; exec "$0" "$@"`,
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      "--unstable-kv",
-      MAIN,
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--data",
-      ":memory:",
-      "--max-connections-per-ip",
-      "100000",
-      "--connects-per-minute",
-      "100000",
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).spawn();
-  let log = "";
-  const decoder = new TextDecoder();
-  let onLog: (() => void) | undefined;
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) {
-      log += decoder.decode(chunk, { stream: true });
-      onLog?.();
-    }
-  };
-  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  let exited = false;
-  const status = child.status.then(async (s) => {
-    exited = true;
-    await pumps;
-    return s;
+/** `main.ts` in a child under a low descriptor limit (`ulimit -n`), with its own limits. */
+export function spawnLimited(nofile: number, args: string[] = []): Promise<SpawnedServer> {
+  return spawnServer({
+    data: ":memory:",
+    nofile,
+    relaxed: false,
+    args: ["--max-connections-per-ip", "100000", "--connects-per-minute", "100000", ...args],
   });
-  const port = await new Promise<number>((resolve, reject) => {
-    onLog = () => {
-      const m = /listening on http:\/\/[^:]+:(\d+)\//.exec(log);
-      if (m) resolve(Number(m[1]));
-    };
-    status.then((s) => reject(new Error(`exited (${s.code}) before listening:\n${log}`)));
-  });
-  return {
-    port,
-    pid: child.pid,
-    output: () => log,
-    exited: () => exited,
-    async [Symbol.asyncDispose]() {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-    },
-  };
 }
 
 /** GET /healthz, retried while the server refuses with 503 (its connections still closing). */

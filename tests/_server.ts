@@ -17,11 +17,21 @@ import type { ChatStore } from "../lib/store.ts";
 /** How long a server may take to listen, or to stop when asked, before the test fails. */
 export const SERVER_DEADLINE_MS = 20_000;
 
-/** `promise`, or a rejection saying what was expected if it takes longer than `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, expected: () => string): Promise<T> {
+/**
+ * Resolves with what `promise` gives, or rejects once `ms` pass: a bound on an
+ * event that a broken server never produces (so the test fails, not hangs), not a
+ * sleep. `what` names the event; a function is asked only when time runs out.
+ */
+export async function within<T>(
+  ms: number,
+  what: string | (() => string),
+  promise: Promise<T>,
+): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`expected ${expected()} within ${ms} ms`)), ms);
+    timer = setTimeout(() => {
+      reject(new Error(`${typeof what === "string" ? what : what()}: nothing within ${ms} ms`));
+    }, ms);
   });
   try {
     return await Promise.race([promise, late]);
@@ -89,7 +99,7 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
     if (closed) return;
     closed = true;
     try {
-      await within(server.shutdown(), SERVER_DEADLINE_MS, () => "the server to shut down");
+      await within(SERVER_DEADLINE_MS, "the server shutting down", server.shutdown());
     } finally {
       if (!options.store) await store.close();
     }
@@ -111,6 +121,8 @@ export interface SpawnedServer extends TestServer {
   kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
   /** Everything the process printed so far. */
   output(): string;
+  /** Whether the process has exited. */
+  exited(): boolean;
 }
 
 /** Options of {@linkcode spawnServer}. */
@@ -121,33 +133,42 @@ export interface SpawnOptions {
   port?: number;
   /** More flags for main.ts. */
   args?: string[];
+  /** The limits of {@linkcode RELAXED} (true when absent); false keeps main.ts's defaults. */
+  relaxed?: boolean;
+  /** A descriptor limit (`ulimit -n`) to run it under. */
+  nofile?: number;
 }
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 
 /** Runs `main.ts` in a child process and waits until it listens. */
 export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      MAIN,
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      String(options.port ?? 0),
-      "--data",
-      options.data,
-      ...Object.entries(RELAXED).flatMap(([key, value]) => [
-        `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`,
-        String(value),
-      ]),
-      // Later flags win: a test's own limits override the relaxed ones.
-      ...(options.args ?? []),
-    ],
+  const deno = [
+    Deno.execPath(),
+    "run",
+    "--allow-net",
+    "--allow-env",
+    "--allow-read",
+    "--allow-write",
+    MAIN,
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    String(options.port ?? 0),
+    "--data",
+    options.data,
+    ...Object.entries(options.relaxed === false ? {} : RELAXED).flatMap(([key, value]) => [
+      `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`,
+      String(value),
+    ]),
+    // Later flags win: a test's own limits override the relaxed ones.
+    ...(options.args ?? []),
+  ];
+  const [program, ...args] = options.nofile === undefined
+    ? deno
+    : ["bash", "-c", `ulimit -n ${options.nofile}; exec "$0" "$@"`, ...deno];
+  const child = new Deno.Command(program, {
+    args,
     stdout: "piped",
     stderr: "piped",
     stdin: "null",
@@ -163,9 +184,13 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
     }
   };
   const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  let exited = false;
+  child.status.then(() => exited = true);
   let port: number;
   try {
     port = await within(
+      SERVER_DEADLINE_MS,
+      () => `main.ts printing "listening on"; it printed:\n${log}`,
       new Promise<number>((resolve, reject) => {
         onLine = (all) => {
           const m = all.match(/listening on http:\/\/[^:]+:(\d+)\//);
@@ -175,8 +200,6 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
           reject(new Error(`server exited (${s.code}) before listening:\n${log}`))
         );
       }),
-      SERVER_DEADLINE_MS,
-      () => `main.ts to print "listening on"; it printed:\n${log}`,
     );
   } catch (error) {
     // A server that never listened is not handed out: stop it here, or it outlives the test.
@@ -204,7 +227,7 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
         return s;
       });
       // A server that ignores SIGTERM fails the test (and is then killed), rather than hanging it.
-      status = within(exited, SERVER_DEADLINE_MS, () => `the server to exit on ${signal}`).catch(
+      status = within(SERVER_DEADLINE_MS, `the server exiting on ${signal}`, exited).catch(
         async (error) => {
           child.kill("SIGKILL");
           await exited;
@@ -222,6 +245,7 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
     kill,
     close,
     output: () => log,
+    exited: () => exited,
     [Symbol.asyncDispose]: close,
   };
 }
