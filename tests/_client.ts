@@ -140,11 +140,19 @@ export class TestClient implements AsyncDisposable {
     return client;
   }
 
-  /** Opens a chat.v1 connection and waits for its welcome. */
-  static async join(origin: string, user: string): Promise<[TestClient, Frame]> {
-    const client = await TestClient.connect(origin, user);
-    const welcome = await client.next((f) => f.type === "welcome");
-    return [client, welcome];
+  /** Opens a chat.v1 connection and waits for its welcome (closing it if none comes). */
+  static async join(
+    origin: string,
+    user: string,
+    options: ClientOptions = {},
+  ): Promise<[TestClient, Frame]> {
+    const client = await TestClient.connect(origin, user, options);
+    try {
+      return [client, await client.next((f) => f.type === "welcome")];
+    } catch (error) {
+      await client.close();
+      throw error;
+    }
   }
 
   /** Sends a frame (objects as JSON, strings and bytes as they are). */

@@ -102,14 +102,7 @@ async function twoServers(
 }
 
 async function join(origin: string, user: string, query?: string): Promise<TestClient> {
-  const client = await TestClient.connect(origin, user, { query, timeoutMs: 10_000 });
-  try {
-    await client.next((f) => f.type === "welcome");
-  } catch (error) {
-    await client.close();
-    throw error;
-  }
-  return client;
+  return (await TestClient.join(origin, user, { query, timeoutMs: 10_000 }))[0];
 }
 
 const inLobby = (f: Frame) => f.type === "message" && f.room === "lobby";

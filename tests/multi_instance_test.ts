@@ -63,18 +63,12 @@ async function tab(
   const token = cluster.servers
     .map((s) => tokens.get(`${s.origin} ${canonicalName(user)}`))
     .find((t) => t !== undefined);
-  const client = await TestClient.connect(origin, user, {
+  return await TestClient.join(origin, user, {
     token: token ?? null,
     query,
     // A send while PostgreSQL is down is answered store_failed after the store's 5 s of retries.
     timeoutMs: 10_000,
   });
-  try {
-    return [client, await client.next((f) => f.type === "welcome")];
-  } catch (error) {
-    await client.close();
-    throw error;
-  }
 }
 
 const isMessage = (text: string) => (f: Frame) => f.type === "message" && f.text === text;

@@ -29,14 +29,7 @@ function withoutTs(frame: Frame): Frame {
 
 /** Opens a chat.v1 connection and waits for its welcome (closing it if none comes). */
 async function welcomed(origin: string, user: string): Promise<TestClient> {
-  const client = await TestClient.connect(origin, user);
-  try {
-    await client.next(isType("welcome"));
-  } catch (error) {
-    await client.close();
-    throw error;
-  }
-  return client;
+  return (await TestClient.join(origin, user))[0];
 }
 
 /**

@@ -11,14 +11,7 @@ import { startServer } from "./_server.ts";
 
 /** Opens a chat.v1 connection and waits for its welcome (or fails, saying why). */
 async function welcomed(origin: string, user: string): Promise<TestClient> {
-  const client = await TestClient.connect(origin, user);
-  try {
-    await client.next((f) => f.type === "welcome");
-  } catch (error) {
-    await client.close();
-    throw error;
-  }
-  return client;
+  return (await TestClient.join(origin, user))[0];
 }
 
 /** Fills `limit` slots, closes them all (the client waits for each close), `rounds` times. */
