@@ -72,7 +72,8 @@ const target = (() => {
 const db = await openDatabase(target, {
   sqliteSynchronous: settings.sqliteSynchronous as SqliteSynchronous,
 }).catch((e) => fatal(`cannot open ${settings.data}`, e));
-const store = await SqlStore.open(db).catch((e) => fatal(`cannot use ${db.description}`, e));
+const store = await SqlStore.open(db, { searchIndex: settings.searchIndex === "on" })
+  .catch((e) => fatal(`cannot use ${db.description}`, e));
 const accounts = new Accounts(store.db, {
   maxConcurrentHashes: settings.maxConcurrentHashes,
   maxQueuedHashes: settings.maxQueuedHashes,

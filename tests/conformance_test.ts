@@ -345,6 +345,30 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
     assert.deepEqual(await found("发布新", [roomKey("other")]), []);
   },
 
+  "finds each message once, whether the search index has taken it yet or not": async (
+    backend,
+    data,
+  ) => {
+    await using store = await openStore(data);
+    for (const n of [1, 2, 3]) {
+      await store.append({ room: "dev", from: "alice", text: `发布 ${n}` });
+    }
+    // SQLite indexes after the appends (these three now); PostgreSQL's index is its own.
+    assert.equal(await store.indexSearch(), backend.name.startsWith("PostgreSQL") ? 0 : 3);
+    for (const n of [4, 5]) await store.append({ room: "dev", from: "alice", text: `发布 ${n}` });
+    const found = async (text: string) =>
+      (await store.search([roomKey("dev")], text, 10)).map((m) => m.text);
+    const all = ["发布 5", "发布 4", "发布 3", "发布 2", "发布 1"];
+    // Three characters go through the trigram index, two scan: both find each message once.
+    assert.deepEqual(await found("发布 "), all);
+    assert.deepEqual(await found("发布"), all);
+    assert.deepEqual(await found("布 4"), ["发布 4"]);
+    assert.deepEqual((await store.search([roomKey("dev")], "发布", 2)).map((m) => m.text), [
+      "发布 5",
+      "发布 4",
+    ]);
+  },
+
   "registers a name once across stores, refuses look-alikes, and revokes tokens everywhere": async (
     backend,
     data,

@@ -9,6 +9,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { openStore } from "../lib/sql/open.ts";
 import { SqliteDatabase } from "../lib/sql/sqlite.ts";
 
 /** A database file in a fresh temporary folder, removed with it. */
@@ -176,5 +178,38 @@ Deno.test("transactions asked together each keep their own outcome: one that fai
     );
   } finally {
     await db.close();
+  }
+});
+
+Deno.test("the store fills SQLite's search index in the background only when asked to", async () => {
+  for (const searchIndex of [true, false]) {
+    await using file = await tempFile();
+    const store = await openStore(file.path, { searchIndex });
+    // More than a batch of the index (500): the store indexes them without being asked.
+    await Promise.all(
+      Array.from(
+        { length: 600 },
+        (_, i) => store.append({ room: "dev", from: "alice", text: `m${i}` }),
+      ),
+    );
+    // Closing waits for an index run under way.
+    await store.close();
+    const db = new DatabaseSync(file.path);
+    try {
+      const mark = db.prepare(`SELECT value FROM meta WHERE key = 'search_indexed'`).get() as {
+        value: string;
+      };
+      const indexed = db.prepare(`SELECT COUNT(*) AS n FROM messages_fts_docsize`).get() as {
+        n: number;
+      };
+      if (searchIndex) {
+        assert.ok(Number(mark.value) >= 500, `mark ${mark.value}`);
+        assert.equal(indexed.n, Number(mark.value));
+      } else {
+        assert.deepEqual([mark.value, indexed.n], ["0", 0]);
+      }
+    } finally {
+      db.close();
+    }
   }
 });

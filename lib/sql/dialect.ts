@@ -38,9 +38,18 @@ export interface Dialect {
    * the pattern in `param` (a LIKE pattern; `escaped`: with `\\` before a
    * literal `%`, `_` or `\\`): SQLite goes through its FTS5 trigram index
    * (which an ESCAPE clause turns off, so it comes only when needed),
-   * PostgreSQL through `ILIKE` (pg_trgm's index).
+   * PostgreSQL through `ILIKE` (pg_trgm's index). `tail`, where the index is
+   * filled after the appends (SQLite), finds the messages not in it yet.
    */
-  search(param: string, escaped: boolean): { from: string; where: string };
+  search(
+    param: string,
+    escaped: boolean,
+  ): { from: string; where: string; tail?: { from: string; where: string } };
+  /**
+   * Whether `SqlStore` fills the search index itself, after the appends
+   * (`indexSearch`): SQLite's FTS5 table, from migration 4 on.
+   */
+  readonly indexesSearchLater: boolean;
   /** What locks the rows a `SELECT` reads until the transaction ends (`FOR UPDATE`; SQLite's one writer needs none). */
   readonly forUpdate: string;
   /**
@@ -88,8 +97,17 @@ export const SQLITE: Dialect = {
   forUpdate: "",
   search: (param, escaped) => ({
     from: "messages_fts f JOIN messages m ON m.rowid = f.rowid",
-    where: `f.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
+    // A pattern of fewer than 3 characters scans the content table (the messages), not the
+    // index: the mark keeps the two parts apart then too.
+    where: `f.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}
+      AND m.rowid <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed')`,
+    tail: {
+      from: "messages m",
+      where: `m.rowid > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed')
+        AND m.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
+    },
   }),
+  indexesSearchLater: true,
   isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
   isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
   isConnectionLost: () => false,
@@ -124,6 +142,7 @@ export const POSTGRES: Dialect = {
   greatest: (a, b) => `GREATEST(${a}, ${b})`,
   least: (a, b) => `LEAST(${a}, ${b})`,
   forUpdate: " FOR UPDATE",
+  indexesSearchLater: false,
   search: (param, escaped) => ({
     from: "messages m",
     where: `m.body ILIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,

@@ -12,7 +12,8 @@
  * - `reads`: per user and conversation, the newest id read
  * - `dms`: per user, the DMs they take part in (with the conversation key)
  * - `skeletons`, `room_names`: look-alike indexes of names and rooms; `rooms_made`: per user
- * - `meta`: small facts about the data (the skeleton version it was indexed with)
+ * - `meta`: small facts about the data (the skeleton version it was indexed with; on SQLite,
+ *   `search_indexed`, the newest `messages.rowid` in the search index)
  *
  * Never edit a migration once released: add the next one.
  *
@@ -128,6 +129,23 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE TABLE rooms_made (name TEXT PRIMARY KEY, made INTEGER NOT NULL)`,
       `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
     ],
+  },
+  {
+    version: 4,
+    description: "search index filled after the appends, in batches (SQLite)",
+    // The trigger indexed each message inside its append transaction: ~15 µs of a DM's CPU,
+    // 30 µs a row at the few dozen rows a commit of 5,000 DMs/s, against 10 µs in batches of
+    // a thousand. `SqlStore` now indexes what is past `search_indexed` (and searches it by
+    // scanning until then). PostgreSQL's GIN index batches its own pending entries.
+    statements: (dialect) =>
+      dialect.name === "sqlite"
+        ? [
+          `DROP TRIGGER IF EXISTS messages_fts_insert`,
+          `INSERT INTO meta (key, value)
+           SELECT 'search_indexed', CAST(COALESCE(MAX(rowid), 0) AS TEXT) FROM messages
+           WHERE true ON CONFLICT (key) DO NOTHING`,
+        ]
+        : [],
   },
 ];
 

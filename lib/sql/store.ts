@@ -38,6 +38,9 @@ import {
 } from "../store.ts";
 import type { Queryable, SqlDatabase, SqlValue } from "./dialect.ts";
 import { migrate } from "./schema.ts";
+import { LogOnce } from "../log.ts";
+
+const log = new LogOnce();
 
 /** Options of {@linkcode SqlStore.open}. */
 export interface SqlStoreOptions {
@@ -50,9 +53,25 @@ export interface SqlStoreOptions {
    * commits. A rejection rolls the batch back.
    */
   onBatch?: (tx: Queryable, heads: ReadonlyMap<ConversationKey, number>) => Promise<void>;
+  /**
+   * Whether the store fills SQLite's search index by itself, in the
+   * background (default true; `--search-index`). Off, `search` scans what the
+   * index lacks, and `indexSearch` still fills it when called. PostgreSQL's
+   * index is kept by PostgreSQL either way.
+   */
+  searchIndex?: boolean;
 }
 
 const DEFAULT_MAX_BATCH = 500;
+/**
+ * Messages the search index takes per transaction (SQLite; see
+ * `indexSearch`): 10–12 µs a row at this size against 30 at the few dozen
+ * rows of an append, and ~6 ms of the SQLite worker's time, which appends
+ * queued meanwhile wait for.
+ */
+const SEARCH_INDEX_BATCH = 500;
+/** How long fewer than a batch of new messages wait for the search index, at most (ms). */
+const SEARCH_INDEX_DELAY_MS = 1000;
 // Rows per multi-row INSERT: 8 placeholders each stays below every engine's limit.
 const ROWS_PER_INSERT = 500;
 const MAX_ATTEMPTS = 20;
@@ -166,17 +185,26 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   #flushing: Promise<void> | undefined;
   #dmPairs = new Set<ConversationKey>();
   #closed = false;
+  /** Messages appended since the search index last ran, its run under way, and its timer. */
+  #searchIndex: boolean;
+  #unindexed = 0;
+  #indexing: Promise<void> | undefined;
+  #indexTimer: ReturnType<typeof setTimeout> | undefined;
 
   private constructor(db: SqlDatabase, options: SqlStoreOptions) {
     this.#db = db;
     this.#maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
     this.#onBatch = options.onBatch;
+    this.#searchIndex = (options.searchIndex ?? true) && db.dialect.indexesSearchLater;
   }
 
   /** Opens a store on a database, creating or migrating its schema first. */
   static async open(db: SqlDatabase, options: SqlStoreOptions = {}): Promise<SqlStore> {
     await migrate(db);
-    return new SqlStore(db, options);
+    const store = new SqlStore(db, options);
+    // What an earlier run appended and did not index (it stopped, or crashed) goes in now.
+    if (store.#searchIndex) store.#searchIndexDue(SEARCH_INDEX_BATCH);
+    return store;
   }
 
   /** The database, for services that share it (accounts, the fan-out bus). */
@@ -203,6 +231,7 @@ export class SqlStore implements ChatStore, AsyncDisposable {
         try {
           const results = await this.#commitRetrying(batch);
           batch.forEach((p, i) => p.resolve(results[i]));
+          if (this.#searchIndex) this.#searchIndexDue(batch.length);
         } catch (error) {
           const reason = error instanceof StoreError
             ? error
@@ -617,16 +646,89 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   ): Promise<ChatMessage[]> {
     if (conversations.length === 0 || text === "") return [];
     const escaped = /[\\%_]/.test(text);
-    const { from, where } = this.#db.dialect.search("$1", escaped);
+    const { from, where, tail } = this.#db.dialect.search("$1", escaped);
     const pattern = `%${escaped ? text.replace(/[\\%_]/g, (c) => `\\${c}`) : text}%`;
     const list = conversations.map((_, i) => `$${i + 2}`).join(", ");
+    const columns = MESSAGE_COLUMNS.split(", ").map((c) => `m.${c}`).join(", ");
+    const part = (p: { from: string; where: string }) =>
+      `SELECT ${columns} FROM ${p.from} WHERE ${p.where} AND m.conv IN (${list})`;
+    // Messages not in the index yet are scanned by rowid from its mark: at most a batch or a
+    // second of them, each found once (the mark moves in the transaction that indexes).
     const rows = await this.#db.query<MessageRow>(
-      `SELECT ${MESSAGE_COLUMNS.split(", ").map((c) => `m.${c}`).join(", ")} FROM ${from}
-       WHERE ${where} AND m.conv IN (${list}) ORDER BY m.ts DESC, m.id DESC
-       LIMIT $${conversations.length + 2}`,
+      `SELECT * FROM (${part({ from, where })}${tail ? ` UNION ALL ${part(tail)}` : ""}) AS found
+       ORDER BY ts DESC, id DESC LIMIT $${conversations.length + 2}`,
       [pattern, ...conversations, limit],
     );
     return rows.map(toMessage);
+  }
+
+  /**
+   * Adds up to a batch of the messages past the search index's mark to the
+   * index, and moves the mark, in one transaction; resolves with how many.
+   * Called by the store itself (once a batch of messages is waiting, or a
+   * second after the first of fewer); on PostgreSQL there is nothing to do.
+   */
+  async indexSearch(): Promise<number> {
+    if (!this.#db.dialect.indexesSearchLater) return 0;
+    return await this.#db.transaction(async (tx) => {
+      const [mark] = await tx.query<{ value: string }>(
+        `SELECT value FROM meta WHERE key = 'search_indexed'`,
+      );
+      const from = Number(mark?.value ?? 0);
+      const [range] = await tx.query<{ last: number | null; n: number }>(
+        `SELECT MAX(rowid) AS last, COUNT(*) AS n FROM
+         (SELECT rowid FROM messages WHERE rowid > $1 ORDER BY rowid LIMIT $2)`,
+        [from, SEARCH_INDEX_BATCH],
+      );
+      const n = Number(range?.n ?? 0);
+      if (n === 0 || range?.last == null) return 0;
+      await Promise.all([
+        tx.query(
+          `INSERT INTO messages_fts (rowid, body)
+           SELECT rowid, body FROM messages WHERE rowid > $1 AND rowid <= $2`,
+          [from, range.last],
+        ),
+        tx.query(
+          `INSERT INTO meta (key, value) VALUES ('search_indexed', $1)
+           ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
+          [String(range.last)],
+        ),
+      ]);
+      return n;
+    });
+  }
+
+  /** `added` more messages wait for the search index: index now, or set the timer. */
+  #searchIndexDue(added: number): void {
+    this.#unindexed += added;
+    if (this.#closed || this.#indexing) return;
+    if (this.#unindexed >= SEARCH_INDEX_BATCH) {
+      clearTimeout(this.#indexTimer);
+      this.#indexTimer = undefined;
+      this.#indexing = this.#runSearchIndex();
+    } else if (this.#indexTimer === undefined) {
+      this.#indexTimer = setTimeout(() => {
+        this.#indexTimer = undefined;
+        this.#indexing ??= this.#runSearchIndex();
+      }, SEARCH_INDEX_DELAY_MS);
+    }
+  }
+
+  /** Index runs until what waits is indexed (a backlog goes a batch a transaction). */
+  async #runSearchIndex(): Promise<void> {
+    try {
+      for (;;) {
+        this.#unindexed = 0;
+        const n = await this.indexSearch();
+        if (n < SEARCH_INDEX_BATCH || this.#closed) break;
+      }
+    } catch (error) {
+      // Search finds unindexed messages by scanning; the next batch tries again.
+      log.error("the search index could not be filled (search scans meanwhile)", error);
+    } finally {
+      this.#indexing = undefined;
+    }
+    if (this.#unindexed > 0 && !this.#closed) this.#searchIndexDue(0);
   }
 
   async healthy(): Promise<boolean> {
@@ -647,6 +749,9 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     if (this.#closed) return;
     this.#closed = true;
     await this.#flushing;
+    clearTimeout(this.#indexTimer);
+    this.#indexTimer = undefined;
+    await this.#indexing;
     await this.#db.close();
   }
 }
