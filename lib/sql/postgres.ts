@@ -18,7 +18,42 @@
  */
 
 import postgres from "npm:postgres@^3.4.9";
+import { LogOnce } from "../log.ts";
 import { POSTGRES, type Queryable, type SqlDatabase, type SqlValue } from "./dialect.ts";
+
+const log = new LogOnce();
+
+/**
+ * Whether an error is postgres.js writing to a connection that has just
+ * closed under it: when PostgreSQL is killed, a write it had scheduled with
+ * `setImmediate` (a `Sync` after the server's last `ErrorResponse`) can run
+ * after the socket is gone, and throws `Cannot read properties of null
+ * (reading 'write')` from the timer (`connection.js`, `nextWrite`), where
+ * nothing can catch it. Seen in about one run in five of
+ * `tests/pg_outage_test.ts`, at 228efa3 as after.
+ */
+function isClosedConnectionWrite(error: unknown): boolean {
+  return error instanceof TypeError && /reading 'write'/.test(error.message) &&
+    /postgres\/[^/]+\/src\/connection\.js/.test(error.stack ?? "");
+}
+
+/**
+ * That error alone, uncaught, would end the process: every user of every
+ * instance would lose their connection because PostgreSQL restarted. The
+ * connection it concerns is gone either way (its queries have failed with
+ * CONNECTION_CLOSED, and postgres.js connects again on the next query), so it
+ * is logged and dropped; any other uncaught error is left alone.
+ */
+let guarded = false;
+export function guardClosedConnectionWrites(): void {
+  if (guarded) return;
+  guarded = true;
+  globalThis.addEventListener("error", (event) => {
+    if (!isClosedConnectionWrite(event.error)) return;
+    event.preventDefault();
+    log.error("postgres.js wrote to a connection closed under it (dropped)", event.error);
+  });
+}
 
 /** Options of {@linkcode PostgresDatabase.open}. */
 export interface PostgresOptions {
@@ -53,6 +88,7 @@ export class PostgresDatabase implements SqlDatabase {
     url: string | undefined,
     options: PostgresOptions = {},
   ): Promise<PostgresDatabase> {
+    guardClosedConnectionWrites();
     const config = {
       max: options.max ?? 10,
       connect_timeout: options.connectTimeout ?? 5,
