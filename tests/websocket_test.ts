@@ -324,3 +324,40 @@ Deno.test("a close listener that throws does not keep the others (which give bac
   assert.deepEqual(released, ["released"]);
   assert.match(logged.join("\n"), /a close listener threw/);
 });
+
+/** The status line's code of the answer to a request head written by hand. */
+async function statusOf(port: number, head: string): Promise<number> {
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await write(conn, text(head));
+  let got = "";
+  const chunk = new Uint8Array(4096);
+  while (!got.includes("\r\n")) {
+    const n = await within(
+      5000,
+      `an answer to ${JSON.stringify(head.split("\r\n")[0])}`,
+      conn.read(chunk),
+    );
+    if (n === null) break;
+    got += decode(chunk.subarray(0, n));
+  }
+  return Number(got.split(" ")[1]);
+}
+
+Deno.test("a handshake with two Hosts, a body, or a malformed header is refused with 400, and the next one is upgraded", async () => {
+  await using server = await startServer();
+  const port = Number(new URL(server.origin).port);
+  const valid = upgradeHead(port, "ann");
+  const broken = {
+    "two Host headers": valid.replace("\r\n\r\n", `\r\nHost: 127.0.0.1:${port}\r\n\r\n`),
+    "a Host naming two": valid.replace(/Host: [^\r]*/, "Host: a.example, b.example"),
+    "no Host": valid.replace(/Host: [^\r]*\r\n/, ""),
+    "a Content-Length": valid.replace("\r\n\r\n", "\r\nContent-Length: 5\r\n\r\n"),
+    "a Transfer-Encoding": valid.replace("\r\n\r\n", "\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    "a space in a header's name": valid.replace("\r\n\r\n", "\r\nX Bad: 1\r\n\r\n"),
+    "a NUL in a value": valid.replace("\r\n\r\n", "\r\nX-Bad: a\u0000b\r\n\r\n"),
+  };
+  for (const [what, head] of Object.entries(broken)) {
+    assert.equal(await statusOf(port, head), 400, what);
+  }
+  assert.equal(await statusOf(port, valid), 101);
+});
