@@ -11,8 +11,8 @@
  * Usage:
  *   deno task bench [--quick | --smoke] [--runs N] [--only dm,latency,room,crowd]
  *                   [--store kv|sqlite|postgres] [--data DIR|URL] [--rate 5000]
- *                   [--online 5000] [--json FILE] [--profile DIR] [--main PATH]
- *                   [--instances N (with postgres)] [-- more flags for main.ts]
+ *                   [--online 5000] [--cids on|off] [--json FILE] [--profile DIR]
+ *                   [--main PATH] [--instances N (with postgres)] [-- more flags for main.ts]
  *
  * Exits 1 if any phase saw an error (an error frame, a refused or dropped
  * connection, a message lost, duplicated or out of order, a line on the
@@ -55,6 +55,7 @@ const KNOWN = [
   "data",
   "rate",
   "online",
+  "cids",
   "json",
   "help",
 ];
@@ -75,6 +76,8 @@ const SMOKE = flag("smoke");
 const QUICK = flag("quick") || SMOKE;
 const RUNS = Number(option("runs") ?? 1);
 const RATE = Number(option("rate") ?? (SMOKE ? 1000 : 5000));
+/** Whether sends carry a client id, as the page's always do (`--cids off` to leave them out). */
+const CIDS = (option("cids") ?? "on") !== "off";
 const ONLINE = Number(option("online") ?? (SMOKE ? 100 : QUICK ? 500 : 5000));
 const STORE_OPTION = option("store");
 const PHASES = (option("only") ?? "dm,latency,room,crowd").split(",");
@@ -326,7 +329,7 @@ async function phase(
       acks: kind === "server",
       tokens: kind === "server",
       prefix: `b${RUN_ID}${runIndex}${name[0]}`,
-      params: SIZES[name],
+      params: { ...SIZES[name], cids: CIDS ? 1 : 0 },
     };
     const [program, ...rest] = pinned(0, [
       Deno.execPath(),
@@ -375,7 +378,8 @@ const started = performance.now();
 const storeText = `store ${STORE}` + (INSTANCES > 1 ? `, ${INSTANCES} instances` : "") +
   (STORE === "postgres"
     ? (dbPid ? ", PostgreSQL's CPU included" : ", PostgreSQL's CPU NOT included")
-    : "");
+    : "") +
+  (CIDS ? "" : ", no client ids");
 let fatal: string | undefined;
 const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
 console.error(
@@ -402,6 +406,7 @@ try {
           machine,
           pinned: taskset,
           mode,
+          cids: CIDS,
           store: kind === "server" ? STORE : "none",
           instances: kind === "server" ? INSTANCES : 1,
           main: MAIN,

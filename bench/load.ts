@@ -50,6 +50,14 @@ export interface PhaseResult {
 const config: PhaseConfig = JSON.parse(Deno.args[0]);
 const { ports, pids, params, prefix } = config;
 
+/**
+ * A send's client id, as the page gives every message (a random UUID there;
+ * here the sequence number's digits reversed, scattered as much), unless
+ * the run is `--cids off`.
+ */
+const cid = (sender: number): { cid?: string } =>
+  params.cids === 0 ? {} : { cid: `s${sender}-@00000000` };
+
 const result: PhaseResult = { metrics: {}, generator: {}, errors: 0, samples: [], notes: [] };
 const decoder = new TextDecoder();
 
@@ -269,8 +277,8 @@ async function pairs(count: number, onDelivery: (pair: number, seq: number) => v
       ),
     );
   }
-  const templates = recipients.map((r) =>
-    new Template(JSON.stringify({ type: "send", to: r.user, text: "#00000000" }))
+  const templates = recipients.map((r, i) =>
+    new Template(JSON.stringify({ type: "send", to: r.user, text: "#00000000", ...cid(i) }))
   );
   return { senders, templates, acks };
 }
@@ -455,8 +463,8 @@ async function roomPhase(): Promise<void> {
     clients.push(client);
   }
   await Promise.all(joins);
-  const templates = clients.slice(0, senders).map(() =>
-    new Template(JSON.stringify({ type: "send", room, text: "#00000000" }))
+  const templates = clients.slice(0, senders).map((_, i) =>
+    new Template(JSON.stringify({ type: "send", room, text: "#00000000", ...cid(i) }))
   );
   finished = until(() => complete >= messages, seconds * 1000);
   const a = mark();

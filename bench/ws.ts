@@ -39,6 +39,13 @@ export function clientFrame(payload: string | Uint8Array, opcode: number = Op.te
 export const SEQ_DIGITS = 8;
 /** What precedes the sequence number in a message's text. */
 export const SEQ_MARK = 0x23; // "#"
+/**
+ * What precedes a client id's digits in a template: the sequence number
+ * stamped in reverse, so that consecutive sends get ids scattered over the
+ * key space as the page's random UUIDs are (an index of ids in order would
+ * grow at one end and cost far less).
+ */
+export const CID_MARK = 0x40; // "@"
 
 /**
  * A pre-encoded frame whose text carries `#` and {@linkcode SEQ_DIGITS}
@@ -47,20 +54,31 @@ export const SEQ_MARK = 0x23; // "#"
 export class Template {
   #bytes: Uint8Array;
   #at: number;
+  #cidAt: number;
 
-  /** `json` must contain `#` followed by SEQ_DIGITS zeros exactly once. */
+  /**
+   * `json` must contain `#` followed by SEQ_DIGITS zeros exactly once, and
+   * may contain `@` followed by SEQ_DIGITS zeros once (a client id).
+   */
   constructor(json: string) {
     this.#bytes = clientFrame(json);
     this.#at = this.#bytes.indexOf(SEQ_MARK) + 1;
     if (this.#at === 0) throw new Error(`no ${String.fromCharCode(SEQ_MARK)} in ${json}`);
+    this.#cidAt = this.#bytes.indexOf(CID_MARK) + 1;
   }
 
-  /** A copy with `seq` in its digits. */
+  /** A copy with `seq` in its digits (and reversed in its client id's). */
   stamp(seq: number): Uint8Array {
     const out = this.#bytes.slice();
-    for (let i = this.#at + SEQ_DIGITS - 1; i >= this.#at; i--) {
-      out[i] = 48 + (seq % 10);
-      seq = Math.floor(seq / 10);
+    for (let i = this.#at + SEQ_DIGITS - 1, n = seq; i >= this.#at; i--) {
+      out[i] = 48 + (n % 10);
+      n = Math.floor(n / 10);
+    }
+    if (this.#cidAt > 0) {
+      for (let i = this.#cidAt, n = seq; i < this.#cidAt + SEQ_DIGITS; i++) {
+        out[i] = 48 + (n % 10);
+        n = Math.floor(n / 10);
+      }
     }
     return out;
   }
