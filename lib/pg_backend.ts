@@ -47,7 +47,7 @@ function backoff(retries: number): number {
 /** Opens presence, limits and fan-out on PostgreSQL around a store on the same database. */
 export async function openPgBackend(options: PgBackendOptions): Promise<Backend> {
   guardClosedConnectionWrites();
-  const config = { max: 4, connect_timeout: 5, backoff, onnotice: () => {} };
+  const config = { max: 4, connect_timeout: 2, backoff, onnotice: () => {} };
   const sql: Sql = options.url === undefined ? postgres(config) : postgres(options.url, config);
   try {
     const instance = await PgInstance.start(sql, { ttlMs: options.presenceTtlMs });

@@ -59,7 +59,11 @@ export function guardClosedConnectionWrites(): void {
 export interface PostgresOptions {
   /** The most connections in the pool (default 10). */
   max?: number;
-  /** Seconds to wait for a connection before a query fails (default 5). */
+  /**
+   * Seconds one attempt to connect may take (default 2): well under the 5 s
+   * an append batch keeps retrying (`SqlStore`), so that an attempt that
+   * hangs while PostgreSQL restarts is followed by others within the budget.
+   */
   connectTimeout?: number;
 }
 
@@ -91,7 +95,7 @@ export class PostgresDatabase implements SqlDatabase {
     guardClosedConnectionWrites();
     const config = {
       max: options.max ?? 10,
-      connect_timeout: options.connectTimeout ?? 5,
+      connect_timeout: options.connectTimeout ?? 2,
       onnotice: () => {},
       // Reconnect quickly after a restart of the server: at most half a second apart
       // (postgres.js's default grows to 20 s, far longer than a restart takes).
