@@ -277,6 +277,21 @@ class Cluster implements AsyncDisposable {
   }
 }
 
+/** A hub on a backend, with the backend's accounts (as `main.ts` makes one). */
+function hubOn(backend: Backend): { accounts: Accounts; hub: ChatHub } {
+  return {
+    accounts: backend.accounts,
+    hub: new ChatHub({
+      store: backend.store,
+      accounts: backend.accounts,
+      bus: backend.bus,
+      presence: backend.presence,
+      userLimits: backend.userLimits,
+      limits: LIMITS,
+    }),
+  };
+}
+
 /** A backend the suite runs on: `cluster()` brings up hubs on an empty database. */
 interface BackendUnderTest {
   name: string;
@@ -301,17 +316,7 @@ const BACKENDS: BackendUnderTest[] = [
             accounts,
             limits: USER_LIMITS,
           });
-          const instances = Array.from({ length: hubs }, () => ({
-            accounts,
-            hub: new ChatHub({
-              store: backend.store,
-              accounts: backend.accounts,
-              bus: backend.bus,
-              presence: backend.presence,
-              userLimits: backend.userLimits,
-              limits: LIMITS,
-            }),
-          }));
+          const instances = Array.from({ length: hubs }, () => hubOn(backend));
           return new Cluster(instances, () => backend.close());
         },
         [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
@@ -357,17 +362,7 @@ const BACKENDS: BackendUnderTest[] = [
             await close();
             throw error;
           }
-          const instances = backends.map((backend) => ({
-            accounts: backend.accounts,
-            hub: new ChatHub({
-              store: backend.store,
-              accounts: backend.accounts,
-              bus: backend.bus,
-              presence: backend.presence,
-              userLimits: backend.userLimits,
-              limits: LIMITS,
-            }),
-          }));
+          const instances = backends.map(hubOn);
           return new Cluster(instances, close);
         },
         async [Symbol.asyncDispose]() {

@@ -89,6 +89,9 @@ export interface SqlDatabase extends Queryable {
   close(): Promise<void>;
 }
 
+/** The newest `messages.rowid` in SQLite's search index (see `SqlStore.indexSearch`). */
+const SEARCH_MARK = `(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed')`;
+
 /** SQLite's dialect. */
 export const SQLITE: Dialect = {
   name: "sqlite",
@@ -100,10 +103,10 @@ export const SQLITE: Dialect = {
     // A pattern of fewer than 3 characters scans the content table (the messages), not the
     // index: the mark keeps the two parts apart then too.
     where: `f.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}
-      AND m.rowid <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed')`,
+      AND m.rowid <= ${SEARCH_MARK}`,
     tail: {
       from: "messages m",
-      where: `m.rowid > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed')
+      where: `m.rowid > ${SEARCH_MARK}
         AND m.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
     },
   }),

@@ -55,15 +55,19 @@ export function guardClosedConnectionWrites(): void {
   });
 }
 
+/**
+ * Seconds one attempt to connect may take: well under the 5 s an append
+ * batch keeps retrying (`SqlStore`), so that an attempt that hangs while
+ * PostgreSQL restarts is followed by others within that budget. Every
+ * postgres.js client of the server uses it.
+ */
+export const CONNECT_TIMEOUT_S = 2;
+
 /** Options of {@linkcode PostgresDatabase.open}. */
 export interface PostgresOptions {
   /** The most connections in the pool (default 10). */
   max?: number;
-  /**
-   * Seconds one attempt to connect may take (default 2): well under the 5 s
-   * an append batch keeps retrying (`SqlStore`), so that an attempt that
-   * hangs while PostgreSQL restarts is followed by others within the budget.
-   */
+  /** Seconds one attempt to connect may take (default {@linkcode CONNECT_TIMEOUT_S}). */
   connectTimeout?: number;
 }
 
@@ -95,7 +99,7 @@ export class PostgresDatabase implements SqlDatabase {
     guardClosedConnectionWrites();
     const config = {
       max: options.max ?? 10,
-      connect_timeout: options.connectTimeout ?? 2,
+      connect_timeout: options.connectTimeout ?? CONNECT_TIMEOUT_S,
       onnotice: () => {},
       // Reconnect quickly after a restart of the server: at most half a second apart
       // (postgres.js's default grows to 20 s, far longer than a restart takes).
