@@ -14,7 +14,7 @@ import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
 
 const here = { onDeploy: false, env: () => undefined, explicit: true };
 
-/** A database as release 1 left it: schema version 1 and one message. */
+/** A database as release 1 left it: schema version 1 and two messages, one with a client id. */
 async function versionOne(db: SqlDatabase): Promise<void> {
   await db.transaction(async (tx) => {
     await tx.query(
@@ -24,9 +24,10 @@ async function versionOne(db: SqlDatabase): Promise<void> {
     await tx.query(`INSERT INTO schema_version (version, applied) VALUES (1, 0)`);
     await tx.query(
       `INSERT INTO messages (conv, id, sender, room, recipient, body, ts, cid)
-       VALUES ('r/lobby', 1, 'alice', 'lobby', NULL, '明天发布新版本', 1, NULL)`,
+       VALUES ('r/lobby', 1, 'alice', 'lobby', NULL, '明天发布新版本', 1, NULL),
+              ('r/lobby', 2, 'alice', 'lobby', NULL, 'sent with an id', 2, 'c1')`,
     );
-    await tx.query(`INSERT INTO heads (conv, last_id) VALUES ('r/lobby', 1)`);
+    await tx.query(`INSERT INTO heads (conv, last_id) VALUES ('r/lobby', 2)`);
   });
 }
 
@@ -40,8 +41,17 @@ async function upgradeAndRefuse(data: string): Promise<void> {
     );
     assert.equal(Number(v), SCHEMA_VERSION);
     assert.deepEqual((await store.search([roomKey("lobby")], "发布新", 5)).map((m) => m.id), [1]);
-    const next = await store.append({ room: "lobby", from: "bob", text: "新的" });
-    assert.equal(next.message.id, 2);
+    // A re-send of the old message with its client id is still the same message (the index of
+    // client ids was rebuilt by migration 5); the same id from someone else is theirs.
+    const again = await store.append({
+      room: "lobby",
+      from: "alice",
+      text: "sent with an id",
+      cid: "c1",
+    });
+    assert.deepEqual([again.duplicate, again.message.id], [true, 2]);
+    const next = await store.append({ room: "lobby", from: "bob", text: "新的", cid: "c1" });
+    assert.deepEqual([next.duplicate, next.message.id], [false, 3]);
     await store.db.query(`INSERT INTO schema_version (version, applied) VALUES (99, 0)`);
   } finally {
     await store.close();

@@ -312,8 +312,8 @@ export class SqlStore implements ChatStore, AsyncDisposable {
           chunks(withCid, ROWS_PER_INSERT).map((part) =>
             tx.query<MessageRow>(
               `SELECT ${MESSAGE_COLUMNS} FROM messages
-             WHERE cid IS NOT NULL AND (sender, cid) IN (VALUES ${placeholders(part.length, 2)})`,
-              part.flatMap((p) => [p.message.from, p.message.cid!]),
+             WHERE cid IS NOT NULL AND (cid, sender) IN (VALUES ${placeholders(part.length, 2)})`,
+              part.flatMap((p) => [p.message.cid!, p.message.from]),
             )
           ),
         ),
