@@ -154,3 +154,37 @@ browserTest(
     assert.deepEqual(h.problems, []);
   },
 );
+
+browserTest(
+  "the page gives each message a UUIDv7 client id, later ones sorting after earlier ones, on http too",
+  async (h) => {
+    await using server = await startServer();
+    const [bob] = await TestClient.join(server.origin, "bob");
+    await using _bob = bob;
+    // Plain http on 127.0.0.1 is a secure context; on a LAN address it is not, and the page
+    // has no crypto.randomUUID there. Ids must not depend on it.
+    const alice = await h.open(server.origin, {
+      initScript: () => delete (Crypto.prototype as { randomUUID?: unknown }).randomUUID,
+    });
+    await logIn(alice, "alice");
+    const texts = ["one", "two", "three", "four", "five"];
+    // Typed in one go: several fall in the same millisecond, where the counter orders them.
+    for (const text of texts) {
+      await alice.fill("#composer", text);
+      await alice.press("#composer", "Enter");
+    }
+    const ids: string[] = [];
+    for (const text of texts) {
+      const frame = await bob.next((f) => f.type === "message" && f.text === text);
+      ids.push(frame.cid);
+    }
+    const v7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+    for (const id of ids) assert.match(id, v7);
+    assert.deepEqual([...ids].sort(), ids, "in the order they were sent");
+    assert.equal(new Set(ids).size, ids.length);
+    // The first 48 bits are the time it was sent, in milliseconds.
+    const ms = parseInt(ids[0].replaceAll("-", "").slice(0, 12), 16);
+    assert.ok(Math.abs(ms - Date.now()) < 60_000, `${ms} is now`);
+    assert.deepEqual(h.problems, []);
+  },
+);
