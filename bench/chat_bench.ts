@@ -11,7 +11,7 @@
  * Usage:
  *   deno task bench [--quick | --smoke] [--runs N] [--only dm,latency,room,crowd]
  *                   [--store kv|sqlite|postgres] [--data DIR|URL] [--rate 5000]
- *                   [--online 5000] [--cids on|off] [--json FILE] [--profile DIR]
+ *                   [--online 5000] [--cids ordered|random|off] [--json FILE] [--profile DIR]
  *                   [--main PATH] [--instances N (with postgres)] [-- more flags for main.ts]
  *
  * Exits 1 if any phase saw an error (an error frame, a refused or dropped
@@ -25,6 +25,7 @@ import { DatabaseSync } from "node:sqlite";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { PhaseConfig, PhaseResult } from "./load.ts";
+import { CidMode } from "./ws.ts";
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
 const MAIN_OPTION = Deno.args.indexOf("--main");
@@ -76,8 +77,12 @@ const SMOKE = flag("smoke");
 const QUICK = flag("quick") || SMOKE;
 const RUNS = Number(option("runs") ?? 1);
 const RATE = Number(option("rate") ?? (SMOKE ? 1000 : 5000));
-/** Whether sends carry a client id, as the page's always do (`--cids off` to leave them out). */
-const CIDS = (option("cids") ?? "on") !== "off";
+/**
+ * The client ids sends carry: in time order as the page's UUIDv7s (default), scattered as
+ * random UUIDs (`random`), or none (`off`, as every run before 859c40b).
+ */
+const CIDS = (option("cids") ?? "ordered") as keyof typeof CidMode;
+if (!Object.hasOwn(CidMode, CIDS)) usage(`--cids takes ${Object.keys(CidMode).join(", ")}`);
 const ONLINE = Number(option("online") ?? (SMOKE ? 100 : QUICK ? 500 : 5000));
 const STORE_OPTION = option("store");
 const PHASES = (option("only") ?? "dm,latency,room,crowd").split(",");
@@ -329,7 +334,7 @@ async function phase(
       acks: kind === "server",
       tokens: kind === "server",
       prefix: `b${RUN_ID}${runIndex}${name[0]}`,
-      params: { ...SIZES[name], cids: CIDS ? 1 : 0 },
+      params: { ...SIZES[name], cids: CidMode[CIDS] },
     };
     const [program, ...rest] = pinned(0, [
       Deno.execPath(),
@@ -379,7 +384,7 @@ const storeText = `store ${STORE}` + (INSTANCES > 1 ? `, ${INSTANCES} instances`
   (STORE === "postgres"
     ? (dbPid ? ", PostgreSQL's CPU included" : ", PostgreSQL's CPU NOT included")
     : "") +
-  (CIDS ? "" : ", no client ids");
+  (CIDS === "ordered" ? "" : CIDS === "off" ? ", no client ids" : ", random client ids");
 let fatal: string | undefined;
 const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
 console.error(

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { clientFrame, isType, RawSocket, seqOf, Template, typeBytes } from "./ws.ts";
+import { CidMode, clientFrame, isType, RawSocket, seqOf, Template, typeBytes } from "./ws.ts";
 
 /** What chat_bench.ts asks for. */
 export interface PhaseConfig {
@@ -51,12 +51,15 @@ const config: PhaseConfig = JSON.parse(Deno.args[0]);
 const { ports, pids, params, prefix } = config;
 
 /**
- * A send's client id, as the page gives every message (a random UUID there;
- * here the sequence number's digits reversed, scattered as much), unless
- * the run is `--cids off`.
+ * A send's client id, as the page gives every message (a UUIDv7 there, in
+ * time order; here the sequence number, before the sender so that all
+ * senders' ids grow together as times do), unless the run is `--cids off`;
+ * `--cids random` scatters them, as other clients' random UUIDs would.
  */
 const cid = (sender: number): { cid?: string } =>
-  params.cids === 0 ? {} : { cid: `s${sender}-@00000000` };
+  params.cids === CidMode.off ? {} : { cid: `@00000000-s${sender}` };
+/** Options of a send's {@linkcode Template}. */
+const cids = { scatter: params.cids === CidMode.random };
 
 const result: PhaseResult = { metrics: {}, generator: {}, errors: 0, samples: [], notes: [] };
 const decoder = new TextDecoder();
@@ -278,7 +281,7 @@ async function pairs(count: number, onDelivery: (pair: number, seq: number) => v
     );
   }
   const templates = recipients.map((r, i) =>
-    new Template(JSON.stringify({ type: "send", to: r.user, text: "#00000000", ...cid(i) }))
+    new Template(JSON.stringify({ type: "send", to: r.user, text: "#00000000", ...cid(i) }), cids)
   );
   return { senders, templates, acks };
 }
@@ -464,7 +467,7 @@ async function roomPhase(): Promise<void> {
   }
   await Promise.all(joins);
   const templates = clients.slice(0, senders).map((_, i) =>
-    new Template(JSON.stringify({ type: "send", room, text: "#00000000", ...cid(i) }))
+    new Template(JSON.stringify({ type: "send", room, text: "#00000000", ...cid(i) }), cids)
   );
   finished = until(() => complete >= messages, seconds * 1000);
   const a = mark();

@@ -40,12 +40,18 @@ export const SEQ_DIGITS = 8;
 /** What precedes the sequence number in a message's text. */
 export const SEQ_MARK = 0x23; // "#"
 /**
- * What precedes a client id's digits in a template: the sequence number
- * stamped in reverse, so that consecutive sends get ids scattered over the
- * key space as the page's random UUIDs are (an index of ids in order would
- * grow at one end and cost far less).
+ * What precedes a client id's digits in a template: the sequence number, in
+ * order as the page's time-ordered UUIDv7s are, or reversed, which scatters
+ * consecutive sends over the key space as random UUIDs are (see
+ * {@linkcode Template}).
  */
 export const CID_MARK = 0x40; // "@"
+
+/**
+ * The benchmark's kinds of client id (`--cids`), by the number a phase's
+ * `params.cids` carries: none, in time order (the page's), or scattered.
+ */
+export const CidMode = { off: 0, ordered: 1, random: 2 } as const;
 
 /**
  * A pre-encoded frame whose text carries `#` and {@linkcode SEQ_DIGITS}
@@ -55,32 +61,34 @@ export class Template {
   #bytes: Uint8Array;
   #at: number;
   #cidAt: number;
+  #scatter: boolean;
 
   /**
    * `json` must contain `#` followed by SEQ_DIGITS zeros exactly once, and
-   * may contain `@` followed by SEQ_DIGITS zeros once (a client id).
+   * may contain `@` followed by SEQ_DIGITS zeros once (a client id), stamped
+   * with the sequence number reversed when `scatter` is set.
    */
-  constructor(json: string) {
+  constructor(json: string, { scatter = false }: { scatter?: boolean } = {}) {
     this.#bytes = clientFrame(json);
     this.#at = this.#bytes.indexOf(SEQ_MARK) + 1;
     if (this.#at === 0) throw new Error(`no ${String.fromCharCode(SEQ_MARK)} in ${json}`);
     this.#cidAt = this.#bytes.indexOf(CID_MARK) + 1;
+    this.#scatter = scatter;
   }
 
-  /** A copy with `seq` in its digits (and reversed in its client id's). */
+  /** A copy with `seq` in its digits (and in its client id's, reversed if scattered). */
   stamp(seq: number): Uint8Array {
     const out = this.#bytes.slice();
-    for (let i = this.#at + SEQ_DIGITS - 1, n = seq; i >= this.#at; i--) {
-      out[i] = 48 + (n % 10);
+    Template.#digits(out, this.#at, seq, false);
+    if (this.#cidAt > 0) Template.#digits(out, this.#cidAt, seq, this.#scatter);
+    return out;
+  }
+
+  static #digits(out: Uint8Array, at: number, n: number, reversed: boolean): void {
+    for (let i = 0; i < SEQ_DIGITS; i++) {
+      out[reversed ? at + i : at + SEQ_DIGITS - 1 - i] = 48 + (n % 10);
       n = Math.floor(n / 10);
     }
-    if (this.#cidAt > 0) {
-      for (let i = this.#cidAt, n = seq; i < this.#cidAt + SEQ_DIGITS; i++) {
-        out[i] = 48 + (n % 10);
-        n = Math.floor(n / 10);
-      }
-    }
-    return out;
   }
 }
 

@@ -7,7 +7,8 @@
  * (`deno` is the main thread, `worker-1` SQLite's) and the rate reached.
  *
  * `deno run -A tools/store_path.ts [checkout]` (another checkout's `lib/` to
- * compare; env `SYNC=normal`, `RATE`, `SECONDS`, `N`). Pin it to one core with
+ * compare; env `SYNC=normal`, `RATE`, `SECONDS`, `N`, `CIDS=random|ordered|off`: client
+ * ids as random UUIDs, in time order as the page's UUIDv7s, or none). Pin it to one core with
  * `taskset -c 1` to see it as the benchmark's server does.
  *
  * @module
@@ -22,6 +23,7 @@ const SYNC = Deno.env.get("SYNC") ?? "full";
 const N = Number(Deno.env.get("N") ?? 2000);
 const RATE = Number(Deno.env.get("RATE") ?? 5000);
 const SECONDS = Number(Deno.env.get("SECONDS") ?? 2);
+const CIDS = Deno.env.get("CIDS") ?? "ordered";
 
 /** CPU µs so far by thread name, from /proc. */
 function threads(): Record<string, number> {
@@ -92,11 +94,20 @@ try {
 
   const pairs = 20;
   let seq = 0;
+  const cid = (): { cid?: string } =>
+    CIDS === "off" ? {} : {
+      cid: CIDS === "random"
+        ? crypto.randomUUID()
+        // Time first, as a UUIDv7's text: fixed-width hex that sorts as it was made.
+        : `${(Date.now() * 4096 + (seq++ % 4096)).toString(16).padStart(16, "0")}-${
+          crypto.randomUUID().slice(19)
+        }`,
+    };
   const dm = (i: number) => ({
     from: `user${(i % pairs) * 2}`,
     to: `user${(i % pairs) * 2 + 1}`,
     text: `message ${i} of an ordinary length`,
-    cid: `c${seq++}`,
+    ...cid(),
   });
   // Open loop: sends due by the clock, whatever the answers.
   const total = RATE * SECONDS;
