@@ -213,3 +213,22 @@ Deno.test("the store fills SQLite's search index in the background only when ask
     }
   }
 });
+
+Deno.test("the store keeps SQLite's sub-journals in memory, but only once the schema is migrated", async () => {
+  await using file = await tempFile();
+  const tempStore = async (db: SqliteDatabase) =>
+    Number((await db.query<{ temp_store: number }>(`PRAGMA temp_store`))[0].temp_store);
+  const bare = await SqliteDatabase.open(file.path);
+  try {
+    // 0: SQLite's default, temporary files (where a migration's index build may sort).
+    assert.equal(await tempStore(bare), 0);
+  } finally {
+    await bare.close();
+  }
+  const store = await openStore(file.path);
+  try {
+    assert.equal(await tempStore(store.db as SqliteDatabase), 2, "2: in memory");
+  } finally {
+    await store.close();
+  }
+});

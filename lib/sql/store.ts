@@ -201,6 +201,7 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   /** Opens a store on a database, creating or migrating its schema first. */
   static async open(db: SqlDatabase, options: SqlStoreOptions = {}): Promise<SqlStore> {
     await migrate(db);
+    for (const statement of db.dialect.afterMigrate) await db.query(statement);
     const store = new SqlStore(db, options);
     // What an earlier run appended and did not index (it stopped, or crashed) goes in now.
     if (store.#searchIndex) store.#searchIndexDue(SEARCH_INDEX_BATCH);
