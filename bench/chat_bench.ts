@@ -34,6 +34,22 @@ const MAIN = MAIN_OPTION === -1 ? here("../main.ts") : Deno.args[MAIN_OPTION + 1
 const RELAY = here("./relay.ts");
 const LOAD = here("./load.ts");
 
+/**
+ * The `--v8-flags` that `deno task start` gives the server, from the
+ * `deno.json` beside `MAIN` (none if it has none): measured as it is run.
+ */
+function startV8Flags(): string[] {
+  try {
+    const config = JSON.parse(Deno.readTextFileSync(`${dirname(MAIN)}/deno.json`));
+    return String(config.tasks?.start ?? "").split(/\s+/).filter((w) =>
+      w.startsWith("--v8-flags=")
+    );
+  } catch {
+    return [];
+  }
+}
+const V8_FLAGS = startV8Flags();
+
 // ---- arguments -------------------------------------------------------------
 
 const rest = Deno.args.indexOf("--");
@@ -262,6 +278,7 @@ async function start(kind: "relay" | "server", name: string, instance = 0): Prom
     "--allow-read",
     "--allow-write",
     "--unstable-kv",
+    ...V8_FLAGS,
     ...(PROFILE
       ? [
         "--cpu-prof",
@@ -384,7 +401,8 @@ const storeText = `store ${STORE}` + (INSTANCES > 1 ? `, ${INSTANCES} instances`
   (STORE === "postgres"
     ? (dbPid ? ", PostgreSQL's CPU included" : ", PostgreSQL's CPU NOT included")
     : "") +
-  (CIDS === "ordered" ? "" : CIDS === "off" ? ", no client ids" : ", random client ids");
+  (CIDS === "ordered" ? "" : CIDS === "off" ? ", no client ids" : ", random client ids") +
+  (V8_FLAGS.length ? `, ${V8_FLAGS.join(" ")}` : "");
 let fatal: string | undefined;
 const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
 console.error(
@@ -412,6 +430,7 @@ try {
           pinned: taskset,
           mode,
           cids: CIDS,
+          v8Flags: kind === "server" ? V8_FLAGS : [],
           store: kind === "server" ? STORE : "none",
           instances: kind === "server" ? INSTANCES : 1,
           main: MAIN,

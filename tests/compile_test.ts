@@ -16,7 +16,12 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import config from "../deno.json" with { type: "json" };
-import { compileArgs as taskArgs, explainFailure } from "../tools/compile.ts";
+import {
+  COMPILE_FLAGS,
+  compileArgs as taskArgs,
+  explainFailure,
+  V8_FLAGS,
+} from "../tools/compile.ts";
 import { TestClient } from "./_client.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -222,4 +227,12 @@ Deno.test("deno task compile with the npm registry out of reach names the packag
   const said = explainFailure(printed, undefined);
   assert.match(said, /could not download the npm package postgres@3\.4\.9: Connection refused/);
   assert.match(said, /Connect to the network/);
+});
+
+Deno.test("the binary, deno task start and dev run with the same V8 flags", () => {
+  const v8 = (words: readonly string[]) => words.filter((w) => w.startsWith("--v8-flags"));
+  assert.deepEqual(v8(COMPILE_FLAGS), [V8_FLAGS]);
+  for (const task of [config.tasks.start, config.tasks.dev]) {
+    assert.deepEqual(v8(task.split(/\s+/)), [V8_FLAGS], task);
+  }
 });

@@ -13,10 +13,23 @@
 import { dirname } from "node:path";
 
 /**
+ * V8's young generation at most 8 MB a semi-space, not 16: it grows to the
+ * most under a burst of arrivals and stays there, so that with 5,000 idle
+ * users it was ~6 KiB of each one's resident memory (the benchmark's crowd
+ * phase, 2 runs each: 25.4 and 26.0 KiB a connection against 30.5 and 34.1;
+ * 4 MB gave 21–24 but a worse p99 at 5,000 DMs/s, 36 and 51 ms against 32
+ * and 30, as short-lived messages got promoted). The binary, `deno task
+ * start` and `dev` all carry it; the benchmark reads it from `start`.
+ */
+export const V8_FLAGS = "--v8-flags=--max-semi-space-size=8";
+
+/**
  * What the binary may do: the network, its own environment variables, files
- * (the KV data), and list the machine's network addresses (for the start line).
+ * (the KV data), and list the machine's network addresses (for the start line);
+ * and how V8 runs it ({@linkcode V8_FLAGS}).
  */
 export const COMPILE_FLAGS: readonly string[] = [
+  V8_FLAGS,
   "--allow-sys=networkInterfaces",
   "--allow-net",
   "--allow-env=PORT,HOST,DENO_DEPLOYMENT_ID,CHAT_*,DATABASE_URL,PG*",
