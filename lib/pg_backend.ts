@@ -17,7 +17,7 @@ import { PgBus } from "./pg_bus.ts";
 import { PgInstance, type Sql } from "./pg_instance.ts";
 import { PgUserLimits } from "./pg_limits.ts";
 import { PgPresence } from "./pg_presence.ts";
-import { CONNECT_TIMEOUT_S, guardClosedConnectionWrites } from "./sql/postgres.ts";
+import { CONNECT_TIMEOUT_S, guardClosedConnectionWrites, MAX_PIPELINE } from "./sql/postgres.ts";
 import type { ChatStore } from "./store.ts";
 import type { UserLimitSettings } from "./user_limits.ts";
 
@@ -47,7 +47,13 @@ function backoff(retries: number): number {
 /** Opens presence, limits and fan-out on PostgreSQL around a store on the same database. */
 export async function openPgBackend(options: PgBackendOptions): Promise<Backend> {
   guardClosedConnectionWrites();
-  const config = { max: 4, connect_timeout: CONNECT_TIMEOUT_S, backoff, onnotice: () => {} };
+  const config = {
+    max: 4,
+    connect_timeout: CONNECT_TIMEOUT_S,
+    max_pipeline: MAX_PIPELINE,
+    backoff,
+    onnotice: () => {},
+  };
   const sql: Sql = options.url === undefined ? postgres(config) : postgres(options.url, config);
   try {
     const instance = await PgInstance.start(sql, { ttlMs: options.presenceTtlMs });

@@ -63,6 +63,20 @@ export function guardClosedConnectionWrites(): void {
  */
 export const CONNECT_TIMEOUT_S = 2;
 
+/**
+ * How many queries postgres.js may pipeline on one connection: no limit. In
+ * postgres.js 3.4.9, a transaction's `BEGIN` that is the query filling a
+ * connection's pipeline (100 by default) is sent without the connection being
+ * reserved for it (porsager/postgres#823, #1189): the transaction fails with
+ * `UNSAFE_TRANSACTION`, and its connection goes back to the pool with a
+ * transaction open on the server, inside which unrelated queries then run.
+ * With 2 connections and 200 or 201 queries asked at once before a
+ * transaction, it happened every time (`tests/pg_pipeline_test.ts`). Without
+ * the limit there is no such query. The pool still opens its connections
+ * before it pipelines onto busy ones.
+ */
+export const MAX_PIPELINE = 1_000_000_000;
+
 /** Options of {@linkcode PostgresDatabase.open}. */
 export interface PostgresOptions {
   /** The most connections in the pool (default 10). */
@@ -100,6 +114,7 @@ export class PostgresDatabase implements SqlDatabase {
     const config = {
       max: options.max ?? 10,
       connect_timeout: options.connectTimeout ?? CONNECT_TIMEOUT_S,
+      max_pipeline: MAX_PIPELINE,
       onnotice: () => {},
       // Reconnect quickly after a restart of the server: at most half a second apart
       // (postgres.js's default grows to 20 s, far longer than a restart takes).

@@ -1,0 +1,51 @@
+/**
+ * A transaction on PostgreSQL holds its connection from BEGIN to COMMIT,
+ * however many queries are in flight around it: postgres.js 3.4.9 does not
+ * reserve the connection for a BEGIN that fills its pipeline (see
+ * `MAX_PIPELINE` in lib/sql/postgres.ts).
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { PostgresDatabase } from "../lib/sql/postgres.ts";
+import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
+
+Deno.test({
+  name:
+    "a transaction asked behind hundreds of queries in flight commits, and leaves no transaction open",
+  ignore: ignoreWithoutPostgres(),
+  fn: async () => {
+    await using pg = await startPostgres();
+    const db = await PostgresDatabase.open(pg.url, { max: 2 });
+    try {
+      await db.query(`CREATE TABLE t (k int PRIMARY KEY)`);
+      await Promise.all([db.query(`SELECT 1`), db.query(`SELECT 2`)]); // both connections open
+      const failed: string[] = [];
+      // With postgres.js's default pipeline of 100 a connection, the transaction behind 200 or
+      // 201 queries (spread over the two connections) was the one that filled it.
+      for (let before = 190; before < 215; before++) {
+        const asked: Promise<unknown>[] = [];
+        for (let i = 0; i < before; i++) asked.push(db.query(`SELECT $1::int AS i`, [i]));
+        // postgres.js hands a query to a connection a few microtasks after it is asked (and
+        // writes it in a later turn): the transaction comes once they are in the pipelines.
+        for (let i = 0; i < 5; i++) await Promise.resolve();
+        asked.push(
+          db.transaction((tx) => tx.query(`INSERT INTO t (k) VALUES ($1)`, [before]))
+            .catch((error) => failed.push(`${before}: ${error}`)),
+        );
+        for (let i = 0; i < 10; i++) asked.push(db.query(`SELECT $1::int AS i`, [i]));
+        await Promise.all(asked);
+      }
+      assert.deepEqual(failed, []);
+      const [{ n }] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM t`);
+      assert.equal(n, 25);
+      const open = await db.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'`,
+      );
+      assert.equal(open[0].n, 0);
+    } finally {
+      await db.close();
+    }
+  },
+});
