@@ -10,14 +10,13 @@
  * @module
  */
 
-import postgres from "npm:postgres@^3.4.9";
 import type { Accounts } from "./accounts.ts";
 import type { Backend } from "./backend.ts";
 import { PgBus } from "./pg_bus.ts";
 import { PgInstance, type Sql } from "./pg_instance.ts";
 import { PgUserLimits } from "./pg_limits.ts";
 import { PgPresence } from "./pg_presence.ts";
-import { CONNECT_TIMEOUT_S, guardClosedConnectionWrites, MAX_PIPELINE } from "./sql/postgres.ts";
+import { connectPostgres } from "./sql/postgres.ts";
 import type { ChatStore } from "./store.ts";
 import type { UserLimitSettings } from "./user_limits.ts";
 
@@ -46,15 +45,7 @@ function backoff(retries: number): number {
 
 /** Opens presence, limits and fan-out on PostgreSQL around a store on the same database. */
 export async function openPgBackend(options: PgBackendOptions): Promise<Backend> {
-  guardClosedConnectionWrites();
-  const config = {
-    max: 4,
-    connect_timeout: CONNECT_TIMEOUT_S,
-    max_pipeline: MAX_PIPELINE,
-    backoff,
-    onnotice: () => {},
-  };
-  const sql: Sql = options.url === undefined ? postgres(config) : postgres(options.url, config);
+  const sql: Sql = connectPostgres(options.url, { max: 4, backoff });
   try {
     const instance = await PgInstance.start(sql, { ttlMs: options.presenceTtlMs });
     const bus = await PgBus.start({

@@ -103,18 +103,16 @@ export const SQLITE: Dialect = {
   greatest: (a, b) => `max(${a}, ${b})`,
   least: (a, b) => `min(${a}, ${b})`,
   forUpdate: "",
-  search: (param, escaped) => ({
-    from: "messages_fts f JOIN messages m ON m.rowid = f.rowid",
-    // A pattern of fewer than 3 characters scans the content table (the messages), not the
-    // index: the mark keeps the two parts apart then too.
-    where: `f.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}
-      AND m.rowid <= ${SEARCH_MARK}`,
-    tail: {
-      from: "messages m",
-      where: `m.rowid > ${SEARCH_MARK}
-        AND m.body LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`,
-    },
-  }),
+  search: (param, escaped) => {
+    const like = `LIKE ${param}${escaped ? " ESCAPE '\\'" : ""}`;
+    return {
+      from: "messages_fts f JOIN messages m ON m.rowid = f.rowid",
+      // A pattern of fewer than 3 characters scans the content table (the messages), not the
+      // index: the mark keeps the two parts apart then too.
+      where: `f.body ${like} AND m.rowid <= ${SEARCH_MARK}`,
+      tail: { from: "messages m", where: `m.rowid > ${SEARCH_MARK} AND m.body ${like}` },
+    };
+  },
   indexesSearchLater: true,
   // SQLite copies the pages a statement or savepoint changes to a sub-journal, a temporary file
   // by default, created and deleted in every transaction: held in memory instead, a commit of 19

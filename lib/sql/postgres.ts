@@ -77,6 +77,29 @@ export const CONNECT_TIMEOUT_S = 2;
  */
 export const MAX_PIPELINE = 1_000_000_000;
 
+/**
+ * A postgres.js client as every client of the server needs one: the guard
+ * against its closed-connection writes, {@linkcode CONNECT_TIMEOUT_S},
+ * {@linkcode MAX_PIPELINE}, notices dropped, and reconnects at most half a
+ * second apart (postgres.js's default grows to 20 s, far longer than a
+ * restart takes); `options` adds to or overrides these. With no URL, the
+ * `PG*` variables say where.
+ */
+export function connectPostgres(
+  url: string | undefined,
+  options: postgres.Options<Record<string, postgres.PostgresType>>,
+): PostgresClient {
+  guardClosedConnectionWrites();
+  const config = {
+    connect_timeout: CONNECT_TIMEOUT_S,
+    max_pipeline: MAX_PIPELINE,
+    onnotice: () => {},
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 0.5),
+    ...options,
+  };
+  return (url === undefined ? postgres(config) : postgres(url, config)) as PostgresClient;
+}
+
 /** Options of {@linkcode PostgresDatabase.open}. */
 export interface PostgresOptions {
   /** The most connections in the pool (default 10). */
@@ -110,15 +133,9 @@ export class PostgresDatabase implements SqlDatabase {
     url: string | undefined,
     options: PostgresOptions = {},
   ): Promise<PostgresDatabase> {
-    guardClosedConnectionWrites();
-    const config = {
+    const client = connectPostgres(url, {
       max: options.max ?? 10,
       connect_timeout: options.connectTimeout ?? CONNECT_TIMEOUT_S,
-      max_pipeline: MAX_PIPELINE,
-      onnotice: () => {},
-      // Reconnect quickly after a restart of the server: at most half a second apart
-      // (postgres.js's default grows to 20 s, far longer than a restart takes).
-      backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 0.5),
       // int8 (COUNT, BIGINT columns) as numbers, not strings.
       types: {
         bigint: {
@@ -128,8 +145,7 @@ export class PostgresDatabase implements SqlDatabase {
           parse: (x: string) => Number(x),
         },
       },
-    };
-    const client = url === undefined ? postgres(config) : postgres(url, config);
+    });
     const where = url === undefined ? "PostgreSQL (PG* environment)" : `PostgreSQL ${redact(url)}`;
     try {
       await client.unsafe("SELECT 1");
