@@ -67,13 +67,10 @@ export const CONNECT_TIMEOUT_S = 2;
  * How many queries postgres.js may pipeline on one connection: no limit. In
  * postgres.js 3.4.9, a transaction's `BEGIN` that is the query filling a
  * connection's pipeline (100 by default) is sent without the connection being
- * reserved for it (porsager/postgres#823, #1189): the transaction fails with
- * `UNSAFE_TRANSACTION`, and its connection goes back to the pool with a
- * transaction open on the server, inside which unrelated queries then run.
- * With 2 connections and 200 or 201 queries asked at once before a
- * transaction, it happened every time (`tests/pg_pipeline_test.ts`). Without
- * the limit there is no such query. The pool still opens its connections
- * before it pipelines onto busy ones.
+ * reserved for it (porsager/postgres#823, #1189). Transactions no longer share
+ * connections with other queries ({@linkcode connectPostgres}), so that case
+ * cannot arise any more; the limit stays off so that the pool behaves as it
+ * did when `tests/pg_transactions_test.ts` showed the bug.
  */
 export const MAX_PIPELINE = 1_000_000_000;
 
@@ -84,6 +81,11 @@ export const MAX_PIPELINE = 1_000_000_000;
  * second apart (postgres.js's default grows to 20 s, far longer than a
  * restart takes); `options` adds to or overrides these. With no URL, the
  * `PG*` variables say where.
+ *
+ * Its `begin` runs each transaction on a connection that takes no other
+ * query ({@linkcode TransactionConnections}); half of `max` (at least one) are
+ * kept for that, the rest pipeline every other query, so the client opens no
+ * more than `max` connections (besides LISTEN's own) as before.
  */
 export function connectPostgres(
   url: string | undefined,
@@ -97,12 +99,82 @@ export function connectPostgres(
     backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 0.5),
     ...options,
   };
-  return (url === undefined ? postgres(config) : postgres(url, config)) as PostgresClient;
+  const max = options.max ?? 10;
+  const forTransactions = Math.max(1, Math.floor(max / 2));
+  const open = (max: number) =>
+    (url === undefined
+      ? postgres({ ...config, max })
+      : postgres(url, { ...config, max })) as PostgresClient;
+  const client = open(Math.max(1, max - forTransactions));
+  const transactions = new TransactionConnections(() => open(1), forTransactions);
+  const end = client.end;
+  // The client stays postgres.js's own (tagged templates, `unsafe`, `listen`, `notify`), with
+  // its `begin` and `end` replaced, so every caller of `sql.begin` is covered in one place.
+  return Object.assign(client, {
+    begin: transactions.begin,
+    end: async (options?: { timeout?: number }) => {
+      await Promise.all([end(options), transactions.end(options)]);
+    },
+  });
+}
+
+/**
+ * Connections that each run one transaction at a time and nothing else: a
+ * free list of postgres.js clients of one connection each, taken in turn.
+ *
+ * Why: postgres.js 3.4.9 reserves a pool connection for a transaction only
+ * when the write of its `BEGIN` neither fills the connection's pipeline nor
+ * meets backpressure, and a connection whose write met backpressure is
+ * handed back to the pool when its socket drains, even in the middle of a
+ * transaction (porsager/postgres#823, #1189; fixes proposed in #1207 and
+ * #1218, not released). Either way, queries of other callers then run inside
+ * that transaction: one transaction's `ROLLBACK` could undo another's writes
+ * while that other's `COMMIT` succeeds with nothing left to commit. Here no
+ * query but the transaction's own is ever sent on its connection, whatever
+ * postgres.js does with its pool of one (and with `max: 1`, postgres.js does
+ * not refuse a `BEGIN` it has not reserved for). Callers wait in order for a
+ * free connection; postgres.js queued them in its pool before, unbounded too.
+ */
+export class TransactionConnections {
+  #free: PostgresClient[];
+  #all: PostgresClient[];
+  #waiting: Array<(client: PostgresClient) => void> = [];
+
+  /** `count` clients made by `open`, each of one connection (opened on first use). */
+  constructor(open: () => PostgresClient, count: number) {
+    this.#all = Array.from({ length: count }, open);
+    this.#free = [...this.#all];
+  }
+
+  /** `sql.begin` on a connection of its own, with postgres.js's signature. */
+  readonly begin =
+    ((...args: unknown[]) =>
+      this.#run((client) =>
+        (client.begin as (...args: unknown[]) => Promise<unknown>)(...args)
+      )) as PostgresClient["begin"];
+
+  /** Ends every connection. */
+  async end(options?: { timeout?: number }): Promise<void> {
+    await Promise.all(this.#all.map((client) => client.end(options)));
+  }
+
+  async #run<T>(task: (client: PostgresClient) => Promise<T>): Promise<T> {
+    const client = this.#free.pop() ??
+      await new Promise<PostgresClient>((resolve) => this.#waiting.push(resolve));
+    try {
+      return await task(client);
+    } finally {
+      // The connection passes straight to the next waiter, or is freed.
+      const next = this.#waiting.shift();
+      if (next) next(client);
+      else this.#free.push(client);
+    }
+  }
 }
 
 /** Options of {@linkcode PostgresDatabase.open}. */
 export interface PostgresOptions {
-  /** The most connections in the pool (default 10). */
+  /** The most connections (default 10): half for transactions, half for other queries. */
   max?: number;
   /** Seconds one attempt to connect may take (default {@linkcode CONNECT_TIMEOUT_S}). */
   connectTimeout?: number;

@@ -1,8 +1,10 @@
 /**
- * A transaction on PostgreSQL holds its connection from BEGIN to COMMIT,
- * however many queries are in flight around it: postgres.js 3.4.9 does not
- * reserve the connection for a BEGIN that fills its pipeline (see
- * `MAX_PIPELINE` in lib/sql/postgres.ts).
+ * A transaction on PostgreSQL holds its connection from BEGIN to COMMIT, and
+ * no other query runs inside it, however many queries are in flight around
+ * it: postgres.js 3.4.9 does not reserve the connection for a BEGIN that fills
+ * its pipeline or meets backpressure, and can hand a connection back to its
+ * pool in the middle of a transaction (see `TransactionConnections` in
+ * lib/sql/postgres.ts).
  *
  * @module
  */
@@ -44,6 +46,41 @@ Deno.test({
         `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'`,
       );
       assert.equal(open[0].n, 0);
+    } finally {
+      await db.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "transactions and other queries never share a connection, so no query runs inside another caller's transaction",
+  ignore: ignoreWithoutPostgres(),
+  fn: async () => {
+    await using pg = await startPostgres();
+    const db = await PostgresDatabase.open(pg.url, { max: 4 });
+    try {
+      await db.query(`CREATE TABLE t (k int PRIMARY KEY)`);
+      const pid = `SELECT pg_backend_pid() AS pid, pg_current_xact_id_if_assigned()::text AS xid`;
+      type Seen = { pid: number; xid: string | null };
+      const inTransactions = new Set<number>();
+      const outside: Seen[] = [];
+      const asked: Promise<unknown>[] = [];
+      for (let k = 0; k < 200; k++) {
+        asked.push(db.transaction(async (tx) => {
+          await tx.query(`INSERT INTO t (k) VALUES ($1)`, [k]);
+          const [seen] = await tx.query<Seen>(pid);
+          inTransactions.add(seen.pid);
+        }));
+        for (let i = 0; i < 5; i++) asked.push(db.query<Seen>(pid).then(([s]) => outside.push(s)));
+      }
+      await Promise.all(asked);
+      // A query that ran inside another caller's transaction would see that transaction's id
+      // (its INSERT assigned one), and would share the transaction's connection.
+      assert.deepEqual(outside.filter((s) => s.xid !== null), []);
+      assert.deepEqual(outside.filter((s) => inTransactions.has(s.pid)), []);
+      const [{ n }] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM t`);
+      assert.equal(n, 200);
     } finally {
       await db.close();
     }
