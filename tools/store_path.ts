@@ -8,7 +8,8 @@
  *
  * `deno run -A tools/store_path.ts [checkout]` (another checkout's `lib/` to
  * compare; env `SYNC=normal`, `RATE`, `SECONDS`, `N`, `CIDS=random|ordered|off`: client
- * ids as random UUIDs, in time order as the page's UUIDv7s, or none). Pin it to one core with
+ * ids as random UUIDs, in time order as the page's UUIDv7s, or none; `SEARCH=on`: with the
+ * search index, which the server keeps only with `--search-index on`). Pin it to one core with
  * `taskset -c 1` to see it as the benchmark's server does.
  *
  * @module
@@ -24,6 +25,8 @@ const N = Number(Deno.env.get("N") ?? 2000);
 const RATE = Number(Deno.env.get("RATE") ?? 5000);
 const SECONDS = Number(Deno.env.get("SECONDS") ?? 2);
 const CIDS = Deno.env.get("CIDS") ?? "ordered";
+// As the server runs by default (`--search-index off`); `openStore` alone would keep the index.
+const SEARCH = Deno.env.get("SEARCH") === "on";
 
 /** CPU µs so far by thread name, from /proc. */
 function threads(): Record<string, number> {
@@ -58,7 +61,10 @@ async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>
 
 const dir = await Deno.makeTempDir({ prefix: "chat-store-path-" });
 try {
-  const store = await openStore(join(dir, "chat.db"), { sqliteSynchronous: SYNC });
+  const store = await openStore(join(dir, "chat.db"), {
+    sqliteSynchronous: SYNC,
+    searchIndex: SEARCH,
+  });
   const accounts = new Accounts(store.db, { iterations: 1000 });
 
   /** The store's part of an arrival; resolves with the token a new user was given. */
