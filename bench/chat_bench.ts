@@ -16,7 +16,8 @@
  *
  * Exits 1 if any phase saw an error (an error frame, a refused or dropped
  * connection, a message lost, duplicated or out of order, a line on the
- * server's stderr): `--smoke` is the small run CI uses for exactly that.
+ * server's stderr): CI runs `--quick` once for exactly that, on SQLite and on
+ * three instances on PostgreSQL; `--smoke` is a smaller run of seconds.
  *
  * @module
  */
