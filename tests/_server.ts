@@ -66,6 +66,11 @@ export interface StartOptions {
   store?: ChatStore & { db: SqlDatabase };
   /** The fan-out between servers on one store; in-process when absent. */
   bus?: Bus;
+  /**
+   * The TCP guard and the server's own WebSocket in front (default); `false`
+   * serves as on Deno Deploy: `Deno.serve` and `Deno.upgradeWebSocket`.
+   */
+  guard?: boolean;
 }
 
 /**
@@ -93,7 +98,13 @@ export async function startServer(options: StartOptions = {}): Promise<InProcess
   };
   // A lighter password hash keeps tests quick; the algorithm and code path are the real ones.
   const accounts = new Accounts(store.db, { iterations: 1000 });
-  const server = await startChatServer({ settings, store, accounts, bus: options.bus });
+  const server = await startChatServer({
+    settings,
+    store,
+    accounts,
+    bus: options.bus,
+    guard: options.guard,
+  });
   let closed = false;
   const close = async () => {
     if (closed) return;
