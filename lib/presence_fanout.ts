@@ -21,7 +21,7 @@
  * @module
  */
 
-import { Outgoing } from "./frames.ts";
+import { Outgoing, withoutElement } from "./frames.ts";
 import { PRESENCE_BATCH_MAX } from "./protocol.ts";
 
 /** One flush: the changes, and the frame each reader gets. */
@@ -66,11 +66,16 @@ export class PresenceBatch {
     }
     let out = this.#without.get(user);
     if (out === undefined) {
-      const online = this.online.filter((u) => u !== user);
-      const offline = this.offline.filter((u) => u !== user);
-      out = online.length + offline.length === 0
-        ? null
-        : new Outgoing({ type: "presence", online, offline });
+      // During a crowd's arrival most readers are in the batch, each with a copy of a frame of
+      // up to `maxBatch` names: cut out of the shared text, not filtered and encoded again
+      // (~40 µs a reader at 500 names against ~5).
+      out = this.#changed.size === 1 ? null : new Outgoing(
+        withoutElement(this.#shared.v1, user) ?? {
+          type: "presence",
+          online: this.online.filter((u) => u !== user),
+          offline: this.offline.filter((u) => u !== user),
+        },
+      );
       this.#without.set(user, out);
     }
     if (out) this.#delivered = true;

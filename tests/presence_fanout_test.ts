@@ -58,3 +58,49 @@ Deno.test("a reader in the batch gets it without its own change, and nothing whe
   assert.deepEqual(frame("c"), { type: "presence", online: ["a", "b"], offline: [] });
   assert.equal(new PresenceBatch(["a"], []).for("a"), undefined);
 });
+
+Deno.test("a reader's copy without its own change is the very text of that frame encoded anew, whatever the names", () => {
+  // Names that could fool a cut made in the encoded text: prefixes and suffixes of each other,
+  // the frame's own keys, JSON's delimiters and escapes, characters beyond U+FFFF.
+  const awkward = [
+    "a",
+    "ab",
+    "ba",
+    "online",
+    "offline",
+    "presence",
+    "type",
+    'quo"te',
+    "back\\slash",
+    "trail\\",
+    "co,mma",
+    "[br]",
+    '","a',
+    "tab\there",
+    "中文",
+    "😀",
+    "\u2028",
+  ];
+  let seed = 7;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let round = 0; round < 200; round++) {
+    const online: string[] = [], offline: string[] = [];
+    for (const name of awkward) {
+      const r = random();
+      if (r < 0.4) online.push(name);
+      else if (r < 0.8) offline.push(name);
+    }
+    const batch = new PresenceBatch(online, offline);
+    for (const user of [...online, ...offline]) {
+      const rest = {
+        type: "presence",
+        online: online.filter((u) => u !== user),
+        offline: offline.filter((u) => u !== user),
+      };
+      const expected = rest.online.length + rest.offline.length === 0
+        ? undefined
+        : JSON.stringify(rest);
+      assert.equal(batch.for(user)?.v1, expected, `${JSON.stringify(user)} in round ${round}`);
+    }
+  }
+});
