@@ -1,7 +1,7 @@
 /**
  * The known bugs of `tools/mutants.ts` stay applicable: `deno task mutate
  * --quick` reports a bug whose search text is gone as stale and measures
- * nothing with it, and 9 of 22 had gone stale unnoticed as the code moved.
+ * nothing with it, and 9 of 21 had gone stale unnoticed as the code moved.
  * This checks, in milliseconds, what that run would find stale.
  *
  * @module
