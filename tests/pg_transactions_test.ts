@@ -13,19 +13,28 @@ import assert from "node:assert/strict";
 import { PostgresDatabase } from "../lib/sql/postgres.ts";
 import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
 
+/** `fn` on a fresh cluster's database of `max` connections, with an empty table `t (k)`. */
+async function withTable(max: number, fn: (db: PostgresDatabase) => Promise<void>): Promise<void> {
+  await using pg = await startPostgres();
+  const db = await PostgresDatabase.open(pg.url, { max });
+  try {
+    await db.query(`CREATE TABLE t (k int PRIMARY KEY)`);
+    await fn(db);
+  } finally {
+    await db.close();
+  }
+}
+
 Deno.test({
   name:
     "a transaction asked behind hundreds of queries in flight commits, and leaves no transaction open",
   ignore: ignoreWithoutPostgres(),
-  fn: async () => {
-    await using pg = await startPostgres();
-    const db = await PostgresDatabase.open(pg.url, { max: 2 });
-    try {
-      await db.query(`CREATE TABLE t (k int PRIMARY KEY)`);
-      await Promise.all([db.query(`SELECT 1`), db.query(`SELECT 2`)]); // both connections open
+  fn: () =>
+    withTable(2, async (db) => {
+      await Promise.all([db.query(`SELECT 1`), db.query(`SELECT 2`)]); // connections open
       const failed: string[] = [];
-      // With postgres.js's default pipeline of 100 a connection, the transaction behind 200 or
-      // 201 queries (spread over the two connections) was the one that filled it.
+      // When transactions shared the pool (two connections, postgres.js's default pipeline of 100
+      // each), the transaction behind 200 or 201 queries was the one that filled a pipeline.
       for (let before = 190; before < 215; before++) {
         const asked: Promise<unknown>[] = [];
         for (let i = 0; i < before; i++) asked.push(db.query(`SELECT $1::int AS i`, [i]));
@@ -46,21 +55,15 @@ Deno.test({
         `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'`,
       );
       assert.equal(open[0].n, 0);
-    } finally {
-      await db.close();
-    }
-  },
+    }),
 });
 
 Deno.test({
   name:
     "transactions and other queries never share a connection, so no query runs inside another caller's transaction",
   ignore: ignoreWithoutPostgres(),
-  fn: async () => {
-    await using pg = await startPostgres();
-    const db = await PostgresDatabase.open(pg.url, { max: 4 });
-    try {
-      await db.query(`CREATE TABLE t (k int PRIMARY KEY)`);
+  fn: () =>
+    withTable(4, async (db) => {
       const pid = `SELECT pg_backend_pid() AS pid, pg_current_xact_id_if_assigned()::text AS xid`;
       type Seen = { pid: number; xid: string | null };
       const inTransactions = new Set<number>();
@@ -81,8 +84,5 @@ Deno.test({
       assert.deepEqual(outside.filter((s) => inTransactions.has(s.pid)), []);
       const [{ n }] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM t`);
       assert.equal(n, 200);
-    } finally {
-      await db.close();
-    }
-  },
+    }),
 });

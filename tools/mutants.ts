@@ -27,6 +27,17 @@ export interface KnownBug {
   tests: string[];
 }
 
+/**
+ * Why `bug` cannot be applied to `source` (its file's text): its search text
+ * is gone or not unique; undefined when it applies.
+ */
+export function staleness(bug: KnownBug, source: string): string | undefined {
+  const at = source.indexOf(bug.search);
+  if (at === -1) return "its search text is gone";
+  if (source.indexOf(bug.search, at + 1) !== -1) return "its search text is not unique";
+  return undefined;
+}
+
 /** The known bugs, by promise. */
 export const KNOWN_BUGS: KnownBug[] = [
   // Delivery: once, in id order, across hubs, reconnects and resumes.

@@ -155,7 +155,7 @@ async function testsPass(cwd: string, files: string[], seconds = 180): Promise<b
  * repository, against its test files. Returns the exit code.
  */
 async function quick(): Promise<number> {
-  const { KNOWN_BUGS } = await import("./mutants.ts");
+  const { KNOWN_BUGS, staleness } = await import("./mutants.ts");
   const dir = await copyRepository();
   try {
     const all = [...new Set(KNOWN_BUGS.flatMap((b) => b.tests))];
@@ -168,11 +168,9 @@ async function quick(): Promise<number> {
     for (const bug of KNOWN_BUGS) {
       const path = join(dir, bug.file);
       const source = await Deno.readTextFile(path);
-      const at = source.indexOf(bug.search);
-      if (at === -1 || source.indexOf(bug.search, at + 1) !== -1) {
-        stale.push(
-          `  ${bug.file}: ${bug.name} (its search text is ${at === -1 ? "gone" : "not unique"})`,
-        );
+      const why = staleness(bug, source);
+      if (why) {
+        stale.push(`  ${bug.file}: ${bug.name} (${why})`);
         console.log(`stale     ${bug.name}`);
         continue;
       }

@@ -101,10 +101,10 @@ export function connectPostgres(
   };
   const max = options.max ?? 10;
   const forTransactions = Math.max(1, Math.floor(max / 2));
-  const open = (max: number) =>
+  const open = (connections: number) =>
     (url === undefined
-      ? postgres({ ...config, max })
-      : postgres(url, { ...config, max })) as PostgresClient;
+      ? postgres({ ...config, max: connections })
+      : postgres(url, { ...config, max: connections })) as PostgresClient;
   const client = open(Math.max(1, max - forTransactions));
   const transactions = new TransactionConnections(() => open(1), forTransactions);
   const end = client.end;
