@@ -274,7 +274,7 @@ Deno.test({
     await using alice = await join(srv.origin, "alice");
     await using bob = await join(srv.origin, "bob");
     // Back to back, behind a message that is being stored (whether the copies share a batch
-    // is the store's business; tests/kv_store_test.ts makes sure of that case).
+    // is the store's business; tests/conformance_test.ts makes sure of that case).
     alice.send({ type: "send", room: "lobby", text: "lead", cid: "lead" });
     for (let i = 0; i < 3; i++) {
       alice.send({ type: "send", room: "lobby", text: "once", cid: "twice" });
