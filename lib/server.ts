@@ -23,7 +23,7 @@ import { serveAsset } from "./page.ts";
 import type { Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 import { SUBPROTOCOL, toLegacyError } from "./protocol.ts";
-import { type ServerSocket, upgradeHere } from "./websocket.ts";
+import { type HandshakeRequest, type ServerSocket, upgradeHere } from "./websocket.ts";
 import type { Settings } from "./settings.ts";
 import type { ChatStore } from "./store.ts";
 
@@ -109,7 +109,7 @@ async function readCapped(req: Request, max: number): Promise<string | undefined
 }
 
 /** What a handshake offers in `Sec-WebSocket-Protocol`: the protocol, and a token if any. */
-function offered(req: Request): { protocol: "v1" | "legacy" | undefined; token?: string } {
+function offered(req: HandshakeRequest): { protocol: "v1" | "legacy" | undefined; token?: string } {
   const list = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((p) => p.trim()).filter((p) => p !== "");
   // The token travels as a subprotocol, `token.<base64url>`: never in the URL, so never in logs.
@@ -137,11 +137,18 @@ export interface HandlerOptions {
   clientIp?: (info: Deno.ServeHandlerInfo<Deno.NetAddr>) => string | undefined;
 }
 
+/**
+ * The request handler (for `Deno.serve`), with `handshake` for the
+ * WebSocket handshakes the guard read itself, which are not `Request`s.
+ */
+export interface Handler {
+  (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response>;
+  /** A `GET` with `Upgrade: websocket`, to a path under `/ws/` before URL normalisation. */
+  handshake(req: HandshakeRequest, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response>;
+}
+
 /** Makes the request handler over a hub. */
-export function createHandler(
-  hub: ChatHub,
-  options: HandlerOptions,
-): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
+export function createHandler(hub: ChatHub, options: HandlerOptions): Handler {
   const { settings, accounts } = options;
   const allowed = new Set(settings.allowOrigin.split(",").map((o) => o.trim()).filter(Boolean));
   const perIp = new OpenCounter();
@@ -149,10 +156,20 @@ export function createHandler(
   const logins = new MinuteCounter(settings.loginsPerMinute);
   // DNS rebinding: sockets and logins only under a host name that is the server's own.
   const ownHost = hostPolicy(settings.publicHost, settings.allowOrigin);
-  const misdirected = (req: Request, url: URL) =>
+  const misdirected = (req: HandshakeRequest, url: URL) =>
     settings.publicHost !== "*" && !ownHost(req.headers.get("host") ?? url.host);
 
-  return async (req, info) => {
+  const handshake = async (req: HandshakeRequest, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
+    const url = new URL(req.url);
+    const path = url.pathname;
+    // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name.
+    if (!path.startsWith("/ws/")) return text(400, "connect the WebSocket to /ws/<username>");
+    if (misdirected(req, url)) return text(421, "unknown host name; see --public-host");
+    const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
+    return await upgrade(req, { segment: path.slice(4), url, ip });
+  };
+
+  return Object.assign(async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
     const url = new URL(req.url);
     const path = url.pathname;
     const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
@@ -176,7 +193,7 @@ export function createHandler(
       }, { status: store ? 200 : 503, headers: { "cache-control": "no-store" } });
     }
     return serveAsset(req, path) ?? text(404, "not found");
-  };
+  }, { handshake });
 
   /**
    * Browsers send `Origin` with every handshake and let any page open a
@@ -188,7 +205,7 @@ export function createHandler(
    * file or any static server) carry no credential and may come from any
    * origin, `null` included. Clients without `Origin` are not browsers.
    */
-  function originAllowed(req: Request, url: URL): boolean {
+  function originAllowed(req: HandshakeRequest, url: URL): boolean {
     const origin = req.headers.get("origin");
     if (origin === null) return true;
     if (allowed.has(origin)) return true;
@@ -242,7 +259,7 @@ export function createHandler(
   }
 
   async function upgrade(
-    req: Request,
+    req: HandshakeRequest,
     at: { segment: string; url: URL; ip: string },
   ): Promise<Response> {
     let raw: string;
@@ -385,12 +402,14 @@ export function createHandler(
  * A handshake Deno refuses is logged with why, and answered 400.
  */
 function upgradeSocket(
-  req: Request,
+  req: HandshakeRequest,
   options: { protocol?: string; idleTimeout: number },
 ): { ok: true; socket: ServerSocket; response: Response } | { ok: false; response: Response } {
   try {
     const here = upgradeHere(req, options);
     if (here) return { ok: true, ...here };
+    // Not the guard's: then `Deno.serve`'s own.
+    if (!(req instanceof Request)) throw new TypeError("not a request Deno.serve took");
     const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: options.idleTimeout });
     if (options.protocol !== undefined) {
       response.headers.set("sec-websocket-protocol", options.protocol);
@@ -507,7 +526,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
         maxMessageBytes: settings.maxFrameBytes,
         handshake: (req, info) => {
           direct.add(info);
-          return handler(req, info);
+          return handler.handshake(req, info);
         },
       });
     } catch (error) {

@@ -650,15 +650,28 @@ export class GuardedWebSocket implements ServerSocket {
   }
 }
 
+/**
+ * What an upgrade reads of its request: a `Request` has it, and so does the
+ * guard's parsed handshake, which is not one (see `lib/guard.ts`).
+ */
+export interface HandshakeRequest {
+  /** The absolute URL. */
+  readonly url: string;
+  /** The header fields, by case-insensitive name; repeated fields joined with ", ". */
+  readonly headers: { get(name: string): string | null };
+}
+
 /** A handshake the guard read, which the handler may accept with {@linkcode upgradeHere}. */
 export interface OfferedUpgrade {
   /** The socket, once the handler accepted. */
   socket?: GuardedWebSocket;
   /** The response that says so: the guard answers it with a 101. */
   response?: Response;
+  /** The 101's head, without its final empty line, once the handler accepted. */
+  head?: string;
 }
 
-const offers = new WeakMap<Request, OfferedUpgrade & OfferOptions>();
+const offers = new WeakMap<HandshakeRequest, OfferedUpgrade & OfferOptions>();
 
 /** Options of {@linkcode offerUpgrade}. */
 export interface OfferOptions {
@@ -667,7 +680,7 @@ export interface OfferOptions {
 }
 
 /** Marks `req` (built by the guard from a handshake head) as one this process can upgrade. */
-export function offerUpgrade(req: Request, options: OfferOptions): OfferedUpgrade {
+export function offerUpgrade(req: HandshakeRequest, options: OfferOptions): OfferedUpgrade {
   const offer: OfferedUpgrade & OfferOptions = { ...options };
   offers.set(req, offer);
   return offer;
@@ -680,7 +693,7 @@ export function offerUpgrade(req: Request, options: OfferOptions): OfferedUpgrad
  * for a handshake that is not valid (RFC 6455 §4.2.1).
  */
 export function upgradeHere(
-  req: Request,
+  req: HandshakeRequest,
   options: { protocol?: string; idleTimeout: number },
 ): { socket: GuardedWebSocket; response: Response } | undefined {
   const offer = offers.get(req);
@@ -701,18 +714,18 @@ export function upgradeHere(
   if (!/^[A-Za-z0-9+/]{22}==$/.test(key)) {
     throw new TypeError("Invalid Header: 'sec-websocket-key' header must be 16 bytes in base64");
   }
-  const headers = new Headers({
-    upgrade: "websocket",
-    connection: "Upgrade",
-    "sec-websocket-accept": acceptKey(key),
-  });
-  if (options.protocol !== undefined) headers.set("sec-websocket-protocol", options.protocol);
+  // Written as text: a `Headers` and a `Response` holding them, iterated by the guard, cost
+  // ~11 µs a handshake (measured, Deno 2.9).
+  offer.head = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+    `sec-websocket-accept: ${acceptKey(key)}\r\n` +
+    (options.protocol === undefined ? "" : `sec-websocket-protocol: ${options.protocol}\r\n`);
   offer.socket = new GuardedWebSocket({
     maxMessageBytes: offer.maxMessageBytes,
     idleTimeout: options.idleTimeout,
     protocol: options.protocol,
   });
-  // Status 101 cannot be constructed; the guard knows this response by identity.
-  offer.response = new Response(null, { status: 200, headers });
+  // Status 101 cannot be constructed; the guard knows this response by identity, and answers
+  // it with `head`.
+  offer.response = new Response(null);
   return { socket: offer.socket, response: offer.response };
 }

@@ -221,6 +221,46 @@ for (const [label, target, reason] of BAD_USERNAMES) {
   });
 }
 
+Deno.test("server refuses a handshake with a NUL in a header field with HTTP 400, and serves on", async () => {
+  await using srv = await startServer();
+  const res = await rawGet(srv.port, "/ws/alice", { ...HANDSHAKE, "x-note": "a\0b" });
+  assert.equal(res.status, 400, `${res.status} ${res.body.slice(0, 80)}`);
+  assert.match(res.body, /not a valid WebSocket handshake/);
+  assert.equal(res.headers.get("sec-websocket-accept"), null);
+  await using _alice = await welcomed(srv.origin, "alice");
+});
+
+Deno.test("server reads a header field sent on two lines as one list: Connection: Upgrade, then keep-alive", async () => {
+  await using srv = await startServer();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+  try {
+    const head = [
+      "GET /ws/carol HTTP/1.1",
+      `Host: 127.0.0.1:${srv.port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      "Connection: keep-alive",
+      `Sec-WebSocket-Key: ${HANDSHAKE["sec-websocket-key"]}`,
+      "Sec-WebSocket-Version: 13",
+      "",
+      "",
+    ].join("\r\n");
+    await conn.write(new TextEncoder().encode(head));
+    const buf = new Uint8Array(4096);
+    let answer = "";
+    while (!answer.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      answer += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    assert.match(answer, /^HTTP\/1\.1 101 /);
+    // RFC 6455's answer to this key.
+    assert.match(answer, /\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r\n/i);
+  } finally {
+    conn.close();
+  }
+});
+
 Deno.test("server never opens a socket for a user named .. (WebSocket clients fold /ws/.. into /)", async () => {
   await using srv = await startServer();
   const socket = new WebSocket(`${srv.origin.replace("http", "ws")}/ws/..`, "chat.v1");
