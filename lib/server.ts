@@ -159,24 +159,35 @@ export function createHandler(hub: ChatHub, options: HandlerOptions): Handler {
   const misdirected = (req: HandshakeRequest, url: URL) =>
     settings.publicHost !== "*" && !ownHost(req.headers.get("host") ?? url.host);
 
+  const ipOf = (info: Deno.ServeHandlerInfo<Deno.NetAddr>) =>
+    options.clientIp?.(info) ?? info.remoteAddr.hostname;
+  /** A handshake to a path under `/ws/`, from `Deno.serve` or the guard. */
+  const toSocket = async (
+    req: HandshakeRequest,
+    url: URL,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ) => {
+    if (misdirected(req, url)) return text(421, "unknown host name; see --public-host");
+    return await upgrade(req, { segment: url.pathname.slice(4), url, ip: ipOf(info) });
+  };
+
   const handshake = async (req: HandshakeRequest, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
     const url = new URL(req.url);
-    const path = url.pathname;
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name.
-    if (!path.startsWith("/ws/")) return text(400, "connect the WebSocket to /ws/<username>");
-    if (misdirected(req, url)) return text(421, "unknown host name; see --public-host");
-    const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
-    return await upgrade(req, { segment: path.slice(4), url, ip });
+    if (!url.pathname.startsWith("/ws/")) {
+      return text(400, "connect the WebSocket to /ws/<username>");
+    }
+    return await toSocket(req, url, info);
   };
 
   return Object.assign(async (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
     const url = new URL(req.url);
     const path = url.pathname;
-    const ip = options.clientIp?.(info) ?? info.remoteAddr.hostname;
-    if ((path.startsWith("/ws/") || path === "/api/login") && misdirected(req, url)) {
+    if (path.startsWith("/ws/")) return await toSocket(req, url, info);
+    const ip = ipOf(info);
+    if (path === "/api/login" && misdirected(req, url)) {
       return text(421, "unknown host name; see --public-host");
     }
-    if (path.startsWith("/ws/")) return await upgrade(req, { segment: path.slice(4), url, ip });
     // URL parsing folds `/ws/..` into `/`: a handshake anywhere else is a bad name, not a page.
     if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return text(400, "connect the WebSocket to /ws/<username>");

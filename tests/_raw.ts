@@ -62,19 +62,24 @@ export const HANDSHAKE = {
 /**
  * One HTTP/1.1 GET over a raw TCP connection, with the request target sent
  * byte for byte (`fetch` and `WebSocket` would normalise `..` and friends).
- * For answers with a body only; a 101 would leave a socket half-open.
+ * A 101 is read up to its head, and the connection then closed (the server
+ * sees its socket close at once).
  */
 export async function rawGet(
   port: number,
   target: string,
-  headers: Record<string, string> = {},
+  /** The fields: by name (`host` replaces the default), or as lines after `host`, in order. */
+  headers: Record<string, string> | [string, string][] = {},
   timeoutMs: number = RAW_TIMEOUT_MS,
 ): Promise<RawResponse> {
   const deadline = Date.now() + timeoutMs;
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
-    const lines = Object.entries({ host: `127.0.0.1:${port}`, ...headers })
-      .map(([k, v]) => `${k}: ${v}\r\n`).join("");
+    const host = `127.0.0.1:${port}`;
+    const fields = Array.isArray(headers)
+      ? [["host", host], ...headers]
+      : Object.entries({ host, ...headers });
+    const lines = fields.map(([k, v]) => `${k}: ${v}\r\n`).join("");
     const request = new TextEncoder().encode(`GET ${target} HTTP/1.1\r\n${lines}\r\n`);
     for (let written = 0; written < request.length;) {
       written += await conn.write(request.subarray(written));

@@ -232,33 +232,16 @@ Deno.test("server refuses a handshake with a NUL in a header field with HTTP 400
 
 Deno.test("server reads a header field sent on two lines as one list: Connection: Upgrade, then keep-alive", async () => {
   await using srv = await startServer();
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
-  try {
-    const head = [
-      "GET /ws/carol HTTP/1.1",
-      `Host: 127.0.0.1:${srv.port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      "Connection: keep-alive",
-      `Sec-WebSocket-Key: ${HANDSHAKE["sec-websocket-key"]}`,
-      "Sec-WebSocket-Version: 13",
-      "",
-      "",
-    ].join("\r\n");
-    await conn.write(new TextEncoder().encode(head));
-    const buf = new Uint8Array(4096);
-    let answer = "";
-    while (!answer.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      answer += new TextDecoder().decode(buf.subarray(0, n));
-    }
-    assert.match(answer, /^HTTP\/1\.1 101 /);
-    // RFC 6455's answer to this key.
-    assert.match(answer, /\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r\n/i);
-  } finally {
-    conn.close();
-  }
+  const res = await rawGet(srv.port, "/ws/carol", [
+    ["Upgrade", "websocket"],
+    ["Connection", "Upgrade"],
+    ["Connection", "keep-alive"],
+    ["Sec-WebSocket-Key", HANDSHAKE["sec-websocket-key"]],
+    ["Sec-WebSocket-Version", "13"],
+  ]);
+  assert.equal(res.status, 101);
+  // RFC 6455's answer to this key.
+  assert.equal(res.headers.get("sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 });
 
 Deno.test("server never opens a socket for a user named .. (WebSocket clients fold /ws/.. into /)", async () => {

@@ -117,8 +117,9 @@ export const SQLITE: Dialect = {
   // SQLite copies the pages a statement or savepoint changes to a sub-journal, a temporary file
   // by default, created and deleted in every transaction: held in memory instead, a commit of 19
   // DMs cost its worker 1,407–1,426 µs of CPU against 1,749–1,854, and a new user's 305–310 µs
-  // against 345–360 (`tools/store_path.ts`, then with the search index, which it kept by mistake). After the migrations, not before: an index built on
-  // a large table sorts in temporary storage too, and in memory that could be hundreds of MB.
+  // against 345–360 (`tools/store_path.ts`, then with the search index, which it kept by
+  // mistake). After the migrations, not before: an index built on a large table sorts in
+  // temporary storage too, and in memory that could be hundreds of MB.
   afterMigrate: [`PRAGMA temp_store = MEMORY`],
   isUniqueViolation: (error) => /UNIQUE constraint failed/i.test(String(error)),
   isRetryable: (error) => /database is locked|SQLITE_BUSY/i.test(String(error)),
