@@ -55,7 +55,7 @@ import { LocalPresence, type Presence } from "./presence.ts";
 import { LocalUserLimits, type UserLimits } from "./user_limits.ts";
 import { Throttle } from "./throttle.ts";
 import { PresenceFanout } from "./presence_fanout.ts";
-import { onlinePage, welcomeOnline } from "./online_list.ts";
+import { onlinePage, type WelcomeOnline, welcomeOnline } from "./online_list.ts";
 import { BusyError } from "./semaphore.ts";
 import { skeleton } from "./identity.ts";
 import { LogOnce } from "./log.ts";
@@ -330,12 +330,11 @@ export class ChatHub implements HubPort {
     });
     if (conn.closed) return;
     if (this.#shuttingDown) return conn.closePeer(CloseCode.GoingAway, "server shutting down");
-    conn.welcome(JSON.stringify(
+    const welcome = JSON.stringify(
       {
         type: "welcome",
         user,
         rooms: first ? rooms : this.#roomsOf(user),
-        ...online,
         conversations,
         privateRooms: rooms.filter((_, i) => infos[i]),
         invites,
@@ -346,8 +345,10 @@ export class ChatHub implements HubPort {
           maxFrameBytes: this.limits.maxFrameBytes,
           replayLimit: this.limits.replayLimit,
         },
-      } satisfies ServerFrame,
-    ));
+      } satisfies Omit<Extract<ServerFrame, { type: "welcome" }>, keyof WelcomeOnline>,
+    );
+    // The online list goes in as JSON already (see welcomeOnline), before the closing brace.
+    conn.welcome(`${welcome.slice(0, -1)},${online}}`);
     // A name just claimed belongs to this connection alone: any socket opened on it while it
     // was free (the original page's) did not prove it is its owner, and goes.
     if (conn.token !== undefined) {

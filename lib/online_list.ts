@@ -31,11 +31,19 @@ export interface WelcomeOnlineOptions {
   isOnline?: (user: string) => boolean;
 }
 
-/** The bounded list of who is online for a `welcome`. */
+/** The first page last serialised, by identity: a {@linkcode Presence} returns it again while it lasts. */
+let shared: { users: readonly string[]; json: string } | undefined;
+
+/**
+ * The bounded list of who is online for a `welcome`, as the JSON object
+ * members of its {@linkcode WelcomeOnline} fields (`"online":[…],"onlineCount":…`,
+ * no braces), to be spliced into the frame: with thousands online, the same
+ * first page goes into most welcomes, and is serialised once while it lasts.
+ */
 export async function welcomeOnline(
   presence: Presence,
   options: WelcomeOnlineOptions,
-): Promise<WelcomeOnline> {
+): Promise<string> {
   const { limit } = options;
   const listed = new Set<string>();
   if (options.isOnline) {
@@ -45,21 +53,28 @@ export async function welcomeOnline(
     }
   }
   const page = await presence.online({ limit });
+  let online: readonly string[];
+  let usersJson: string;
   // Everyone online up to `after` in name order is listed: a client pages on from there.
   let after: string | undefined;
-  for (const user of page.users) {
-    if (listed.size >= limit && !listed.has(user)) break;
-    listed.add(user);
-    after = user;
+  if (listed.size === 0) {
+    // Nobody the user can see is online (a new user's case): the list is the page itself.
+    online = page.users;
+    after = online.at(-1);
+    if (shared?.users !== online) shared = { users: online, json: JSON.stringify(online) };
+    usersJson = shared.json;
+  } else {
+    for (const user of page.users) {
+      if (listed.size >= limit && !listed.has(user)) break;
+      listed.add(user);
+      after = user;
+    }
+    online = [...listed];
+    usersJson = JSON.stringify(online);
   }
-  const total = Math.max(page.total, listed.size);
-  const out: WelcomeOnline = {
-    online: [...listed],
-    onlineCount: total,
-    onlineMore: total > listed.size,
-  };
-  if (after !== undefined) out.onlineAfter = after;
-  return out;
+  const total = Math.max(page.total, online.length);
+  return `"online":${usersJson},"onlineCount":${total},"onlineMore":${total > online.length}` +
+    (after === undefined ? "" : `,"onlineAfter":${JSON.stringify(after)}`);
 }
 
 /** The answer to `{"type":"online"}`: a page of who is online after `after`. */

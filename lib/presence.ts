@@ -25,8 +25,8 @@ export interface OnlineQuery {
 
 /** A page of who is online. */
 export interface OnlinePage {
-  /** Names in UTF-16 code unit order, at most the query's `limit`. */
-  users: string[];
+  /** Names in UTF-16 code unit order, at most the query's `limit` (shared: never modified). */
+  users: readonly string[];
   /** Whether more come after the last of `users`. */
   more: boolean;
   /** How many are online in all. */
@@ -67,6 +67,11 @@ function upperBound(names: readonly string[], name: string): number {
  */
 export class SortedNames {
   #names: string[] = [];
+  /**
+   * The first page last read, kept (frozen) until a name within it changes: every `welcome`
+   * reads the first page, and arrivals mostly change names beyond it.
+   */
+  #first: { limit: number; users: readonly string[] } | undefined;
 
   /** How many names it holds. */
   get size(): number {
@@ -84,6 +89,7 @@ export class SortedNames {
     const i = upperBound(this.#names, name);
     if (i > 0 && this.#names[i - 1] === name) return false;
     this.#names.splice(i, 0, name);
+    this.#changed(i);
     return true;
   }
 
@@ -92,13 +98,31 @@ export class SortedNames {
     const i = upperBound(this.#names, name) - 1;
     if (i < 0 || this.#names[i] !== name) return false;
     this.#names.splice(i, 1);
+    this.#changed(i);
     return true;
   }
 
-  /** Up to `limit` names after `after` (from the first when absent), and whether more follow. */
-  page(query: OnlineQuery): { users: string[]; more: boolean } {
-    const from = query.after === undefined ? 0 : upperBound(this.#names, query.after);
-    const users = this.#names.slice(from, from + query.limit);
+  /** A name at index `i` came or went: the kept first page is stale if `i` is within its reach. */
+  #changed(i: number): void {
+    if (this.#first && i < this.#first.limit) this.#first = undefined;
+  }
+
+  /**
+   * Up to `limit` names after `after` (from the first when absent), and
+   * whether more follow. The list is frozen: the first page is shared by
+   * every read until it changes.
+   */
+  page(query: OnlineQuery): { users: readonly string[]; more: boolean } {
+    if (query.after === undefined) {
+      let first = this.#first;
+      if (first?.limit !== query.limit) {
+        const users = Object.freeze(this.#names.slice(0, query.limit));
+        this.#first = first = { limit: query.limit, users };
+      }
+      return { users: first.users, more: first.users.length < this.#names.length };
+    }
+    const from = upperBound(this.#names, query.after);
+    const users = Object.freeze(this.#names.slice(from, from + query.limit));
     return { users, more: from + users.length < this.#names.length };
   }
 

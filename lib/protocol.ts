@@ -127,7 +127,7 @@ export type ServerFrame =
      * Who is online, at most `--welcome-online` of them: first those the user
      * can see (DM partners and room-mates), then the others in name order.
      */
-    online: string[];
+    online: readonly string[];
     /** How many users are online in all (`online` may list fewer). */
     onlineCount: number;
     /** Whether more are online than `online` lists: page through them with `{"type":"online"}`. */
@@ -170,7 +170,7 @@ export type ServerFrame =
     offline: string[];
   }
   /** A page of who is online, in name order, after the `after` the client asked from. */
-  | { type: "online"; users: string[]; more: boolean }
+  | { type: "online"; users: readonly string[]; more: boolean }
   | { type: "pong" }
   | {
     type: "error";

@@ -146,6 +146,28 @@ Deno.test("welcome lists at most --welcome-online users, DM partners first, with
   }
 });
 
+Deno.test("each welcome's list of who is online shows the arrivals and departures among the first names before it", async () => {
+  await using srv = await startServer({ settings: { welcomeOnline: 3, fanoutInterval: 0.05 } });
+  const clients = await joinAll(srv.origin, ["m1", "m2", "m3", "m4"]);
+  const welcomeOf = async (user: string) => {
+    const [client, welcome] = await TestClient.join(srv.origin, user);
+    clients.push(client);
+    return { online: welcome.online, onlineCount: welcome.onlineCount };
+  };
+  try {
+    assert.deepEqual(await welcomeOf("x1"), { online: ["m1", "m2", "m3"], onlineCount: 5 });
+    // Before the first three by name: every later welcome lists it.
+    const [a] = await TestClient.join(srv.origin, "a");
+    clients.push(a);
+    assert.deepEqual(await welcomeOf("x2"), { online: ["a", "m1", "m2"], onlineCount: 7 });
+    await clients[0].close(); // m1
+    await a.next((f) => f.type === "presence" && (f.offline ?? []).includes("m1"));
+    assert.deepEqual(await welcomeOf("x3"), { online: ["a", "m2", "m3"], onlineCount: 7 });
+  } finally {
+    await closeAll(clients);
+  }
+});
+
 Deno.test("an online request out of bounds is a bad_frame error, and a huge limit is capped", async () => {
   await using srv = await startServer();
   await using alice = (await TestClient.join(srv.origin, "alice"))[0];
