@@ -113,11 +113,13 @@ function validCode(code: number): boolean {
     (code >= 3000 && code <= 4999);
 }
 
-/** A whole frame (servers never mask): its header, then `payload`. */
-function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
-  const length = payload.length;
-  const head = length < 126 ? 2 : length < 65536 ? 4 : 10;
-  const out = new Uint8Array(head + length);
+/** A frame header's size for a payload of `length` bytes (servers never mask). */
+function headSize(length: number): number {
+  return length < 126 ? 2 : length < 65536 ? 4 : 10;
+}
+
+/** Writes a final frame's header for a payload of `length` bytes at the start of `out`. */
+function writeHead(out: Uint8Array, opcode: number, length: number): void {
   out[0] = 0x80 | opcode;
   if (length < 126) out[1] = length;
   else if (length < 65536) {
@@ -126,8 +128,15 @@ function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
     out[3] = length & 0xff;
   } else {
     out[1] = 127;
-    new DataView(out.buffer).setBigUint64(2, BigInt(length));
+    new DataView(out.buffer, out.byteOffset).setBigUint64(2, BigInt(length));
   }
+}
+
+/** A whole frame: its header, then `payload`. */
+function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  const head = headSize(payload.length);
+  const out = new Uint8Array(head + payload.length);
+  writeHead(out, opcode, payload.length);
   out.set(payload, head);
   return out;
 }
@@ -142,10 +151,25 @@ let lastFrame: Uint8Array = new Uint8Array(0);
 
 function textFrame(text: string): Uint8Array {
   if (text !== lastText) {
-    lastFrame = encodeFrame(1, encoder.encode(text));
+    lastFrame = asciiTextFrame(text) ?? encodeFrame(1, encoder.encode(text));
     lastText = text;
   }
   return lastFrame;
+}
+
+/**
+ * A text frame encoded in place, header and payload in one array, when the
+ * text is all ASCII (as most JSON frames are): one allocation and no copy.
+ * Undefined otherwise: a longer encoding does not fit, and is left to the general path.
+ */
+function asciiTextFrame(text: string): Uint8Array | undefined {
+  const length = text.length;
+  const head = headSize(length);
+  const out = new Uint8Array(head + length);
+  const { read, written } = encoder.encodeInto(text, out.subarray(head));
+  if (read !== length || written !== length) return undefined;
+  writeHead(out, 1, length);
+  return out;
 }
 
 /** A close frame's payload: the code, then the reason cut to fit 125 bytes on a character boundary. */

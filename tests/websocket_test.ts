@@ -237,6 +237,41 @@ Deno.test("the close event fires once when the server's close, the client's clos
   assert.equal(closes.length, 1, `close fired ${closes.length} times: ${closes}`);
 });
 
+Deno.test("text the server sends arrives whole in each length form, in ASCII, Chinese and emoji", async () => {
+  const opened = Promise.withResolvers<GuardedWebSocket>();
+  await using guard = bareGuard((socket) => socket.onopen = () => opened.resolve(socket));
+  const conn = await rawUpgrade(guard.port, "texts");
+  try {
+    const socket = await opened.promise;
+    // Either side of each header form's bounds (125/126 bytes, 65535/65536), counted in
+    // UTF-16 units for the ASCII ones and in bytes for the others.
+    const texts = [
+      "",
+      "x".repeat(125),
+      "x".repeat(126),
+      "x".repeat(65535),
+      "x".repeat(65536),
+      "x".repeat(70_000),
+      "你".repeat(42),
+      "a" + "好".repeat(41),
+      "好".repeat(21_845) + "a",
+      "x".repeat(100) + "😀",
+      "😀".repeat(16_384),
+    ];
+    for (const t of texts) socket.send(t);
+    const frames = new FrameReader(conn);
+    for (const t of texts) {
+      const f = await frames.next();
+      assert.equal(f?.opcode, 1);
+      assert.equal(f?.fin, true);
+      assert.equal(decode(f!.payload), t, `a text of ${t.length} UTF-16 units`);
+    }
+    socket.close(1000);
+  } finally {
+    conn.close();
+  }
+});
+
 Deno.test("bufferedAmount counts what a reader that stopped has not taken, and falls to 0 once it reads", async () => {
   const opened = Promise.withResolvers<GuardedWebSocket>();
   await using guard = bareGuard((socket) => socket.onopen = () => opened.resolve(socket));

@@ -267,6 +267,10 @@ export class SqliteDatabase implements SqlDatabase {
 
   query<T>(text: string, params: readonly SqlValue[] = []): Promise<T[]> {
     if (this.#closing) return Promise.reject(new Error("the database is closed"));
+    // Nothing to wait for (the common case): no wrapping promise or closure per statement.
+    if (this.#tx === 0 && this.#waiting.length === 0) {
+      return this.#push(Op.query, 0, text, params) as Promise<T[]>;
+    }
     return new Promise<T[]>((resolve, reject) => {
       this.#inTurn(() =>
         (this.#push(Op.query, 0, text, params) as Promise<T[]>).then(resolve, reject)
