@@ -21,6 +21,9 @@
  *   a watchdog pings the channel and re-listens if its pings stop coming
  *   back), the instance reads `chat_positions` for every conversation that
  *   moved since it last heard itself, and catches up those it has members of.
+ *   While the pings do not come back, it reads them at every ping instead.
+ *   Only the newest listener is heard: postgres.js hands each notification
+ *   to every listener it was ever given on the channel, failed attempts' too.
  * - Ephemeral events (typing, joined/left, read, invited, revoked, presence)
  *   travel in the same notifications (each under 8000 bytes, PostgreSQL's
  *   limit): best effort, as in one process.
@@ -62,6 +65,8 @@ const MAX_READ_ROWS = 5000;
 const MAX_PAYLOAD = 7500;
 /** Ephemeral events queued while the database is down, at most. */
 const MAX_PENDING_EVENTS = 10_000;
+/** The watchdog listens again at most this often (ms) while its pings go unanswered. */
+const RELISTEN_MS = 30_000;
 /** How far back catch-up reads before the last moment known to be heard, for commits in flight. */
 const MARGIN_MS = 2000;
 
@@ -129,6 +134,11 @@ export class PgBus implements Bus {
   #pingSeen = 0;
   #pingSent = 0;
   #relistening = false;
+  /** When the watchdog last listened again (ms), and which listener is the current one. */
+  #relistened = 0;
+  #generation = 0;
+  /** Catch-up reads under way. */
+  #catchingUp = 0;
   /** Polling: the last event read. */
   #eventSeq = 0;
   #polling = false;
@@ -164,16 +174,23 @@ export class PgBus implements Bus {
   }
 
   async #listen(): Promise<void> {
+    // Only the newest listener speaks: postgres.js keeps every listener it was given on the
+    // channel, a failed attempt's too, and hands each notification to all of them.
+    const generation = ++this.#generation;
     let first = true;
-    this.#listener = await this.#sql.listen(
+    const listener = await this.#sql.listen(
       this.#channel,
-      (payload) => this.#onNotify(payload),
+      (payload) => {
+        if (generation === this.#generation) this.#onNotify(payload);
+      },
       () => {
+        if (generation !== this.#generation) return;
         // Called on every (re)listen: after the first, whatever moved meanwhile is read back.
         if (first) first = false;
         else void this.#catchUp();
       },
     );
+    if (generation === this.#generation) this.#listener = listener;
   }
 
   subscribe(handler: BusHandler, interest?: BusInterest): Disposable {
@@ -441,6 +458,7 @@ export class PgBus implements Bus {
       if (typeof payload.ping === "number") {
         this.#synced = Math.max(this.#synced, payload.ping);
         this.#pingSeen = Date.now();
+        this.#cleared("listen");
       }
       return;
     }
@@ -453,6 +471,7 @@ export class PgBus implements Bus {
    * is sure it heard everything, and catches up those it has members of.
    */
   async #catchUp(): Promise<void> {
+    this.#catchingUp++;
     try {
       const rows = await this.#sql`
         SELECT p.conversation, p.last::float8 AS last, t.now FROM
@@ -467,28 +486,37 @@ export class PgBus implements Bus {
     } catch (error) {
       this.#trouble("catch-up", `catch-up failed (${(error as Error).message}); retrying`);
       if (!this.#closed) setTimeout(() => void this.#catchUp(), 500);
+    } finally {
+      this.#catchingUp--;
     }
   }
 
-  /** The watchdog: pings its own channel; when the pings stop coming back, listens again. */
+  /**
+   * The watchdog: pings its own channel. While the pings do not come back,
+   * what moved is read from the table at every ping instead, and the
+   * channel is listened to again (at most every {@linkcode RELISTEN_MS}:
+   * postgres.js keeps trying by itself, and each attempt is one more listener on its channel).
+   */
   async #watch(): Promise<void> {
     if (this.#closed) return;
     const now = Date.now();
     if (
-      !this.#relistening && this.#pingSent > this.#pingSeen &&
+      this.#pingSent > this.#pingSeen &&
       now - this.#pingSeen > 3 * this.#pingMs && now - this.#pingSent < this.#pingMs * 1.5
     ) {
-      // Pings go out but do not come back: the LISTEN connection is lost for good.
-      this.#relistening = true;
-      try {
-        await this.#listener?.unlisten().catch(() => {});
-        await this.#listen();
-        this.#pingSeen = Date.now();
-        await this.#catchUp();
-      } catch (error) {
-        console.error(`fan-out: could not listen again (${(error as Error).message})`);
-      } finally {
-        this.#relistening = false;
+      // Pings go out but do not come back: the LISTEN connection is lost.
+      if (this.#catchingUp === 0) void this.#catchUp();
+      if (!this.#relistening && now - this.#relistened >= RELISTEN_MS) {
+        this.#relistening = true;
+        this.#relistened = now;
+        try {
+          await this.#listener?.unlisten().catch(() => {});
+          await this.#listen();
+        } catch (error) {
+          this.#trouble("listen", `could not listen again (${(error as Error).message})`);
+        } finally {
+          this.#relistening = false;
+        }
       }
     }
     try {

@@ -57,13 +57,13 @@ class Seen {
  * Two buses on one throwaway cluster, as instances a and b hold them, with
  * b's hand-overs recorded; `stores` stores on the same database.
  */
-async function twoInstances(stores: number) {
+async function twoInstances(stores: number, options: { pingMs?: number } = {}) {
   const pg = await startPostgres();
   const sql = postgres(pg.url, { max: 2, onnotice: () => {} });
   const opened = await Promise.all(Array.from({ length: stores }, () => openStore(pg.url)));
   await ensureFanoutSchema(sql);
-  const a = await PgBus.start({ sql, instance: "a" });
-  const b = await PgBus.start({ sql, instance: "b" });
+  const a = await PgBus.start({ sql, instance: "a", ...options });
+  const b = await PgBus.start({ sql, instance: "b", ...options });
   const seen = new Seen();
   const sub = b.subscribe((e) => seen.push(e), { has: () => true });
   return {
@@ -169,5 +169,40 @@ Deno.test({
     a.publish({ kind: "message", message: one });
     const got = await seen.upTo(2);
     assert.deepEqual(got.map((m) => m.text), ["1", "2"]);
+  },
+});
+
+Deno.test({
+  name:
+    "after its LISTEN connection was refused for a second, an instance hears each event once again",
+  ignore: ignoreWithoutPostgres(),
+  async fn() {
+    await using instances = await twoInstances(0, { pingMs: 100 });
+    const { a, seen, sql } = instances;
+    const typing = (from: string) => a.publish({ kind: "typing", room: "lobby", from });
+    const heard = (from: string) =>
+      seen.events.filter((e) => e.kind === "typing" && e.from === from).length;
+    typing("before");
+    await seen.until("the first event", () => heard("before") > 0);
+    // New connections refused (pg_hba.conf), then the LISTEN session ended: postgres.js cannot
+    // listen again, and the watchdog sees its pings go unanswered for a second (ten pings).
+    const [{ hba_file }] = await sql`SHOW hba_file`;
+    const hba = await Deno.readTextFile(hba_file);
+    await Deno.writeTextFile(hba_file, "local all all reject\nhost all all all reject\n");
+    await sql`SELECT pg_reload_conf()`;
+    await sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'listen %'`;
+    await new Promise((r) => setTimeout(r, 1000));
+    await Deno.writeTextFile(hba_file, hba);
+    await sql`SELECT pg_reload_conf()`;
+    // Events are best effort: those sent before the LISTEN is back are lost. Once one is heard,
+    // one more, heard exactly once (a listener left over from a failed attempt would hear it too).
+    for (let i = 0; heard(`again ${i - 1}`) === 0; i++) {
+      typing(`again ${i}`);
+      await seen.until("an event after the outage", () => heard(`again ${i}`) > 0, 200)
+        .catch(() => {});
+    }
+    typing("after");
+    await seen.until("the last event", () => heard("after") > 0);
+    assert.equal(heard("after"), 1, JSON.stringify(seen.events.slice(-5)));
   },
 });
