@@ -24,20 +24,33 @@ interface Box {
   cut: boolean;
 }
 
-/** The visible controls of the header, with their boxes (run in the page, as a string: no DOM types here). */
-function headerBoxes(page: Page): Promise<Box[]> {
-  return page.evaluate(`["menu", "status", "reconnect", "lang", "me"].flatMap((id) => {
-    const e = document.getElementById(id);
-    const r = e.getBoundingClientRect();
-    if (e.hidden || r.width === 0) return [];
-    return [{ id, left: r.left, right: r.right, top: r.top, bottom: r.bottom,
-      cut: e.scrollWidth > e.clientWidth + 1 }];
+/**
+ * The visible controls of the header, with their boxes, and the status they were measured in:
+ * read together, in one turn of the page (run in the page, as a string: no DOM types here).
+ */
+function headerBoxes(page: Page): Promise<{ status: string; boxes: Box[] }> {
+  return page.evaluate(`({
+    status: document.getElementById("status").textContent,
+    boxes: ["menu", "status", "reconnect", "lang", "me"].flatMap((id) => {
+      const e = document.getElementById(id);
+      const r = e.getBoundingClientRect();
+      if (e.hidden || r.width === 0) return [];
+      return [{ id, left: r.left, right: r.right, top: r.top, bottom: r.bottom,
+        cut: e.scrollWidth > e.clientWidth + 1 }];
+    }),
   })`);
 }
 
-/** Asserts the header fits `width`: inside the screen, nothing overlapping, nothing cut. */
-async function assertFits(page: Page, width: number, label: string): Promise<void> {
-  const boxes = await headerBoxes(page);
+/** The page left the state being measured before it was measured. */
+class NotInState extends Error {}
+
+/**
+ * Asserts the header fits `width`: inside the screen, nothing overlapping, nothing cut; throws
+ * {@linkcode NotInState} if the status did not match `state` when it was measured.
+ */
+async function assertFits(page: Page, width: number, label: string, state: RegExp): Promise<void> {
+  const { status, boxes } = await headerBoxes(page);
+  if (!state.test(status)) throw new NotInState(`${label}: measured in "${status}"`);
   const ids = boxes.map((b) => b.id);
   for (const id of ["menu", "status", "reconnect", "lang", "me"]) {
     assert.ok(ids.includes(id), `${label}: #${id} is visible (${ids})`);
@@ -85,16 +98,15 @@ browserTest(
       for (const width of [320, 360, 390, 480, 540, 720]) {
         await page.setViewportSize({ width, height: 640 });
         // The page retries while it is measured, and Chromium holds a retry to a refused port
-        // for a while ("connecting", no Reconnect button): a measurement the page left the
-        // countdown during is taken again; one made in the countdown stands.
+        // for a while ("connecting", no Reconnect button): a measurement taken outside the
+        // countdown (the status is read with the boxes) is taken again; one in it stands.
         for (let attempt = 0;; attempt++) {
           await waitStatus(page, counting[lang]);
           try {
-            await assertFits(page, width, `${lang} at ${width}px`);
+            await assertFits(page, width, `${lang} at ${width}px`, counting[lang]);
             break;
           } catch (error) {
-            const still = await page.locator("#status").textContent();
-            if (attempt >= 5 || counting[lang].test(still ?? "")) throw error;
+            if (!(error instanceof NotInState) || attempt >= 20) throw error;
           }
         }
       }
