@@ -132,6 +132,8 @@ export interface SpawnedServer extends TestServer {
   kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
   /** Everything the process printed so far. */
   output(): string;
+  /** Resolves once the process has printed a match of `pattern` (now or later); fails after `ms`. */
+  printed(pattern: RegExp, ms?: number): Promise<void>;
   /** Whether the process has exited. */
   exited(): boolean;
 }
@@ -187,11 +189,14 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
   let log = "";
   const decoder = new TextDecoder();
   let onLine: ((line: string) => void) | undefined;
+  /** Who waits for something to be printed. */
+  const watchers = new Set<() => void>();
   const pump = async (stream: ReadableStream<Uint8Array>) => {
     for await (const chunk of stream) {
       const text = decoder.decode(chunk, { stream: true });
       log += text;
       onLine?.(log);
+      for (const watch of watchers) watch();
     }
   };
   const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
@@ -256,6 +261,16 @@ export async function spawnServer(options: SpawnOptions): Promise<SpawnedServer>
     kill,
     close,
     output: () => log,
+    printed: (pattern, ms = SERVER_DEADLINE_MS) => {
+      let watch = () => {};
+      const seen = new Promise<void>((resolve) => {
+        watch = () => pattern.test(log) && resolve();
+        watchers.add(watch);
+        watch();
+      });
+      return within(ms, () => `the server printing ${pattern}; it printed:\n${log}`, seen)
+        .finally(() => watchers.delete(watch));
+    },
     exited: () => exited,
     [Symbol.asyncDispose]: close,
   };
