@@ -109,8 +109,8 @@ export class SortedNames {
 
   /**
    * Up to `limit` names after `after` (from the first when absent), and
-   * whether more follow. The list is frozen: the first page is shared by
-   * every read until it changes.
+   * whether more follow. The first page is shared by every read until it
+   * changes (frozen); the others are the caller's.
    */
   page(query: OnlineQuery): { users: readonly string[]; more: boolean } {
     if (query.after === undefined) {
@@ -122,7 +122,7 @@ export class SortedNames {
       return { users: first.users, more: first.users.length < this.#names.length };
     }
     const from = upperBound(this.#names, query.after);
-    const users = Object.freeze(this.#names.slice(from, from + query.limit));
+    const users = this.#names.slice(from, from + query.limit);
     return { users, more: from + users.length < this.#names.length };
   }
 

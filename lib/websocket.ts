@@ -151,25 +151,36 @@ let lastFrame: Uint8Array = new Uint8Array(0);
 
 function textFrame(text: string): Uint8Array {
   if (text !== lastText) {
-    lastFrame = asciiTextFrame(text) ?? encodeFrame(1, encoder.encode(text));
+    lastFrame = encodeText(text);
     lastText = text;
   }
   return lastFrame;
 }
 
 /**
- * A text frame encoded in place, header and payload in one array, when the
- * text is all ASCII (as most JSON frames are): one allocation and no copy.
- * Undefined otherwise: a longer encoding does not fit, and is left to the general path.
+ * A text frame, header and payload in one array. The text is encoded in
+ * place as if it were ASCII (as most JSON frames are: one allocation, no
+ * copy); what did not fit (the rest from the first longer character on) is
+ * encoded on its own and the frame put together from both, nothing encoded twice.
  */
-function asciiTextFrame(text: string): Uint8Array | undefined {
+function encodeText(text: string): Uint8Array {
   const length = text.length;
   const head = headSize(length);
   const out = new Uint8Array(head + length);
   const { read, written } = encoder.encodeInto(text, out.subarray(head));
-  if (read !== length || written !== length) return undefined;
-  writeHead(out, 1, length);
-  return out;
+  if (read === length) {
+    // All of it read into as many bytes as characters: ASCII, and the header fits as sized.
+    writeHead(out, 1, length);
+    return out;
+  }
+  const rest = encoder.encode(text.slice(read));
+  const total = written + rest.length;
+  const at = headSize(total);
+  const frame = new Uint8Array(at + total);
+  writeHead(frame, 1, total);
+  frame.set(out.subarray(head, head + written), at);
+  frame.set(rest, at + written);
+  return frame;
 }
 
 /** A close frame's payload: the code, then the reason cut to fit 125 bytes on a character boundary. */

@@ -185,8 +185,8 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: "a text frame is sent in place when only part of the text was encoded",
     file: "lib/websocket.ts",
-    search: "if (read !== length || written !== length) return undefined;",
-    replace: "if (written !== length) return undefined;",
+    search: "  if (read === length) {",
+    replace: "  if (written === length) {",
     tests: ["tests/websocket_test.ts"],
   },
   {

@@ -255,8 +255,13 @@ export class SqliteDatabase implements SqlDatabase {
 
   /** Runs `go` now, or once the open transaction (and everything queued before) is over. */
   #inTurn(go: () => void, transaction = false): void {
-    if (this.#tx !== 0 || this.#waiting.length > 0) this.#waiting.push({ go, transaction });
+    if (this.#mustWait) this.#waiting.push({ go, transaction });
     else go();
+  }
+
+  /** Whether what is asked now waits: a transaction is open, or others wait before it. */
+  get #mustWait(): boolean {
+    return this.#tx !== 0 || this.#waiting.length > 0;
   }
 
   /** The open transaction's end is queued: what waited for it goes, up to the next transaction. */
@@ -268,7 +273,7 @@ export class SqliteDatabase implements SqlDatabase {
   query<T>(text: string, params: readonly SqlValue[] = []): Promise<T[]> {
     if (this.#closing) return Promise.reject(new Error("the database is closed"));
     // Nothing to wait for (the common case): no wrapping promise or closure per statement.
-    if (this.#tx === 0 && this.#waiting.length === 0) {
+    if (!this.#mustWait) {
       return this.#push(Op.query, 0, text, params) as Promise<T[]>;
     }
     return new Promise<T[]>((resolve, reject) => {
