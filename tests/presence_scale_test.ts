@@ -233,3 +233,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "on PostgreSQL, while dozens arrive six at a time on two instances, each welcome lists itself and everyone welcomed before it connected",
+  ignore: ignoreWithoutPostgres(),
+  async fn() {
+    await using pg = await startPostgres();
+    const args = ["--welcome-online", "100", "--fanout-interval", "0.05"];
+    await using s1 = await spawnServer({ data: pg.url, args });
+    await using s2 = await spawnServer({ data: pg.url, args });
+    const arrivals: { user: string; connected: number; welcomed: number; online: string[] }[] = [];
+    const clients: TestClient[] = [];
+    try {
+      // Six at a time without pause: while some wait for their welcome, others connect.
+      await Promise.all(Array.from({ length: 6 }, async (_, lane) => {
+        for (const user of names(`l${lane}u`, 6)) {
+          const connected = performance.now();
+          const [client, welcome] = await TestClient.join(lane % 2 ? s1.origin : s2.origin, user);
+          clients.push(client);
+          arrivals.push({ user, connected, welcomed: performance.now(), online: welcome.online });
+          assert.ok(welcome.onlineCount >= welcome.online.length, user);
+        }
+      }));
+      for (const a of arrivals) {
+        const before = arrivals.filter((b) => b.welcomed < a.connected).map((b) => b.user);
+        const missing = [a.user, ...before].filter((u) => !a.online.includes(u));
+        assert.deepEqual(missing, [], `${a.user}'s welcome lacks ${missing.join(", ")}`);
+      }
+      assert.ok(arrivals.some((a) => arrivals.some((b) => b.welcomed < a.connected)));
+    } finally {
+      await closeAll(clients);
+      for (const key of tokens.keys()) {
+        if (key.startsWith(`${s1.origin} `) || key.startsWith(`${s2.origin} `)) tokens.delete(key);
+      }
+    }
+  },
+});
