@@ -135,16 +135,26 @@ export class PgUserLimits implements UserLimits {
     const max = this.#settings.maxConnectionsPerUser;
     if (this.#dirty) await this.#rewrite();
     const opened = await sql.begin(async (tx) => {
-      await tx`SELECT pg_advisory_xact_lock(hashtext(${"chat-connections/" + user}))`;
-      const [row] = await tx`
-        SELECT coalesce(sum(c.n), 0)::int AS n FROM chat_user_connections c
-        JOIN chat_instances i ON i.id = c.instance
-        WHERE c."user" = ${user} AND i.expires_at >= now()`;
-      if ((row.n as number) >= max) return false;
-      await tx`
-        INSERT INTO chat_user_connections ("user", instance, n) VALUES (${user}, ${id}, 1)
-        ON CONFLICT ("user", instance) DO UPDATE SET n = chat_user_connections.n + 1`;
-      return true;
+      // The count and the insert in one statement, sent with the lock without waiting for it:
+      // PostgreSQL runs it once the lock is held, on a snapshot taken then, so it sees every
+      // connection that another instance counted under the lock before. Three round trips
+      // (BEGIN, these two, COMMIT) where there were five.
+      const [, [row]] = await Promise.all([
+        tx`SELECT pg_advisory_xact_lock(hashtext(${"chat-connections/" + user}))`.execute(),
+        tx`
+          WITH open AS (
+            SELECT coalesce(sum(c.n), 0)::int AS n FROM chat_user_connections c
+            JOIN chat_instances i ON i.id = c.instance
+            WHERE c."user" = ${user} AND i.expires_at >= now()
+          ), ins AS (
+            INSERT INTO chat_user_connections ("user", instance, n)
+            SELECT ${user}, ${id}, 1 FROM open WHERE open.n < ${max}
+            ON CONFLICT ("user", instance) DO UPDATE SET n = chat_user_connections.n + 1
+            RETURNING 1
+          )
+          SELECT EXISTS (SELECT 1 FROM ins) AS opened`.execute(),
+      ]);
+      return row.opened as boolean;
     });
     if (!opened) return undefined;
     this.#local.set(user, (this.#local.get(user) ?? 0) + 1);

@@ -270,6 +270,28 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "tabs opened all at once on three instances get no more places than --max-connections-per-user",
+  ignore,
+  async fn() {
+    await using cluster = await instances(3, ["--max-connections-per-user", "3"]);
+    const [first] = await tab(cluster, cluster.servers[0].origin, "eve");
+    const tries = await Promise.allSettled(
+      Array.from({ length: 30 }, (_, i) => tab(cluster, cluster.servers[i % 3].origin, "eve")),
+    );
+    const opened = tries.flatMap((t) => t.status === "fulfilled" ? [t.value[0]] : []);
+    try {
+      assert.equal(opened.length, 2, "two places were left");
+      for (const t of tries) {
+        if (t.status === "rejected") assert.match(String(t.reason), /could not connect/);
+      }
+    } finally {
+      await Promise.all([first, ...opened].map((c) => c.close()));
+    }
+  },
+});
+
+Deno.test({
   name: "per-user limits hold across instances: connections per user and the send budget",
   ignore,
   async fn() {
