@@ -310,13 +310,27 @@ export class SqlStore implements ChatStore, AsyncDisposable {
           ),
         ),
         Promise.all(
-          chunks(withCid, ROWS_PER_INSERT).map((part) =>
-            tx.query<MessageRow>(
-              `SELECT ${MESSAGE_COLUMNS} FROM messages
+          withCid.length > 0 && this.#db.dialect.name === "postgres"
+            // On PostgreSQL, as two arrays and with `cid = ANY`: one text whatever the batch, and
+            // an index lookup however it is planned. The pairs as VALUES were planned as a
+            // sequential scan and a hash join up to ~10,000 messages, and kept so, as a prepared
+            // statement's generic plan, when planned on a new, empty table: 1.3 ms a batch at
+            // 11,000 messages, growing with the table, against 0.03 ms.
+            ? [tx.query<MessageRow>(
+              `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE cid = ANY($1::text[])
+               AND (cid, sender) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+              [
+                withCid.map((p) => p.message.cid!),
+                withCid.map((p) => p.message.from),
+              ] as unknown as SqlValue[],
+            )]
+            : chunks(withCid, ROWS_PER_INSERT).map((part) =>
+              tx.query<MessageRow>(
+                `SELECT ${MESSAGE_COLUMNS} FROM messages
              WHERE cid IS NOT NULL AND (cid, sender) IN (VALUES ${placeholders(part.length, 2)})`,
-              part.flatMap((p) => [p.message.cid!, p.message.from]),
-            )
-          ),
+                part.flatMap((p) => [p.message.cid!, p.message.from]),
+              )
+            ),
         ),
       ]);
       const last = new Map<ConversationKey, number>();
