@@ -40,6 +40,7 @@ export async function ensureFanoutSchema(sql: Sql): Promise<void> {
         PRIMARY KEY ("user", instance)
       );
       CREATE INDEX IF NOT EXISTS chat_presence_by_instance ON chat_presence (instance);
+      CREATE INDEX IF NOT EXISTS chat_presence_by_name ON chat_presence (("user" COLLATE "C"), instance);
       CREATE UNLOGGED TABLE IF NOT EXISTS chat_user_connections (
         "user" text NOT NULL,
         instance text NOT NULL,
