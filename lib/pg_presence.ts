@@ -147,7 +147,7 @@ export class PgPresence implements Presence {
       // One per page size asked for: the welcome's, and clients' online requests (at most
       // ONLINE_PAGE_MAX sizes); dropped when idle.
       const reader = new SharedRead(
-        () => this.#page(null, limit),
+        () => this.#page("", limit),
         () => this.#firstPages.delete(limit),
       );
       this.#firstPages.set(limit, shared = reader);
@@ -161,9 +161,9 @@ export class PgPresence implements Presence {
    * after it (0.4 ms at 5,000 online, where sorting them all took 3.5); the
    * count must see every row, hashed rather than sorted (2.7 ms against
    * 4.7). Both filter on the fresh instances' ids, read once, instead of a
-   * join per row. Names are never empty, so `after` absent is `''`.
+   * join per row. Names are never empty: after `""` is from the first.
    */
-  async #page(after: string | null, limit: number): Promise<PageRow> {
+  async #page(after: string, limit: number): Promise<PageRow> {
     const [row] = await this.#instance.sql`
       WITH fresh AS MATERIALIZED (
         SELECT array_agg(id) AS ids FROM chat_instances WHERE expires_at >= now()
@@ -174,9 +174,7 @@ export class PgPresence implements Presence {
         ) u)::int AS total,
         ARRAY(
           SELECT DISTINCT p."user" COLLATE "C" FROM chat_presence p, fresh
-          WHERE p.instance = ANY(fresh.ids) AND p."user" COLLATE "C" > ${
-      after ?? ""
-    }::text COLLATE "C"
+          WHERE p.instance = ANY(fresh.ids) AND p."user" COLLATE "C" > ${after}::text COLLATE "C"
           ORDER BY 1 LIMIT ${limit + 1}
         ) AS users`;
     return { total: row.total as number, users: row.users as string[] };

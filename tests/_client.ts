@@ -31,6 +31,13 @@ export interface ClientOptions {
 /** Tokens issued to test users, by origin and user: what the page keeps in localStorage. */
 export const tokens: Map<string, string> = new Map();
 
+/** Forgets the tokens of users of the servers at `origins` (their databases are gone). */
+export function forgetTokens(origins: string[]): void {
+  for (const key of tokens.keys()) {
+    if (origins.some((origin) => key.startsWith(`${origin} `))) tokens.delete(key);
+  }
+}
+
 /** A real WebSocket with a queue of parsed frames. */
 export class TestClient implements AsyncDisposable {
   readonly socket: WebSocket;

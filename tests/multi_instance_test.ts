@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Frame, isPresence, TestClient, tokens } from "./_client.ts";
+import { forgetTokens, type Frame, isPresence, TestClient, tokens } from "./_client.ts";
 import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
 import { type SpawnedServer, spawnServer } from "./_server.ts";
 import { canonicalName } from "../lib/identity.ts";
@@ -41,9 +41,7 @@ async function instances(
     [Symbol.asyncDispose]: async () => {
       await Promise.all(servers.map((s) => s.close()));
       // A later cluster may get these ports: its users are not these.
-      for (const key of tokens.keys()) {
-        if (servers.some((s) => key.startsWith(`${s.origin} `))) tokens.delete(key);
-      }
+      forgetTokens(servers.map((s) => s.origin));
       await pg[Symbol.asyncDispose]();
     },
   };

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Frame, TestClient, tokens } from "./_client.ts";
+import { forgetTokens, type Frame, TestClient } from "./_client.ts";
 import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
 import { spawnServer, startServer } from "./_server.ts";
 import { ONLINE_PAGE_DEFAULT, ONLINE_PAGE_MAX } from "../lib/protocol.ts";
@@ -227,9 +227,7 @@ Deno.test({
       assert.deepEqual(seen, ["a3", "b1", "b2", "zed"]);
     } finally {
       await closeAll(clients);
-      for (const key of tokens.keys()) {
-        if (key.startsWith(`${s1.origin} `) || key.startsWith(`${s2.origin} `)) tokens.delete(key);
-      }
+      forgetTokens([s1.origin, s2.origin]);
     }
   },
 });
@@ -264,9 +262,7 @@ Deno.test({
       assert.ok(arrivals.some((a) => arrivals.some((b) => b.welcomed < a.connected)));
     } finally {
       await closeAll(clients);
-      for (const key of tokens.keys()) {
-        if (key.startsWith(`${s1.origin} `) || key.startsWith(`${s2.origin} `)) tokens.delete(key);
-      }
+      forgetTokens([s1.origin, s2.origin]);
     }
   },
 });

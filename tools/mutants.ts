@@ -252,9 +252,9 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: "on a new PostgreSQL database, every append scans all the stored messages (a lookup " +
       "planned as a sequential scan on the empty table and kept)",
-    file: "lib/sql/store.ts",
-    search: `        ? tx.query("SET LOCAL enable_seqscan = off")`,
-    replace: `        ? tx.query("SELECT 1")`,
+    file: "lib/sql/postgres.ts",
+    search: `enable_seqscan: "off"`,
+    replace: `enable_seqscan: "on"`,
     tests: ["tests/pg_plans_test.ts"],
   },
   {

@@ -292,21 +292,13 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   async #commit(batch: Pending[], sent: Attempt): Promise<Appended[]> {
     const newPairs: ConversationKey[] = [];
     const results = await this.#db.transaction(async (tx) => {
-      // Every statement here is a lookup or write by key, which PostgreSQL may still plan as a
-      // sequential scan: its choice up to ~10,000 rows without statistics (a new database,
-      // until autovacuum's first ANALYZE), and kept for good as a prepared statement's generic
-      // plan. Sent first, in the same round trip as the rest.
-      const planned = this.#db.dialect.name === "postgres"
-        ? tx.query("SET LOCAL enable_seqscan = off")
-        : undefined;
       // 1. Lock the conversations' heads, in sorted order, and read where each stands; and
       // 2. the messages already stored under their (from, cid): committed by now, as their
       // heads are locked first. Asked together: one round trip (SQLite's worker gets them in
       // one message; PostgreSQL pipelines them, in this order, on the transaction's connection).
       const conversations = [...new Set(batch.map((p) => p.conversation))].sort();
       const withCid = batch.filter((p) => p.message.cid !== undefined);
-      const [, heads, stored] = await Promise.all([
-        planned,
+      const [heads, stored] = await Promise.all([
         Promise.all(
           chunks(conversations, ROWS_PER_INSERT).map((part) =>
             tx.query<{ conv: string; last_id: number }>(
