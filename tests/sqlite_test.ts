@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { openStore } from "../lib/sql/open.ts";
 import { SqliteDatabase } from "../lib/sql/sqlite.ts";
+import { dmKey, roomKey } from "../lib/store.ts";
 
 /** A database file in a fresh temporary folder, removed with it. */
 async function tempFile(): Promise<{ path: string } & AsyncDisposable> {
@@ -228,6 +229,35 @@ Deno.test("the store keeps SQLite's sub-journals in memory, but only once the sc
   const store = await openStore(file.path);
   try {
     assert.equal(await tempStore(store.db as SqliteDatabase), 2, "2: in memory");
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("an append refused in SQLite's worker stores nothing of its batch, and the next append goes on from where the last one stopped", async () => {
+  await using file = await tempFile();
+  const store = await openStore(file.path);
+  try {
+    // The worker runs an append whole, BEGIN to COMMIT: an error in its middle must roll it
+    // back there, or its first writes would join the next append's transaction.
+    await store.db.query(`CREATE TRIGGER refuse BEFORE INSERT ON messages
+      WHEN new.body = 'poison' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`);
+    const first = await store.append({ to: "bob", from: "alice", text: "before", cid: "c1" });
+    // Asked in one turn: one batch, one transaction.
+    const refused = await Promise.allSettled([
+      store.append({ to: "bob", from: "alice", text: "with the poison", cid: "c2" }),
+      store.append({ room: "lobby", from: "carol", text: "poison" }),
+    ]);
+    assert.deepEqual(refused.map((r) => r.status), ["rejected", "rejected"]);
+    assert.match(String((refused[0] as PromiseRejectedResult).reason), /refused by the test/);
+    const after = await store.append({ to: "bob", from: "alice", text: "after", cid: "c2" });
+    assert.deepEqual([first.message.id, after.message.id, after.duplicate], [1, 2, false]);
+    const page = await store.history(dmKey("alice", "bob"), { limit: 10 });
+    assert.deepEqual(page.messages.map((m) => m.text), ["before", "after"]);
+    const lobby = await store.history(roomKey("lobby"), { limit: 10 });
+    assert.deepEqual(lobby.messages, []);
+    const marks = await store.db.query(`SELECT name FROM reads WHERE name = 'carol'`);
+    assert.deepEqual(marks, []);
   } finally {
     await store.close();
   }

@@ -13,6 +13,8 @@
  * @module
  */
 
+import type { AppendInput, AppendOutcome } from "./append.ts";
+
 /** A value bound to a placeholder or read from a column. */
 export type SqlValue = string | number | null;
 
@@ -90,6 +92,13 @@ export interface SqlDatabase extends Queryable {
    * commit.
    */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Runs the append transaction (`append.ts`) in one go and commits it,
+   * where the engine can do that cheaper than statement by statement
+   * (SQLite: in its worker, one round trip instead of three). Without it,
+   * `SqlStore` runs the rounds through {@linkcode transaction}.
+   */
+  append?(input: AppendInput): Promise<AppendOutcome>;
   /** Closes the connection(s), after the statements in flight. */
   close(): Promise<void>;
 }

@@ -24,6 +24,7 @@
  */
 
 import { setImmediate } from "node:timers";
+import type { AppendInput, AppendOutcome } from "./append.ts";
 import { type Queryable, type SqlDatabase, SQLITE, type SqlValue } from "./dialect.ts";
 
 /** How SQLite syncs commits to disk. */
@@ -52,15 +53,23 @@ export const Op = {
   savepoint: 5,
   release: 6,
   rollbackTo: 7,
+  /** The append transaction of `append.ts`, begun and committed in the worker. */
+  append: 8,
 } as const;
 /** One of {@linkcode Op}. */
 export type OpKind = typeof Op[keyof typeof Op];
 /**
  * One op of a batch: its kind, its transaction's number (0: none), its
  * statement's number, the statement's text the first time it is sent (then
- * `null`), and its parameters.
+ * `null`), and its parameters (for `append`, its input alone).
  */
-export type BatchOp = [OpKind, number, number, string | null, readonly SqlValue[]];
+export type BatchOp = [
+  OpKind,
+  number,
+  number,
+  string | null,
+  readonly SqlValue[] | readonly [AppendInput],
+];
 
 /** An op waiting to be sent, or for its answer. */
 interface Pending {
@@ -215,7 +224,7 @@ export class SqliteDatabase implements SqlDatabase {
   }
 
   /** Queues one op for the next message. */
-  #push(kind: OpKind, tx: number, text: string | null, params: readonly SqlValue[]) {
+  #push(kind: OpKind, tx: number, text: string | null, params: BatchOp[4]) {
     if (this.#broken) return Promise.reject(this.#broken);
     let id = 0;
     let sql: string | null = null;
@@ -280,6 +289,22 @@ export class SqliteDatabase implements SqlDatabase {
       this.#inTurn(() =>
         (this.#push(Op.query, 0, text, params) as Promise<T[]>).then(resolve, reject)
       );
+    });
+  }
+
+  /**
+   * The append transaction in one op: the worker begins it, runs its rounds
+   * and commits it (or rolls it back and answers the error). It takes turns
+   * as a statement does, after the open transaction, and is one of its own:
+   * a group of `transaction`s never holds it.
+   */
+  append(input: AppendInput): Promise<AppendOutcome> {
+    if (this.#closing) return Promise.reject(new Error("the database is closed"));
+    const run = () =>
+      this.#push(Op.append, 0, null, [input]).then((rows) => rows[0] as AppendOutcome);
+    if (!this.#mustWait) return run();
+    return new Promise<AppendOutcome>((resolve, reject) => {
+      this.#inTurn(() => run().then(resolve, reject));
     });
   }
 

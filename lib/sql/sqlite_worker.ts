@@ -27,7 +27,9 @@
  */
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { type BatchOp, Op } from "./sqlite.ts";
+import { type AppendInput, appendRounds } from "./append.ts";
+import { SQLITE, type SqlValue } from "./dialect.ts";
+import { type BatchOp, Op, toSqlite } from "./sqlite.ts";
 
 type Request =
   | { open: string; pragmas: string[] }
@@ -39,6 +41,41 @@ const texts = new Map<number, string>();
 const statements = new Map<number, StatementSync>();
 /** The transaction open now (0: none). */
 let open = 0;
+
+/** The append transaction's statements, prepared by their text (`$n` placeholders). */
+const byText = new Map<string, StatementSync>();
+
+function prepared(text: string): StatementSync {
+  let found = byText.get(text);
+  if (!found) {
+    // Its texts differ only by their row counts, of which there are at most a few hundred.
+    if (byText.size >= MAX_BY_TEXT) byText.clear();
+    found = db!.prepare(toSqlite(text));
+    byText.set(text, found);
+  }
+  return found;
+}
+
+const MAX_BY_TEXT = 1024;
+
+/** Runs the append transaction of `append.ts`, from BEGIN to COMMIT; its outcome, as a row. */
+function append(input: AppendInput): unknown[] {
+  if (open !== 0) throw new Error("a transaction is already open");
+  db!.exec("BEGIN IMMEDIATE");
+  try {
+    const rounds = appendRounds(input, SQLITE);
+    let step = rounds.next();
+    while (!step.done) {
+      const rows = step.value.map((s) => prepared(s.text).all(...s.params));
+      step = rounds.next(rows);
+    }
+    db!.exec("COMMIT");
+    return [step.value];
+  } catch (error) {
+    if (db!.isTransaction) db!.exec("ROLLBACK");
+    throw error;
+  }
+}
 
 function statement(id: number): StatementSync {
   let prepared = statements.get(id);
@@ -69,7 +106,7 @@ function run([kind, tx, id, sql, params]: BatchOp): unknown[] {
         open = 0;
         throw new Error("the transaction was rolled back by SQLite after an error");
       }
-      return statement(id).all(...params);
+      return statement(id).all(...params as SqlValue[]);
     case Op.begin:
       if (open !== 0) throw new Error("a transaction is already open");
       db.exec("BEGIN IMMEDIATE");
@@ -106,6 +143,8 @@ function run([kind, tx, id, sql, params]: BatchOp): unknown[] {
       else db.exec(`ROLLBACK TO ${name}; RELEASE ${name}`);
       return [];
     }
+    case Op.append:
+      return append(params[0] as AppendInput);
     case Op.reset:
       texts.clear();
       statements.clear();
@@ -142,6 +181,7 @@ function handle(request: Request): unknown {
   if (!db) throw new Error("the database is not open");
   texts.clear();
   statements.clear();
+  byText.clear();
   db.close();
   db = undefined;
   return [];

@@ -3,10 +3,12 @@
  * several instances, one set of queries.
  *
  * Writes are group-committed: while one transaction is in flight, new
- * messages queue, and the next transaction takes them all (up to a bound).
- * On SQLite, whose commits run on the event loop, messages that arrive in the
- * same turn of the loop go in one transaction. Each sender waits only for the
- * commit that holds its own message, and "acknowledged" means committed.
+ * messages queue, and the next transaction takes them all (up to a bound);
+ * messages that arrive in the same turn of the event loop go in one. The
+ * transaction itself is `append.ts`: SQLite's worker runs it whole, in one
+ * message each way, PostgreSQL statement by statement on the transaction's
+ * connection. Each sender waits only for the commit that holds its own
+ * message, and "acknowledged" means committed.
  *
  * Ids are per conversation and consecutive, handed out inside the
  * transaction from the conversation's `heads` row, which the transaction
@@ -36,7 +38,16 @@ import {
   roomKey,
   StoreError,
 } from "../store.ts";
-import type { Queryable, SqlDatabase, SqlValue } from "./dialect.ts";
+import type { Queryable, SqlDatabase } from "./dialect.ts";
+import {
+  type AppendInput,
+  appendRounds,
+  chunks,
+  MESSAGE_COLUMNS,
+  type MessageRow,
+  ROWS_PER_INSERT,
+  toMessage,
+} from "./append.ts";
 import { migrate } from "./schema.ts";
 import { LogOnce } from "../log.ts";
 
@@ -46,13 +57,6 @@ const log = new LogOnce();
 export interface SqlStoreOptions {
   /** The most messages one transaction takes (default 500). */
   maxBatch?: number;
-  /**
-   * Called inside each append transaction, after its messages are written,
-   * with the newest id of every conversation it touched: a place to queue a
-   * `NOTIFY`, which PostgreSQL delivers only if and when the transaction
-   * commits. A rejection rolls the batch back.
-   */
-  onBatch?: (tx: Queryable, heads: ReadonlyMap<ConversationKey, number>) => Promise<void>;
   /**
    * Whether the store fills SQLite's search index by itself, in the
    * background (default true; `--search-index`). Off, `search` scans what the
@@ -72,8 +76,6 @@ const DEFAULT_MAX_BATCH = 500;
 const SEARCH_INDEX_BATCH = 500;
 /** How long fewer than a batch of new messages wait for the search index, at most (ms). */
 const SEARCH_INDEX_DELAY_MS = 1000;
-// Rows per multi-row INSERT: 8 placeholders each stays below every engine's limit.
-const ROWS_PER_INSERT = 500;
 const MAX_ATTEMPTS = 20;
 // How long a batch keeps retrying while the database is unreachable or busy, before its
 // senders get `store_failed`: long enough to ride out a PostgreSQL restart (about 1 s; allow
@@ -95,64 +97,7 @@ interface Attempt {
   probe?: MessageRow;
 }
 
-/** A row of the messages table (for the fan-out's reads of several conversations). */
-export interface MessageRow {
-  conv: string;
-  id: number;
-  sender: string;
-  room: string | null;
-  recipient: string | null;
-  body: string;
-  ts: number;
-  cid: string | null;
-}
-
-/** The messages table's columns, as {@linkcode MessageRow} names them. */
-export const MESSAGE_COLUMNS = "conv, id, sender, room, recipient, body, ts, cid";
-
-/** A stored row as the message it is. */
-export function toMessage(row: MessageRow): ChatMessage {
-  const message: ChatMessage = row.room !== null
-    ? { id: Number(row.id), room: row.room, from: row.sender, text: row.body, ts: Number(row.ts) }
-    : {
-      id: Number(row.id),
-      to: row.recipient!,
-      from: row.sender,
-      text: row.body,
-      ts: Number(row.ts),
-    };
-  if (row.cid !== null) message.cid = row.cid;
-  return message;
-}
-
-/** Placeholder lists already made: a batch's statements differ only by their row count. */
-const placeholderLists = new Map<string, string>();
-
-/**
- * `($1, $2), ($3, $4), …` for `rows` rows of `width` placeholders, from
- * `$start`, with `extra` (constant SQL such as `, 0`) at the end of each row.
- */
-function placeholders(rows: number, width: number, start = 1, extra = ""): string {
-  const key = `${rows} ${width} ${start} ${extra}`;
-  const cached = placeholderLists.get(key);
-  if (cached !== undefined) return cached;
-  const out: string[] = [];
-  for (let r = 0; r < rows; r++) {
-    const cells: string[] = [];
-    for (let c = 0; c < width; c++) cells.push(`$${start + r * width + c}`);
-    out.push(`(${cells.join(", ")}${extra})`);
-  }
-  const list = out.join(", ");
-  if (placeholderLists.size >= 4096) placeholderLists.clear();
-  placeholderLists.set(key, list);
-  return list;
-}
-
-function chunks<T>(items: T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
+export { MESSAGE_COLUMNS, type MessageRow, toMessage } from "./append.ts";
 
 /**
  * Sets a user's read mark of a conversation to at least the conversation's
@@ -180,7 +125,6 @@ export const LOBBY_KEY: ConversationKey = roomKey(LOBBY);
 export class SqlStore implements ChatStore, AsyncDisposable {
   #db: SqlDatabase;
   #maxBatch: number;
-  #onBatch: SqlStoreOptions["onBatch"];
   #queue: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #dmPairs = new Set<ConversationKey>();
@@ -194,7 +138,6 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   private constructor(db: SqlDatabase, options: SqlStoreOptions) {
     this.#db = db;
     this.#maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
-    this.#onBatch = options.onBatch;
     this.#searchIndex = (options.searchIndex ?? true) && db.dialect.indexesSearchLater;
   }
 
@@ -290,163 +233,32 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   }
 
   async #commit(batch: Pending[], sent: Attempt): Promise<Appended[]> {
-    const newPairs: ConversationKey[] = [];
-    const results = await this.#db.transaction(async (tx) => {
-      // 1. Lock the conversations' heads, in sorted order, and read where each stands; and
-      // 2. the messages already stored under their (from, cid): committed by now, as their
-      // heads are locked first. Asked together: one round trip (SQLite's worker gets them in
-      // one message; PostgreSQL pipelines them, in this order, on the transaction's connection).
-      const conversations = [...new Set(batch.map((p) => p.conversation))].sort();
-      const withCid = batch.filter((p) => p.message.cid !== undefined);
-      const [heads, stored] = await Promise.all([
-        Promise.all(
-          chunks(conversations, ROWS_PER_INSERT).map((part) =>
-            tx.query<{ conv: string; last_id: number }>(
-              `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 1, 1, ", 0")}
-             ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
-             RETURNING conv, last_id`,
-              part,
-            )
-          ),
-        ),
-        Promise.all(
-          withCid.length > 0 && this.#db.dialect.name === "postgres"
-            // On PostgreSQL, as two arrays and with `cid = ANY`: one text whatever the batch, and
-            // an index lookup however it is planned. The pairs as VALUES were planned as a
-            // sequential scan and a hash join up to ~10,000 messages, and kept so, as a prepared
-            // statement's generic plan, when planned on a new, empty table: 1.3 ms a batch at
-            // 11,000 messages, growing with the table, against 0.03 ms.
-            ? [tx.query<MessageRow>(
-              `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE cid = ANY($1::text[])
-               AND (cid, sender) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-              [
-                withCid.map((p) => p.message.cid!),
-                withCid.map((p) => p.message.from),
-              ] as unknown as SqlValue[],
-            )]
-            : chunks(withCid, ROWS_PER_INSERT).map((part) =>
-              tx.query<MessageRow>(
-                `SELECT ${MESSAGE_COLUMNS} FROM messages
-             WHERE cid IS NOT NULL AND (cid, sender) IN (VALUES ${placeholders(part.length, 2)})`,
-                part.flatMap((p) => [p.message.cid!, p.message.from]),
-              )
-            ),
-        ),
-      ]);
-      const last = new Map<ConversationKey, number>();
-      for (const row of heads.flat()) last.set(row.conv, Number(row.last_id));
-      const earlier = new Map<string, ChatMessage>();
-      for (const row of stored.flat()) earlier.set(`${row.sender}\n${row.cid}`, toMessage(row));
-      // 3. The new messages, numbered from each head.
-      const next = new Map<ConversationKey, number>();
-      const fresh: MessageRow[] = [];
-      const readMarks = new Map<string, [string, ConversationKey, number]>();
-      const now = Date.now();
-      const out: Appended[] = batch.map((p) => {
-        const { room, to, from, text, cid } = p.message;
-        const cidKey = cid === undefined ? undefined : `${from}\n${cid}`;
-        const first = cidKey === undefined ? undefined : earlier.get(cidKey);
-        if (first) return { message: first, duplicate: true };
-        const id = (next.get(p.conversation) ?? last.get(p.conversation) ?? 0) + 1;
-        next.set(p.conversation, id);
-        const row: MessageRow = {
-          conv: p.conversation,
-          id,
-          sender: from,
-          room: room ?? null,
-          recipient: room === undefined ? to! : null,
-          body: text,
-          ts: now,
-          cid: cid ?? null,
-        };
-        fresh.push(row);
-        const message = toMessage(row);
-        if (cidKey !== undefined) earlier.set(cidKey, message);
-        // Posting in a conversation means having read it: the sender's read mark moves to its message.
-        readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
-        if (to !== undefined && room === undefined && !this.#dmPairs.has(p.conversation)) {
-          newPairs.push(p.conversation);
-        }
-        return { message, duplicate: false };
-      });
-      // 4. The writes, all at once (one round trip): the messages, the heads, the senders'
-      // read marks and the index of DM partners. Rows in sorted order, so that two instances'
-      // batches lock them in one order.
-      const heads2 = [...next].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
-      const marks = [...readMarks.values()].sort(([u1, c1], [u2, c2]) =>
-        u1 < u2 ? -1 : u1 > u2 ? 1 : c1 < c2 ? -1 : c1 > c2 ? 1 : 0
-      );
-      const pairs = newPairs.flatMap((conversation) => {
-        const [, a, b] = conversation.split("/");
-        return [[a, b, conversation], [b, a, conversation]];
-      });
-      const greatest = this.#db.dialect.greatest("reads.id", "excluded.id");
-      const postgres = this.#db.dialect.name === "postgres";
-      // PostgreSQL takes a batch's messages as one array per column: one text whatever the
-      // batch (prepared once per connection), and 8 parameters to encode instead of 8 a row.
-      const column = (pick: (r: MessageRow) => SqlValue) => fresh.map(pick);
-      await Promise.all([
-        ...(postgres && fresh.length > 0
-          ? [tx.query(
-            `INSERT INTO messages (${MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],
-             $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])`,
-            [
-              column((r) => r.conv),
-              column((r) => r.id),
-              column((r) => r.sender),
-              column((r) => r.room),
-              column((r) => r.recipient),
-              column((r) => r.body),
-              column((r) => r.ts),
-              column((r) => r.cid),
-            ] as unknown as SqlValue[],
-          )]
-          : []),
-        ...chunks(postgres ? [] : fresh, ROWS_PER_INSERT).map((part) =>
-          tx.query(
-            `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
-            part.flatMap((r): SqlValue[] => [
-              r.conv,
-              r.id,
-              r.sender,
-              r.room,
-              r.recipient,
-              r.body,
-              r.ts,
-              r.cid,
-            ]),
-          )
-        ),
-        ...chunks(heads2, ROWS_PER_INSERT).map((part) =>
-          tx.query(
-            `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
-             ON CONFLICT (conv) DO UPDATE SET last_id = excluded.last_id`,
-            part.flat(),
-          )
-        ),
-        ...chunks(marks, ROWS_PER_INSERT).map((part) =>
-          tx.query(
-            `INSERT INTO reads (name, conv, id) VALUES ${placeholders(part.length, 3)}
-             ON CONFLICT (name, conv) DO UPDATE SET id = ${greatest}`,
-            part.flat(),
-          )
-        ),
-        ...chunks(pairs, ROWS_PER_INSERT).map((part) =>
-          tx.query(
-            `INSERT INTO dms (name, peer, conv) VALUES ${placeholders(part.length, 3)}
-             ON CONFLICT (name, peer) DO NOTHING`,
-            part.flat(),
-          )
-        ),
-      ]);
-      if (this.#onBatch && next.size > 0) await this.#onBatch(tx, next);
+    const input: AppendInput = {
+      messages: batch.map(({ message, conversation }) => ({
+        message,
+        conversation,
+        pairKnown: this.#dmPairs.has(conversation),
+      })),
+      now: Date.now(),
+    };
+    const db = this.#db;
+    // SQLite's worker runs the whole transaction where its connection is: one round trip.
+    const outcome = db.append ? await db.append(input) : await db.transaction(async (tx) => {
+      const rounds = appendRounds(input, db.dialect);
+      let step = rounds.next();
+      while (!step.done) {
+        // A round's statements asked together: PostgreSQL pipelines them, in this order.
+        const rows = await Promise.all(step.value.map((s) => tx.query(s.text, s.params)));
+        step = rounds.next(rows);
+      }
+      const outcome = step.value;
       // From here COMMIT is on its way: what to answer if it turns out to have committed.
-      sent.results = out;
-      sent.probe = fresh[0];
-      return out;
+      sent.results = outcome.appended;
+      sent.probe = outcome.probe;
+      return outcome;
     });
-    for (const pair of newPairs) this.#dmPairs.add(pair);
-    return results;
+    for (const pair of outcome.newPairs) this.#dmPairs.add(pair);
+    return outcome.appended;
   }
 
   async history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage> {
