@@ -106,10 +106,16 @@ export interface AppendInput {
   now: number;
 }
 
-/** What it did, once its statements ran (before COMMIT). */
+/**
+ * What it did, once its statements ran (before COMMIT), in few bytes (it comes
+ * back from SQLite's worker as JSON): {@linkcode appendedOf} makes the answers.
+ */
 export interface AppendOutcome {
-  /** One answer per message, in order. */
-  appended: Appended[];
+  /**
+   * One per message, in order: the id it was stored under (its time is the
+   * input's `now`), or the message stored before under its client id.
+   */
+  ids: Array<number | ChatMessage>;
   /** DM pairs it wrote to `dms`. */
   newPairs: ConversationKey[];
   /** One row it wrote, to look for if the connection went during COMMIT. */
@@ -176,11 +182,11 @@ export function* appendRounds(
   const fresh: MessageRow[] = [];
   const readMarks = new Map<string, [string, ConversationKey, number]>();
   const newPairs: ConversationKey[] = [];
-  const appended: Appended[] = batch.map((p) => {
+  const ids = batch.map((p): number | ChatMessage => {
     const { room, to, from, text, cid } = p.message;
     const cidKey = cid === undefined ? undefined : `${from}\n${cid}`;
     const first = cidKey === undefined ? undefined : earlier.get(cidKey);
-    if (first) return { message: first, duplicate: true };
+    if (first) return first;
     const id = (next.get(p.conversation) ?? last.get(p.conversation) ?? 0) + 1;
     next.set(p.conversation, id);
     const row: MessageRow = {
@@ -194,12 +200,12 @@ export function* appendRounds(
       cid: cid ?? null,
     };
     fresh.push(row);
-    const message = toMessage(row);
-    if (cidKey !== undefined) earlier.set(cidKey, message);
+    // A second copy in the same batch is the first one's duplicate.
+    if (cidKey !== undefined) earlier.set(cidKey, toMessage(row));
     // Posting in a conversation means having read it: the sender's read mark moves to its message.
     readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
     if (to !== undefined && room === undefined && !p.pairKnown) newPairs.push(p.conversation);
-    return { message, duplicate: false };
+    return id;
   });
   // 4. The writes, all at once: the messages, the heads, the senders' read marks and the
   // index of DM partners. Rows in sorted order, so that two instances' batches lock them in
@@ -263,5 +269,24 @@ export function* appendRounds(
     })),
   ];
   if (writes.length > 0) yield writes;
-  return { appended, newPairs, probe: fresh[0] };
+  return { ids, newPairs, probe: fresh[0] };
+}
+
+/** The answers to an append's messages, from its input and outcome. */
+export function appendedOf(input: AppendInput, outcome: AppendOutcome): Appended[] {
+  return outcome.ids.map((id, i) => {
+    if (typeof id !== "number") return { message: id, duplicate: true };
+    const { message, conversation } = input.messages[i];
+    const stored = toMessage({
+      conv: conversation,
+      id,
+      sender: message.from,
+      room: message.room ?? null,
+      recipient: message.room === undefined ? message.to! : null,
+      body: message.text,
+      ts: input.now,
+      cid: message.cid ?? null,
+    });
+    return { message: stored, duplicate: false };
+  });
 }

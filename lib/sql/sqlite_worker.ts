@@ -70,7 +70,9 @@ function append(input: AppendInput): unknown[] {
       step = rounds.next(rows);
     }
     db!.exec("COMMIT");
-    return [step.value];
+    // The probe is for a connection lost during COMMIT, which a worker's never is.
+    const { ids, newPairs } = step.value;
+    return [{ ids, newPairs }];
   } catch (error) {
     if (db!.isTransaction) db!.exec("ROLLBACK");
     throw error;

@@ -40,6 +40,7 @@ import {
 } from "../store.ts";
 import type { Queryable, SqlDatabase } from "./dialect.ts";
 import {
+  appendedOf,
   type AppendInput,
   appendRounds,
   chunks,
@@ -253,12 +254,12 @@ export class SqlStore implements ChatStore, AsyncDisposable {
       }
       const outcome = step.value;
       // From here COMMIT is on its way: what to answer if it turns out to have committed.
-      sent.results = outcome.appended;
+      sent.results = appendedOf(input, outcome);
       sent.probe = outcome.probe;
       return outcome;
     });
     for (const pair of outcome.newPairs) this.#dmPairs.add(pair);
-    return outcome.appended;
+    return sent.results ?? appendedOf(input, outcome);
   }
 
   async history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage> {
