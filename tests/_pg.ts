@@ -17,6 +17,9 @@
  * @module
  */
 
+import { forgetTokens } from "./_client.ts";
+import { type SpawnedServer, spawnServer } from "./_server.ts";
+
 const BIN = Deno.env.get("PG_BIN") ?? "/usr/lib/postgresql/15/bin";
 
 /** A running test cluster. */
@@ -174,5 +177,40 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
       await start();
     },
     [Symbol.asyncDispose]: dispose,
+  };
+}
+
+/** A cluster and `n` instances on it, all stopped on dispose. */
+export async function instances(
+  n: number,
+  args: string[] = [],
+): Promise<{ pg: TestPostgres; servers: SpawnedServer[] } & AsyncDisposable> {
+  const pg = await startPostgres();
+  const servers: SpawnedServer[] = [];
+  // These tests follow every typing and presence change: pace fan-out far below their steps
+  // (the pacing itself is the hostile suite's).
+  args = ["--fanout-interval", "0.05", ...args];
+  try {
+    // The first creates the schema; the others start together.
+    servers.push(await spawnServer({ data: pg.url, args }));
+    servers.push(
+      ...await Promise.all(
+        Array.from({ length: n - 1 }, () => spawnServer({ data: pg.url, args })),
+      ),
+    );
+  } catch (error) {
+    await Promise.all(servers.map((s) => s.close()));
+    await pg[Symbol.asyncDispose]();
+    throw error;
+  }
+  return {
+    pg,
+    servers,
+    [Symbol.asyncDispose]: async () => {
+      await Promise.all(servers.map((s) => s.close()));
+      // A later cluster may get these ports: its users are not these.
+      forgetTokens(servers.map((s) => s.origin));
+      await pg[Symbol.asyncDispose]();
+    },
   };
 }

@@ -5,47 +5,12 @@
  */
 
 import assert from "node:assert/strict";
-import { forgetTokens, type Frame, isPresence, TestClient, tokens } from "./_client.ts";
-import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
-import { type SpawnedServer, spawnServer } from "./_server.ts";
+import { type Frame, isPresence, TestClient, tokens } from "./_client.ts";
+import { ignoreWithoutPostgres, instances } from "./_pg.ts";
+import type { SpawnedServer } from "./_server.ts";
 import { canonicalName } from "../lib/identity.ts";
 
 const ignore = ignoreWithoutPostgres();
-
-/** A cluster and `n` instances on it, all stopped on dispose. */
-async function instances(
-  n: number,
-  args: string[] = [],
-): Promise<{ pg: TestPostgres; servers: SpawnedServer[] } & AsyncDisposable> {
-  const pg = await startPostgres();
-  const servers: SpawnedServer[] = [];
-  // These tests follow every typing and presence change: pace fan-out far below their steps
-  // (the pacing itself is the hostile suite's).
-  args = ["--fanout-interval", "0.05", ...args];
-  try {
-    // The first creates the schema; the others start together.
-    servers.push(await spawnServer({ data: pg.url, args }));
-    servers.push(
-      ...await Promise.all(
-        Array.from({ length: n - 1 }, () => spawnServer({ data: pg.url, args })),
-      ),
-    );
-  } catch (error) {
-    await Promise.all(servers.map((s) => s.close()));
-    await pg[Symbol.asyncDispose]();
-    throw error;
-  }
-  return {
-    pg,
-    servers,
-    [Symbol.asyncDispose]: async () => {
-      await Promise.all(servers.map((s) => s.close()));
-      // A later cluster may get these ports: its users are not these.
-      forgetTokens(servers.map((s) => s.origin));
-      await pg[Symbol.asyncDispose]();
-    },
-  };
-}
 
 /**
  * Opens a tab of `user` on `origin` and waits for its welcome. The name is

@@ -9,9 +9,9 @@
  */
 
 import assert from "node:assert/strict";
-import { forgetTokens, type Frame, TestClient } from "./_client.ts";
-import { ignoreWithoutPostgres, startPostgres } from "./_pg.ts";
-import { spawnServer, startServer } from "./_server.ts";
+import { type Frame, TestClient } from "./_client.ts";
+import { ignoreWithoutPostgres, instances } from "./_pg.ts";
+import { startServer } from "./_server.ts";
 import { ONLINE_PAGE_DEFAULT, ONLINE_PAGE_MAX } from "../lib/protocol.ts";
 
 const isType = (type: string) => (f: Frame) => f.type === type;
@@ -201,10 +201,8 @@ Deno.test({
   name: "on PostgreSQL, welcome counts and pages who is online on every instance",
   ignore: ignoreWithoutPostgres(),
   async fn() {
-    await using pg = await startPostgres();
-    const args = ["--welcome-online", "2", "--fanout-interval", "0.05"];
-    await using s1 = await spawnServer({ data: pg.url, args });
-    await using s2 = await spawnServer({ data: pg.url, args });
+    await using cluster = await instances(2, ["--welcome-online", "2"]);
+    const [s1, s2] = cluster.servers;
     const clients = [
       ...await joinAll(s1.origin, ["a1", "a2", "a3"]),
       ...await joinAll(s2.origin, ["b1", "b2"]),
@@ -227,7 +225,6 @@ Deno.test({
       assert.deepEqual(seen, ["a3", "b1", "b2", "zed"]);
     } finally {
       await closeAll(clients);
-      forgetTokens([s1.origin, s2.origin]);
     }
   },
 });
@@ -237,10 +234,8 @@ Deno.test({
     "on PostgreSQL, while dozens arrive six at a time on two instances, each welcome lists itself and everyone welcomed before it connected",
   ignore: ignoreWithoutPostgres(),
   async fn() {
-    await using pg = await startPostgres();
-    const args = ["--welcome-online", "100", "--fanout-interval", "0.05"];
-    await using s1 = await spawnServer({ data: pg.url, args });
-    await using s2 = await spawnServer({ data: pg.url, args });
+    await using cluster = await instances(2, ["--welcome-online", "100"]);
+    const [s1, s2] = cluster.servers;
     const arrivals: { user: string; connected: number; welcomed: number; online: string[] }[] = [];
     const clients: TestClient[] = [];
     try {
@@ -262,7 +257,6 @@ Deno.test({
       assert.ok(arrivals.some((a) => arrivals.some((b) => b.welcomed < a.connected)));
     } finally {
       await closeAll(clients);
-      forgetTokens([s1.origin, s2.origin]);
     }
   },
 });
