@@ -97,7 +97,7 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: "a re-sent cid is stored again, not answered with the first message",
     file: "lib/sql/append.ts",
-    search: "    if (first) return first;\n",
+    search: "    if (first) return toMessage(first);\n",
     replace: "",
     tests: ["tests/conformance_test.ts", "tests/delivery_test.ts"],
   },

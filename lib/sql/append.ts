@@ -171,11 +171,10 @@ export function* appendRounds(
       last.set(row.conv, Number(row.last_id));
     }
   }
-  const earlier = new Map<string, ChatMessage>();
+  // Rows, made messages only for the duplicates that are answered with them.
+  const earlier = new Map<string, MessageRow>();
   for (const rows of read.slice(headReads.length)) {
-    for (const row of rows as MessageRow[]) {
-      earlier.set(`${row.sender}\n${row.cid}`, toMessage(row));
-    }
+    for (const row of rows as MessageRow[]) earlier.set(`${row.sender}\n${row.cid}`, row);
   }
   // 3. The new messages, numbered from each head.
   const next = new Map<ConversationKey, number>();
@@ -186,7 +185,7 @@ export function* appendRounds(
     const { room, to, from, text, cid } = p.message;
     const cidKey = cid === undefined ? undefined : `${from}\n${cid}`;
     const first = cidKey === undefined ? undefined : earlier.get(cidKey);
-    if (first) return first;
+    if (first) return toMessage(first);
     const id = (next.get(p.conversation) ?? last.get(p.conversation) ?? 0) + 1;
     next.set(p.conversation, id);
     const row: MessageRow = {
@@ -201,7 +200,7 @@ export function* appendRounds(
     };
     fresh.push(row);
     // A second copy in the same batch is the first one's duplicate.
-    if (cidKey !== undefined) earlier.set(cidKey, toMessage(row));
+    if (cidKey !== undefined) earlier.set(cidKey, row);
     // Posting in a conversation means having read it: the sender's read mark moves to its message.
     readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
     if (to !== undefined && room === undefined && !p.pairKnown) newPairs.push(p.conversation);
