@@ -44,6 +44,8 @@ let open = 0;
 
 /** The append transaction's statements, prepared by their text (`$n` placeholders). */
 const byText = new Map<string, StatementSync>();
+/** The most of them kept prepared; beyond it they are all forgotten. */
+const MAX_BY_TEXT = 1024;
 
 function prepared(text: string): StatementSync {
   let found = byText.get(text);
@@ -55,8 +57,6 @@ function prepared(text: string): StatementSync {
   }
   return found;
 }
-
-const MAX_BY_TEXT = 1024;
 
 /** Runs the append transaction of `append.ts`, from BEGIN to COMMIT; its outcome, as a row. */
 function append(input: AppendInput): unknown[] {
