@@ -135,7 +135,11 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     }
   };
 
-  const crash = async () => {
+  /**
+   * Kills the cluster, every process at once; with `restartable`, also waits
+   * until a new postmaster may take its data directory.
+   */
+  const kill = async (restartable: boolean) => {
     const c = child;
     if (!c) return;
     child = undefined;
@@ -147,7 +151,11 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     }
     await c.status;
     await drained;
-    // Backends of the killed postmaster exit on their own once it is gone; wait for the port and pid file.
+    if (!restartable) return;
+    // Backends of the killed postmaster exit on their own once it is gone; wait for the port and
+    // pid file. A new postmaster refuses the directory while the old one's pid is taken, by a
+    // zombie too (its lock-file check), and this machine's init is slow to reap (~2 s): a cluster
+    // that is only thrown away does not wait for it.
     const started = Date.now();
     while (Date.now() - started < 10_000) {
       try {
@@ -164,8 +172,9 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   await start();
   await run(`${BIN}/createdb`, ["-h", "127.0.0.1", "-p", String(port), "-U", "chat", "chat"]);
 
+  const crash = () => kill(true);
   const dispose = async () => {
-    await crash();
+    await kill(false);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   return {
