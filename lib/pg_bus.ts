@@ -55,6 +55,8 @@ export interface PgBusOptions {
   channel?: string;
   /** How often the watchdog pings the channel, in milliseconds. */
   pingMs?: number;
+  /** Where troubles (and their end) are told, a line each; `console.error` by default. */
+  log?: (line: string) => void;
 }
 
 /** The most rows one catch-up read takes per conversation; connections page the rest. */
@@ -146,6 +148,10 @@ export class PgBus implements Bus {
   #suspect: ReturnType<typeof setTimeout> | undefined;
   /** What has failed and was said so: each trouble is logged once until it clears. */
   #troubles = new Set<string>();
+  /** Retries waiting to run, cleared by {@linkcode PgBus.close}; one catch-up retry at a time. */
+  #retries = new Set<ReturnType<typeof setTimeout>>();
+  #catchUpRetry = false;
+  #log: (line: string) => void;
 
   private constructor(options: PgBusOptions) {
     this.#sql = options.sql;
@@ -153,6 +159,7 @@ export class PgBus implements Bus {
     this.#channel = options.channel ?? "chat";
     this.#pollMs = options.pollMs ?? 0;
     this.#pingMs = options.pingMs ?? 2000;
+    this.#log = options.log ?? console.error;
   }
 
   /** Starts listening (or polling); resolves once the channel is heard. */
@@ -190,7 +197,18 @@ export class PgBus implements Bus {
         else void this.#catchUp();
       },
     );
-    if (generation === this.#generation) this.#listener = listener;
+    if (this.#closed) await listener.unlisten().catch(() => {});
+    else if (generation === this.#generation) this.#listener = listener;
+  }
+
+  /** Runs `fn` after `ms`, unless the bus is closed by then. */
+  #retry(fn: () => void, ms: number): void {
+    if (this.#closed) return;
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      fn();
+    }, ms);
+    this.#retries.add(timer);
   }
 
   subscribe(handler: BusHandler, interest?: BusInterest): Disposable {
@@ -359,7 +377,7 @@ export class PgBus implements Bus {
       this.#cleared("read");
     } catch (error) {
       this.#trouble("read", `could not read new messages (${(error as Error).message}); retrying`);
-      setTimeout(() => {
+      this.#retry(() => {
         this.#readingGaps = false;
         for (const [key, gap] of taken) {
           gap.conv.reading = false;
@@ -428,13 +446,14 @@ export class PgBus implements Bus {
   }
 
   #trouble(what: string, message: string): void {
-    if (this.#troubles.has(what)) return;
+    // Once closed, what was under way fails as the pool ends: nothing to tell.
+    if (this.#troubles.has(what) || this.#closed) return;
     this.#troubles.add(what);
-    console.error(`fan-out: ${message}`);
+    this.#log(`fan-out: ${message}`);
   }
 
   #cleared(what: string): void {
-    if (this.#troubles.delete(what)) console.error(`fan-out: ${what} works again`);
+    if (this.#troubles.delete(what)) this.#log(`fan-out: ${what} works again`);
   }
 
   #deliver(event: BusEvent): void {
@@ -485,7 +504,14 @@ export class PgBus implements Bus {
       this.#cleared("catch-up");
     } catch (error) {
       this.#trouble("catch-up", `catch-up failed (${(error as Error).message}); retrying`);
-      if (!this.#closed) setTimeout(() => void this.#catchUp(), 500);
+      // The watchdog may start one at each ping meanwhile: one retry is enough.
+      if (!this.#catchUpRetry) {
+        this.#catchUpRetry = true;
+        this.#retry(() => {
+          this.#catchUpRetry = false;
+          void this.#catchUp();
+        }, 500);
+      }
     } finally {
       this.#catchingUp--;
     }
@@ -506,7 +532,7 @@ export class PgBus implements Bus {
     ) {
       // Pings go out but do not come back: the LISTEN connection is lost.
       if (this.#catchingUp === 0) void this.#catchUp();
-      if (!this.#relistening && now - this.#relistened >= RELISTEN_MS) {
+      if (!this.#relistening && now - this.#relistened >= RELISTEN_MS && !this.#closed) {
         this.#relistening = true;
         this.#relistened = now;
         try {
@@ -519,6 +545,7 @@ export class PgBus implements Bus {
         }
       }
     }
+    if (this.#closed) return;
     try {
       const ping = { o: this.#me } as const;
       await this.#sql`
@@ -615,12 +642,19 @@ export class PgBus implements Bus {
     }
   }
 
-  /** Stops listening or polling after announcing what is pending. */
+  /**
+   * Stops listening or polling after announcing what is pending. From its
+   * start nothing new is scheduled, and retries still waiting are dropped:
+   * none of them may outlive the bus and query a pool being ended.
+   */
   async close(): Promise<void> {
+    this.#closed = true;
     clearInterval(this.#timer);
     clearTimeout(this.#suspect);
     clearTimeout(this.#flushTimer);
     clearTimeout(this.#readTimer);
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
     this.#flushTimer = undefined;
     await this.#flushing;
     if (this.#positions.size > 0 || this.#events.length > 0) {
@@ -630,7 +664,6 @@ export class PgBus implements Bus {
       await Promise.race([this.#flush(), new Promise((r) => timer = setTimeout(r, 2000))]);
       clearTimeout(timer);
     }
-    this.#closed = true;
     await this.#listener?.unlisten().catch(() => {});
   }
 }
