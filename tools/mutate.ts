@@ -138,7 +138,16 @@ async function copyRepository(): Promise<string> {
 /** Runs test files in `cwd`, bounded in time; true when they all pass. */
 async function testsPass(cwd: string, files: string[], seconds = 180): Promise<boolean> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["test", "--no-check", "--allow-all", "--fail-fast", ...files],
+    // With the sanitizers, as `deno task test` runs them: a leaked timer is a bug too.
+    args: [
+      "test",
+      "--no-check",
+      "--allow-all",
+      "--sanitize-ops",
+      "--sanitize-resources",
+      "--fail-fast",
+      ...files,
+    ],
     cwd,
     stdin: "null",
     stdout: "null",
