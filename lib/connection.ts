@@ -203,7 +203,7 @@ export class Connection implements Member {
    */
   #sent(result: Accepted | Refused): void {
     if (!result.ok) return this.#answer(result);
-    result.stored.then(this.#onStored);
+    result.onStored(this.#onStored);
   }
 
   /** Made once per connection: a send's settling allocates no handler. */

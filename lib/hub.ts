@@ -28,11 +28,14 @@ import {
   toLegacy,
 } from "./protocol.ts";
 import {
+  type Appended,
+  type AppendListener,
   type ChatStore,
   type ConversationKey,
   conversationOf,
   dmKey,
   type HistoryPage,
+  type NewMessage,
   roomKey,
   StoreError,
 } from "./store.ts";
@@ -68,6 +71,56 @@ export type { ConnectOptions, HubLimits, Member, Result } from "./member.ts";
 
 /** An operation done with nothing to say to the asker (one object for all of them). */
 const DONE: Done = Object.freeze({ ok: true });
+
+/** What a hub does with a message's storing outcome (one per hub, shared by its {@linkcode Storing}s). */
+interface StoringHost {
+  /** Publishes a stored message (or answers a re-send): what its sender is told. */
+  stored(message: NewMessage, appended: Appended): Stored;
+  /** The refusal its sender gets. */
+  failed(message: NewMessage, error: StoreError): Stored;
+  /** One fewer message being stored. */
+  settled(): void;
+}
+
+/**
+ * A message being stored: the store's listener and its connection's
+ * {@linkcode Accepted} in one object, the only thing made for it besides the
+ * store's queue entry while it waits for its commit.
+ */
+class Storing implements Accepted, AppendListener {
+  readonly ok = true;
+  #outcome: Stored | undefined;
+  #listener: ((stored: Stored) => void) | undefined;
+
+  constructor(readonly message: NewMessage, readonly host: StoringHost) {}
+
+  onStored(listener: (stored: Stored) => void): void {
+    if (this.#outcome) listener(this.#outcome);
+    else this.#listener = listener;
+  }
+
+  stored(appended: Appended): void {
+    this.#settle(() => this.host.stored(this.message, appended));
+  }
+
+  failed(error: StoreError): void {
+    this.#settle(() => this.host.failed(this.message, error));
+  }
+
+  #settle(outcome: () => Stored): void {
+    if (this.#outcome) return;
+    try {
+      this.#outcome = outcome();
+    } catch (error) {
+      log.error("unexpected error publishing a stored message", error);
+      this.#outcome = DONE;
+    }
+    this.host.settled();
+    const listener = this.#listener;
+    this.#listener = undefined;
+    listener?.(this.#outcome);
+  }
+}
 
 /** A refusal with an error frame. */
 function refused(code: ErrorCode, detail: ErrorDetail): Refused {
@@ -148,8 +201,14 @@ export class ChatHub implements HubPort {
   #registered = new Set<string>();
   #connections = 0;
   #shuttingDown = false;
-  /** Appends not yet settled: shutdown waits for them, so their senders get their acks. */
+  /** Work a shutdown waits for (see {@linkcode ChatHub.track}). */
   #inflight = new Set<Promise<unknown>>();
+  /**
+   * Messages taken and not yet stored (or refused): shutdown waits for them,
+   * so their senders get their acks; and what it waits on for the last one.
+   */
+  #storing = 0;
+  #storingIdle: PromiseWithResolvers<void> | undefined;
   /** Typing relayed per sender and conversation. */
   #typing: Throttle;
   /** The public rooms listing, shared by everyone who asks within an interval. */
@@ -468,37 +527,41 @@ export class ChatHub implements HubPort {
     return await this.#allowSend(conn, request, message.cid) ?? this.#append({ ...message, to });
   }
 
-  #append(
-    message: { room?: string; to?: string; from: string; text: string; cid?: string },
-  ): Accepted {
+  #append(message: NewMessage): Accepted {
     // Not awaited: appends queue in arrival order, so a sender's messages keep
     // their order while the next frame is already being read.
-    const stored: Promise<Stored> = this.#store.append(message).then(
-      ({ message: stored, duplicate }): Stored => {
-        if (!duplicate) {
-          this.#bus.publish({ kind: "message", message: stored });
-          return DONE;
-        }
-        // A re-send of a stored message: everyone had it already; answer only the sender.
-        // (Unless its first sender's instance died before publishing it: the bus sees to that.)
-        this.#bus.reached?.(stored);
-        return { ok: true, again: stored };
-      },
-      (error): Refused => {
-        if (!(error instanceof StoreError)) log.error("unexpected store error", error);
-        return refused("store_failed", {
-          message: "the message could not be stored; it was not sent",
-          ref: message.cid,
-          request: message.room !== undefined
-            ? { type: "send", room: message.room }
-            : { type: "send", to: message.to },
-        });
-      },
-    );
-    this.#inflight.add(stored);
-    stored.finally(() => this.#inflight.delete(stored));
-    return { ok: true, stored };
+    const storing = new Storing(message, this.#storingHost);
+    this.#storing++;
+    this.#store.appendTo(message, storing);
+    return storing;
   }
+
+  /** Made once per hub: a message's settling allocates no handler. */
+  #storingHost: StoringHost = {
+    stored: (_, { message: stored, duplicate }) => {
+      if (!duplicate) {
+        this.#bus.publish({ kind: "message", message: stored });
+        return DONE;
+      }
+      // A re-send of a stored message: everyone had it already; answer only the sender.
+      // (Unless its first sender's instance died before publishing it: the bus sees to that.)
+      this.#bus.reached?.(stored);
+      return { ok: true, again: stored };
+    },
+    failed: (message, error) => {
+      if (!(error instanceof StoreError)) log.error("unexpected store error", error);
+      return refused("store_failed", {
+        message: "the message could not be stored; it was not sent",
+        ref: message.cid,
+        request: message.room !== undefined
+          ? { type: "send", room: message.room }
+          : { type: "send", to: message.to },
+      });
+    },
+    settled: () => {
+      if (--this.#storing === 0) this.#storingIdle?.resolve();
+    },
+  };
 
   /** Joins a room; a private one needs an invitation. A member already gets `joined` again. */
   join(conn: Member, room: string): Promise<Result> {
@@ -931,7 +994,14 @@ export class ChatHub implements HubPort {
     // Frames being handled finish (those queued are dropped), then whatever they started.
     const conns = [...this.#users.values()].flatMap((set) => [...set]);
     await Promise.allSettled(conns.map((c) => c.settled));
-    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+    while (this.#inflight.size > 0 || this.#storing > 0) {
+      if (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+      else {
+        this.#storingIdle = Promise.withResolvers();
+        await this.#storingIdle.promise;
+        this.#storingIdle = undefined;
+      }
+    }
     for (const conns of this.#users.values()) {
       for (const conn of conns) conn.closePeer(CloseCode.GoingAway, "server shutting down");
     }

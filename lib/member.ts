@@ -126,11 +126,16 @@ export interface Found {
 
 /**
  * A message taken for storing: the sender's copy, delivered with everyone's
- * once `stored` settles, is its acknowledgement.
+ * once it is stored, is its acknowledgement.
  */
 export interface Accepted {
   readonly ok: true;
-  readonly stored: Promise<Stored>;
+  /**
+   * Calls `listener` once, with how storing the message ended (at once if it
+   * has): a callback rather than a promise, as nothing is made per message
+   * for it to wait (see `ChatStore.appendTo`).
+   */
+  onStored(listener: (stored: Stored) => void): void;
 }
 
 /** A re-sent `cid`: the message stored the first time, for the re-sender alone. */

@@ -94,6 +94,17 @@ export class StoreError extends Error {
 }
 
 /**
+ * Hears how one {@linkcode ChatStore.appendTo} ended: exactly one of its
+ * methods is called, once.
+ */
+export interface AppendListener {
+  /** The message is durable: as stored, or the copy stored before under its `(from, cid)`. */
+  stored(result: Appended): void;
+  /** The message could not be kept. */
+  failed(error: StoreError): void;
+}
+
+/**
  * Durable storage for the chat.
  *
  * Read positions (what `conversations` reports as `read` and `unread`): a
@@ -117,6 +128,14 @@ export interface ChatStore {
    * marked `duplicate`.
    */
   append(message: NewMessage): Promise<Appended>;
+  /**
+   * {@linkcode ChatStore.append} for the hot path, with no promise made for the
+   * message: `listener` hears how it ended, never synchronously. What waits
+   * for a commit is what each young-generation GC copies, and a message taken
+   * through promises (the store's, the hub's, the connection's) held about 25
+   * small objects while it waited.
+   */
+  appendTo(message: NewMessage, listener: AppendListener): void;
   /** A page of a conversation's history. */
   history(conversation: ConversationKey, options: HistoryOptions): Promise<HistoryPage>;
   /** The rooms a user has joined, the lobby excluded. */

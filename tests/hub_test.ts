@@ -383,6 +383,10 @@ class FailingStore implements ChatStore {
   }
   append: ChatStore["append"] = (m) =>
     this.failing ? Promise.reject(new StoreError("disk full")) : this.#inner.append(m);
+  appendTo: ChatStore["appendTo"] = (m, listener) =>
+    this.failing
+      ? queueMicrotask(() => listener.failed(new StoreError("disk full")))
+      : this.#inner.appendTo(m, listener);
   history: ChatStore["history"] = (c, o) => this.#inner.history(c, o);
   rooms: ChatStore["rooms"] = (u) => this.#inner.rooms(u);
   room: ChatStore["room"] = (r) => this.#inner.room(r);

@@ -27,6 +27,7 @@ import { LOBBY } from "../protocol.ts";
 import type { ChatMessage, ConversationSummary } from "../protocol.ts";
 import {
   type Appended,
+  type AppendListener,
   type ChatStore,
   type ConversationKey,
   conversationOf,
@@ -86,8 +87,7 @@ const RETRY_BUDGET_MS = 5000;
 interface Pending {
   message: NewMessage;
   conversation: ConversationKey;
-  resolve(result: Appended): void;
-  reject(error: unknown): void;
+  listener: AppendListener;
 }
 
 /** What one attempt of a batch got as far as sending. */
@@ -158,11 +158,16 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   }
 
   append(message: NewMessage): Promise<Appended> {
-    if (this.#closed) return Promise.reject(new StoreError("the store is closed"));
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ message, conversation: conversationOf(message), resolve, reject });
-      this.#flushing ??= this.#drain();
-    });
+    return new Promise((stored, failed) => this.appendTo(message, { stored, failed }));
+  }
+
+  appendTo(message: NewMessage, listener: AppendListener): void {
+    if (this.#closed) {
+      queueMicrotask(() => listener.failed(new StoreError("the store is closed")));
+      return;
+    }
+    this.#queue.push({ message, conversation: conversationOf(message), listener });
+    this.#flushing ??= this.#drain();
   }
 
   async #drain(): Promise<void> {
@@ -173,16 +178,25 @@ export class SqlStore implements ChatStore, AsyncDisposable {
       await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.#queue.length > 0) {
         const batch = this.#queue.splice(0, this.#maxBatch);
+        let results: Appended[] | undefined;
+        let reason: StoreError | undefined;
         try {
-          const results = await this.#commitRetrying(batch);
-          batch.forEach((p, i) => p.resolve(results[i]));
-          if (this.#searchIndex) this.#searchIndexDue(batch.length);
+          results = await this.#commitRetrying(batch);
         } catch (error) {
-          const reason = error instanceof StoreError
+          reason = error instanceof StoreError
             ? error
             : new StoreError(`could not store the message: ${describe(error)}`, { cause: error });
-          for (const p of batch) p.reject(reason);
         }
+        for (let i = 0; i < batch.length; i++) {
+          // A listener that throws must not keep the others from hearing.
+          try {
+            if (results) batch[i].listener.stored(results[i]);
+            else batch[i].listener.failed(reason!);
+          } catch (error) {
+            log.error("a listener of an append threw", error);
+          }
+        }
+        if (results && this.#searchIndex) this.#searchIndexDue(batch.length);
       }
     } finally {
       this.#flushing = undefined;
