@@ -12,6 +12,11 @@ export const MAX_NAME_LENGTH = 32;
 // (NFC leaves some scripts decomposed), and the three separators `_ - .`.
 const NAME_PATTERN = /^[\p{L}\p{N}\p{M}_.-]+$/u;
 
+// The common name, checked first: ASCII letters, digits and separators, within the limit (NFC
+// leaves it as it is, and its length is its code points). Every DM names one; the general check
+// (NFC, counting code points, the Unicode pattern) was 3–4% of the server's time for a DM.
+const ASCII_NAME = new RegExp(`^[A-Za-z0-9_.-]{1,${MAX_NAME_LENGTH}}$`);
+
 /** The result of {@linkcode parseName}: a normalised name, or why not. */
 export type NameResult = { ok: true; name: string } | { ok: false; reason: string };
 
@@ -26,6 +31,7 @@ export type NameResult = { ok: true; name: string } | { ok: false; reason: strin
  */
 export function parseName(raw: unknown): NameResult {
   if (typeof raw !== "string") return { ok: false, reason: "a name must be a string" };
+  if (ASCII_NAME.test(raw) && raw !== "." && raw !== "..") return { ok: true, name: raw };
   const name = raw.normalize("NFC");
   const length = [...name].length;
   if (length === 0) return { ok: false, reason: "a name must not be empty" };

@@ -202,7 +202,10 @@ export function* appendRounds(
     // A second copy in the same batch is the first one's duplicate.
     if (cidKey !== undefined) earlier.set(cidKey, row);
     // Posting in a conversation means having read it: the sender's read mark moves to its message.
-    readMarks.set(`${from}\n${p.conversation}`, [from, p.conversation, id]);
+    const markKey = `${from}\n${p.conversation}`;
+    const mark = readMarks.get(markKey);
+    if (mark) mark[2] = id;
+    else readMarks.set(markKey, [from, p.conversation, id]);
     if (to !== undefined && room === undefined && !p.pairKnown) newPairs.push(p.conversation);
     return id;
   });
@@ -240,16 +243,7 @@ export function* appendRounds(
       : []),
     ...chunks(postgres ? [] : fresh, ROWS_PER_INSERT).map((part) => ({
       text: `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
-      params: part.flatMap((r): SqlValue[] => [
-        r.conv,
-        r.id,
-        r.sender,
-        r.room,
-        r.recipient,
-        r.body,
-        r.ts,
-        r.cid,
-      ]),
+      params: rowValues(part),
     })),
     ...chunks(heads, ROWS_PER_INSERT).map((part) => ({
       text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
@@ -269,6 +263,15 @@ export function* appendRounds(
   ];
   if (writes.length > 0) yield writes;
   return { ids, newPairs, probe: fresh[0] };
+}
+
+/** The rows' values in `MESSAGE_COLUMNS` order, in one array (no array made per row). */
+function rowValues(rows: MessageRow[]): SqlValue[] {
+  const values: SqlValue[] = [];
+  for (const r of rows) {
+    values.push(r.conv, r.id, r.sender, r.room, r.recipient, r.body, r.ts, r.cid);
+  }
+  return values;
 }
 
 /** The answers to an append's messages, from its input and outcome. */
