@@ -454,26 +454,54 @@ export class ChatHub implements HubPort {
 
   /**
    * Takes one message from a user's send budget; undefined when there was
-   * one, else the refusal (`rate_limited` with `retry_after`, a strike).
+   * one, else the refusal (`rate_limited` with `retry_after`, a strike). At
+   * once when the limits can decide without I/O (see `UserLimits.takeSendNow`).
    */
-  async #allowSend(
+  #allowSend(
+    conn: Member,
+    request: ErrorDetail["request"] & object,
+    cid?: string,
+  ): Refused | undefined | Promise<Refused | undefined> {
+    const limits = this.#userLimits;
+    if (limits.takeSendNow === undefined) return this.#allowSendLater(conn, request, cid);
+    let allowance;
+    try {
+      allowance = limits.takeSendNow(conn.user);
+    } catch (error) {
+      return this.#budgetUnread(error, request, cid);
+    }
+    return allowance.ok ? undefined : this.#rateLimited(allowance.retryAfterMs, request, cid);
+  }
+
+  async #allowSendLater(
     conn: Member,
     request: ErrorDetail["request"] & object,
     cid?: string,
   ): Promise<Refused | undefined> {
-    const { sendRate, sendBurst } = this.limits;
     let allowance;
     try {
       allowance = await this.#userLimits.takeSend(conn.user);
     } catch (error) {
-      log.error("user limits: the budget could not be read", error);
-      return refused("store_failed", {
-        message: "the message could not be stored; it was not sent",
-        ref: cid,
-        request,
-      });
+      return this.#budgetUnread(error, request, cid);
     }
-    if (allowance.ok) return undefined;
+    return allowance.ok ? undefined : this.#rateLimited(allowance.retryAfterMs, request, cid);
+  }
+
+  #budgetUnread(error: unknown, request: ErrorDetail["request"] & object, cid?: string): Refused {
+    log.error("user limits: the budget could not be read", error);
+    return refused("store_failed", {
+      message: "the message could not be stored; it was not sent",
+      ref: cid,
+      request,
+    });
+  }
+
+  #rateLimited(
+    retryAfterMs: number,
+    request: ErrorDetail["request"] & object,
+    cid?: string,
+  ): Refused {
+    const { sendRate, sendBurst } = this.limits;
     return {
       ok: false,
       error: {
@@ -482,7 +510,7 @@ export class ChatHub implements HubPort {
           ref: cid,
           request,
         }),
-        retry_after: allowance.retryAfterMs,
+        retry_after: retryAfterMs,
       },
       strike: true,
     };
@@ -501,7 +529,9 @@ export class ChatHub implements HubPort {
         request,
       });
     }
-    return await this.#allowSend(conn, request, message.cid) ?? this.#append(message);
+    const limited = this.#allowSend(conn, request, message.cid);
+    if (limited === undefined) return this.#append(message);
+    return await limited ?? this.#append(message);
   }
 
   /** Stores a DM to a known user, then publishes it: the sender's copy is its acknowledgement. */
@@ -524,7 +554,11 @@ export class ChatHub implements HubPort {
         request,
       });
     }
-    return await this.#allowSend(conn, request, message.cid) ?? this.#append({ ...message, to });
+    // The connection's own object, unless the name was spelled otherwise: nothing else holds it.
+    const dm = to === message.to ? message : { ...message, to };
+    const limited = this.#allowSend(conn, request, message.cid);
+    if (limited === undefined) return this.#append(dm);
+    return await limited ?? this.#append(dm);
   }
 
   #append(message: NewMessage): Accepted {

@@ -35,12 +35,20 @@ export interface UserLimits {
   /** Takes one message from a user's send budget. */
   takeSend(user: string): Promise<SendAllowance>;
   /**
+   * {@linkcode UserLimits.takeSend} at once, for limits that need no I/O to
+   * decide (a process's own): a message then waits for no turn of the loop
+   * and makes no promise before it is queued for storing.
+   */
+  takeSendNow?(user: string): SendAllowance;
+  /**
    * Counts one more open connection for a user, unless the user is at the
    * limit: resolves with the function that counts it closed (idempotent), or
    * undefined when the user has too many.
    */
   openConnection(user: string): Promise<(() => void) | undefined>;
 }
+
+const ALLOWED: SendAllowance = Object.freeze({ ok: true });
 
 /** Per-user limits of a single process. */
 export class LocalUserLimits implements UserLimits {
@@ -54,20 +62,24 @@ export class LocalUserLimits implements UserLimits {
   }
 
   takeSend(user: string): Promise<SendAllowance> {
+    return Promise.resolve(this.takeSendNow(user));
+  }
+
+  takeSendNow(user: string): SendAllowance {
     const { sendRate, sendBurst } = this.#settings;
     const now = Date.now();
-    const bucket = this.#buckets.get(user) ?? { tokens: sendBurst, at: now };
+    let bucket = this.#buckets.get(user);
+    if (bucket === undefined) {
+      bucket = { tokens: sendBurst, at: now };
+      this.#buckets.set(user, bucket);
+    }
     bucket.tokens = Math.min(sendBurst, bucket.tokens + ((now - bucket.at) / 1000) * sendRate);
     bucket.at = now;
-    this.#buckets.set(user, bucket);
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
-      return Promise.resolve({ ok: true });
+      return ALLOWED;
     }
-    return Promise.resolve({
-      ok: false,
-      retryAfterMs: Math.ceil(((1 - bucket.tokens) / sendRate) * 1000),
-    });
+    return { ok: false, retryAfterMs: Math.ceil(((1 - bucket.tokens) / sendRate) * 1000) };
   }
 
   openConnection(user: string): Promise<(() => void) | undefined> {
