@@ -99,26 +99,22 @@ class Storing implements Accepted, AppendListener {
     else this.#listener = listener;
   }
 
+  // The count goes down first: a publish that throws (the store logs it) must not hold a shutdown.
   stored(appended: Appended): void {
-    this.#settle(() => this.host.stored(this.message, appended));
+    this.host.settled();
+    this.#settle(this.host.stored(this.message, appended));
   }
 
   failed(error: StoreError): void {
-    this.#settle(() => this.host.failed(this.message, error));
+    this.host.settled();
+    this.#settle(this.host.failed(this.message, error));
   }
 
-  #settle(outcome: () => Stored): void {
-    if (this.#outcome) return;
-    try {
-      this.#outcome = outcome();
-    } catch (error) {
-      log.error("unexpected error publishing a stored message", error);
-      this.#outcome = DONE;
-    }
-    this.host.settled();
+  #settle(outcome: Stored): void {
+    this.#outcome = outcome;
     const listener = this.#listener;
     this.#listener = undefined;
-    listener?.(this.#outcome);
+    listener?.(outcome);
   }
 }
 
@@ -455,36 +451,38 @@ export class ChatHub implements HubPort {
   /**
    * Takes one message from a user's send budget; undefined when there was
    * one, else the refusal (`rate_limited` with `retry_after`, a strike). At
-   * once when the limits can decide without I/O (see `UserLimits.takeSendNow`).
+   * once when the limits answer at once (see `UserLimits.takeSend`).
    */
   #allowSend(
     conn: Member,
     request: ErrorDetail["request"] & object,
     cid?: string,
   ): Refused | undefined | Promise<Refused | undefined> {
-    const limits = this.#userLimits;
-    if (limits.takeSendNow === undefined) return this.#allowSendLater(conn, request, cid);
     let allowance;
     try {
-      allowance = limits.takeSendNow(conn.user);
+      allowance = this.#userLimits.takeSend(conn.user);
     } catch (error) {
       return this.#budgetUnread(error, request, cid);
     }
-    return allowance.ok ? undefined : this.#rateLimited(allowance.retryAfterMs, request, cid);
+    if (!(allowance instanceof Promise)) {
+      return allowance.ok ? undefined : this.#rateLimited(allowance.retryAfterMs, request, cid);
+    }
+    return allowance.then(
+      (a) => a.ok ? undefined : this.#rateLimited(a.retryAfterMs, request, cid),
+      (error) => this.#budgetUnread(error, request, cid),
+    );
   }
 
-  async #allowSendLater(
+  /** Queues `message` for storing once the send budget allows it; else the refusal. */
+  #appendAllowed(
     conn: Member,
     request: ErrorDetail["request"] & object,
-    cid?: string,
-  ): Promise<Refused | undefined> {
-    let allowance;
-    try {
-      allowance = await this.#userLimits.takeSend(conn.user);
-    } catch (error) {
-      return this.#budgetUnread(error, request, cid);
-    }
-    return allowance.ok ? undefined : this.#rateLimited(allowance.retryAfterMs, request, cid);
+    message: NewMessage,
+  ): Accepted | Refused | Promise<Accepted | Refused> {
+    const limited = this.#allowSend(conn, request, message.cid);
+    if (limited === undefined) return this.#append(message);
+    if (!(limited instanceof Promise)) return limited;
+    return limited.then((refusal) => refusal ?? this.#append(message));
   }
 
   #budgetUnread(error: unknown, request: ErrorDetail["request"] & object, cid?: string): Refused {
@@ -529,9 +527,7 @@ export class ChatHub implements HubPort {
         request,
       });
     }
-    const limited = this.#allowSend(conn, request, message.cid);
-    if (limited === undefined) return this.#append(message);
-    return await limited ?? this.#append(message);
+    return await this.#appendAllowed(conn, request, message);
   }
 
   /** Stores a DM to a known user, then publishes it: the sender's copy is its acknowledgement. */
@@ -555,10 +551,7 @@ export class ChatHub implements HubPort {
       });
     }
     // The connection's own object, unless the name was spelled otherwise: nothing else holds it.
-    const dm = to === message.to ? message : { ...message, to };
-    const limited = this.#allowSend(conn, request, message.cid);
-    if (limited === undefined) return this.#append(dm);
-    return await limited ?? this.#append(dm);
+    return this.#appendAllowed(conn, request, to === message.to ? message : { ...message, to });
   }
 
   #append(message: NewMessage): Accepted {

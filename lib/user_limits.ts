@@ -32,14 +32,12 @@ export interface UserLimitSettings {
 
 /** Per-user limits, shared by every instance of one chat. */
 export interface UserLimits {
-  /** Takes one message from a user's send budget. */
-  takeSend(user: string): Promise<SendAllowance>;
   /**
-   * {@linkcode UserLimits.takeSend} at once, for limits that need no I/O to
-   * decide (a process's own): a message then waits for no turn of the loop
-   * and makes no promise before it is queued for storing.
+   * Takes one message from a user's send budget: at once where no I/O is
+   * needed to decide (a process's own limits), so that a message waits for no
+   * turn of the loop and makes no promise before it is queued for storing.
    */
-  takeSendNow?(user: string): SendAllowance;
+  takeSend(user: string): SendAllowance | Promise<SendAllowance>;
   /**
    * Counts one more open connection for a user, unless the user is at the
    * limit: resolves with the function that counts it closed (idempotent), or
@@ -61,11 +59,7 @@ export class LocalUserLimits implements UserLimits {
     this.#settings = settings;
   }
 
-  takeSend(user: string): Promise<SendAllowance> {
-    return Promise.resolve(this.takeSendNow(user));
-  }
-
-  takeSendNow(user: string): SendAllowance {
+  takeSend(user: string): SendAllowance {
     const { sendRate, sendBurst } = this.#settings;
     const now = Date.now();
     let bucket = this.#buckets.get(user);
