@@ -75,6 +75,7 @@ function measure(n: number): string {
     const last = new Map<string, number>();
     let seq = 0;
     let statements = 0, commit = 0;
+    const commitTimes: number[] = [];
     const commits = Math.max(20, Math.floor(MESSAGES / n));
     const cpu = process.cpuUsage();
     for (let k = 0; k < commits; k++) {
@@ -100,13 +101,23 @@ function measure(n: number): string {
       statements += performance.now() - t;
       t = performance.now();
       db.exec("COMMIT");
-      commit += performance.now() - t;
+      const took = performance.now() - t;
+      commit += took;
+      commitTimes.push(took);
     }
     const used = process.cpuUsage(cpu);
     const perDm = (used.user + used.system) / commits / n;
-    return `${n} a commit: ${perDm.toFixed(1)} µs CPU a DM; per commit ${
+    // The slowest commits show whether SQLite's checkpoints (every 1,000 WAL pages, inside
+    // a COMMIT) stall the commits behind them.
+    commitTimes.sort((a, b) => a - b);
+    const at = (q: number) => commitTimes[Math.floor(q * (commitTimes.length - 1))].toFixed(2);
+    return `${n} a commit: ${perDm.toFixed(1)} µs CPU a DM (user ${
+      (used.user / commits).toFixed(0)
+    }, system ${(used.system / commits).toFixed(0)} µs a commit); per commit ${
       (statements * 1000 / commits).toFixed(0)
-    } µs in statements, ${(commit * 1000 / commits).toFixed(0)} in COMMIT (wall)`;
+    } µs in statements, ${(commit * 1000 / commits).toFixed(0)} in COMMIT (wall; p99 ${
+      at(0.99)
+    } ms, max ${at(1)})`;
   } finally {
     db.close();
     Deno.removeSync(dir, { recursive: true });
