@@ -211,6 +211,12 @@ export class ChatHub implements HubPort {
   #listing: { at: number; frame: Promise<string> } | undefined;
   /** Presence changes, batched: one shared frame per interval to this hub's readers. */
   #presenceOut: PresenceFanout;
+  /**
+   * The presence change each welcomed connection's `welcome` knew of
+   * ({@linkcode PresenceFanout.seq} before it read who is online): a batch
+   * of changes it listed already is not sent to it again.
+   */
+  #presenceSeen = new WeakMap<Member, number>();
 
   /** Makes a hub over a store and a bus. */
   constructor(options: ChatHubOptions) {
@@ -231,7 +237,8 @@ export class ChatHub implements HubPort {
       intervalMs: interval,
       deliver: (batch) =>
         this.#each(this.#users.keys(), (c) => {
-          const out = c.legacy ? undefined : batch.for(c.user);
+          if (c.legacy || batch.lastSeq <= (this.#presenceSeen.get(c) ?? 0)) return;
+          const out = batch.for(c.user);
           if (out) c.deliverShared(out);
         }),
     });
@@ -375,6 +382,7 @@ export class ChatHub implements HubPort {
     // Who is online anywhere (this user included once their arrival is recorded), bounded:
     // first the DM partners and room-mates connected here (no query), then in name order.
     await this.#presenceSteps.get(user);
+    const seen = this.#presenceOut.seq;
     const online = await welcomeOnline(this.#presence, {
       limit: this.limits.welcomeOnline ?? 200,
       visible: (function* (members) {
@@ -403,6 +411,7 @@ export class ChatHub implements HubPort {
       } satisfies Omit<Extract<ServerFrame, { type: "welcome" }>, keyof WelcomeOnline>,
     );
     // The online list goes in as JSON already (see welcomeOnline), before the closing brace.
+    this.#presenceSeen.set(conn, seen);
     conn.welcome(`${welcome.slice(0, -1)},${online}}`);
     // A name just claimed belongs to this connection alone: any socket opened on it while it
     // was free (the original page's) did not prove it is its owner, and goes.

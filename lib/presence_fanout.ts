@@ -13,6 +13,9 @@
  *   that reached no reader does not count);
  * - a reader never sees its own user's change: readers whose user is in the
  *   batch get a copy without it (encoded once per such user);
+ * - changes are numbered as they are pushed ({@linkcode PresenceFanout.seq}),
+ *   and a batch knows the last of its numbers: a reader whose `welcome` was
+ *   made after them (so listed them already) can be spared it;
  * - a frame carries at most `maxBatch` changes ({@linkcode PRESENCE_BATCH_MAX}):
  *   the rest, still latest-state-wins, wait for the next interval, oldest
  *   first, so a reader's presence traffic is bounded per interval however
@@ -30,16 +33,19 @@ export class PresenceBatch {
   readonly online: readonly string[];
   /** Users who went offline. */
   readonly offline: readonly string[];
+  /** The number of its latest change ({@linkcode PresenceFanout.seq} as it was pushed). */
+  readonly lastSeq: number;
   #shared: Outgoing;
   #changed: Set<string>;
   /** Frames without one user's own change, by that user (null: nothing left for them). */
   #without = new Map<string, Outgoing | null>();
   #delivered = false;
 
-  /** A batch of changes (each user at most once). */
-  constructor(online: string[], offline: string[]) {
+  /** A batch of changes (each user at most once), the latest of them numbered `lastSeq`. */
+  constructor(online: string[], offline: string[], lastSeq = Number.MAX_SAFE_INTEGER) {
     this.online = online;
     this.offline = offline;
+    this.lastSeq = lastSeq;
     this.#changed = new Set([...online, ...offline]);
     this.#shared = new Outgoing({ type: "presence", online, offline });
   }
@@ -93,10 +99,11 @@ export interface PresenceFanoutOptions {
   deliver: (batch: PresenceBatch) => void;
 }
 
-/** A pending change: the state before the interval's first change, and the latest. */
+/** A pending change: the state before the interval's first change, the latest, and its number. */
 interface Change {
   from: boolean;
   to: boolean;
+  seq: number;
 }
 
 /** Collects presence changes and delivers them as at most one batch per interval. */
@@ -109,12 +116,22 @@ export class PresenceFanout implements Disposable {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #lastFlush = -Infinity;
   #disposed = false;
+  #seq = 0;
 
   /** A fan-out flushing at most once every `intervalMs`. */
   constructor(options: PresenceFanoutOptions) {
     this.#intervalMs = options.intervalMs;
     this.#maxBatch = Math.max(1, options.maxBatch ?? PRESENCE_BATCH_MAX);
     this.#deliver = options.deliver;
+  }
+
+  /**
+   * The number of the latest change pushed (0: none yet). Read before a
+   * `welcome` reads who is online: every change numbered up to it is in what
+   * that read sees, as presence records a change before it is announced.
+   */
+  get seq(): number {
+    return this.#seq;
   }
 
   /** Changes waiting for the next flush. */
@@ -126,9 +143,12 @@ export class PresenceFanout implements Disposable {
   push(user: string, online: boolean): void {
     if (this.#disposed) return;
     const change = this.#pending.get(user);
+    const seq = ++this.#seq;
     // A user's announcements alternate: before the first one here, they were the opposite.
-    if (change) change.to = online;
-    else this.#pending.set(user, { from: !online, to: online });
+    if (change) {
+      change.to = online;
+      change.seq = seq;
+    } else this.#pending.set(user, { from: !online, to: online, seq });
     this.#schedule();
   }
 
@@ -144,15 +164,17 @@ export class PresenceFanout implements Disposable {
   #flush(): void {
     const online: string[] = [];
     const offline: string[] = [];
+    let lastSeq = 0;
     for (const [user, change] of this.#pending) {
       if (online.length + offline.length >= this.#maxBatch) break;
       this.#pending.delete(user);
       // Back where it began: nobody needs to hear of it.
       if (change.to === change.from) continue;
       (change.to ? online : offline).push(user);
+      lastSeq = Math.max(lastSeq, change.seq);
     }
     if (online.length + offline.length > 0) {
-      const batch = new PresenceBatch(online, offline);
+      const batch = new PresenceBatch(online, offline, lastSeq);
       this.#deliver(batch);
       // The pace is the readers': a batch nobody got (a first user alone) holds nothing back.
       if (batch.delivered) this.#lastFlush = performance.now();

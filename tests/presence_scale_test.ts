@@ -55,7 +55,8 @@ Deno.test("users arriving within one interval reach each reader as ONE presence 
   });
 
   const crowd = names("c", 5);
-  const clients = await joinAll(srv.origin, crowd);
+  const joined = await Promise.all(crowd.map((u) => TestClient.join(srv.origin, u)));
+  const clients = joined.map(([c]) => c);
   try {
     for (const reader of [alice, bob]) {
       const frame = await reader.next(isType("presence"));
@@ -63,10 +64,16 @@ Deno.test("users arriving within one interval reach each reader as ONE presence 
       assert.deepEqual(frame.offline, []);
       assert.deepEqual(await presenceQueued(reader), [], "one frame for the whole batch");
     }
-    // Each newcomer hears of the others in the same batch, never of itself.
-    const c1 = clients[0];
-    const heard = await c1.next(isType("presence"));
-    assert.deepEqual([...heard.online].sort(), crowd.filter((u) => u !== "c1"));
+    // Each newcomer knows of the others, from its welcome or from the batch (which it gets
+    // only if its welcome missed some of them), and never hears of itself.
+    for (const [client, welcome] of joined) {
+      const heard = (await presenceQueued(client)).flatMap((f) => f.online);
+      const user = welcome.user as string;
+      assert.ok(!heard.includes(user), `${user} heard of itself`);
+      const known = new Set([...welcome.online, ...heard]);
+      for (const other of crowd) assert.ok(known.has(other), `${user} never heard of ${other}`);
+      if (heard.length > 0) assert.ok(heard.some((u) => !welcome.online.includes(u)), user);
+    }
   } finally {
     await closeAll(clients);
   }
@@ -259,4 +266,33 @@ Deno.test({
       await closeAll(clients);
     }
   },
+});
+
+Deno.test("a user welcomed while arrivals wait for the next interval is not told of them again", async () => {
+  await using srv = await startServer({ settings: { fanoutInterval: 3 } });
+  await using alice = (await TestClient.join(srv.origin, "alice"))[0];
+  await using bob = (await TestClient.join(srv.origin, "bob"))[0];
+  await alice.next(isType("presence")); // bob: sent at once, the interval starts
+  // carol's arrival waits for the interval's end; dave's welcome already lists her.
+  await using carol = (await TestClient.join(srv.origin, "carol"))[0];
+  const [dave, welcome] = await TestClient.join(srv.origin, "dave");
+  await using _dave = dave;
+  assert.deepEqual([...welcome.online].sort(), ["alice", "bob", "carol", "dave"]);
+  // The interval ends: the others hear of carol and dave, dave of nothing he was not told.
+  assert.deepEqual(await alice.next(isType("presence")), {
+    type: "presence",
+    online: ["carol", "dave"],
+    offline: [],
+  });
+  assert.deepEqual(await carol.next(isType("presence")), {
+    type: "presence",
+    online: ["dave"],
+    offline: [],
+  });
+  assert.deepEqual(await presenceQueued(dave), []);
+  assert.deepEqual(await presenceQueued(bob), [{
+    type: "presence",
+    online: ["carol", "dave"],
+    offline: [],
+  }]);
 });
