@@ -35,9 +35,9 @@ export const COMPILE_FLAGS: readonly string[] = [
   "--allow-env=PORT,HOST,DENO_DEPLOYMENT_ID,CHAT_*,DATABASE_URL,PG*",
   "--allow-read",
   "--allow-write",
-  // The SQLite worker is loaded by URL at run time: name it so the binary holds it.
+  // The checkpoints' worker is loaded by URL at run time: name it so the binary holds it.
   "--include",
-  "lib/sql/sqlite_worker.ts",
+  "lib/sql/sqlite_checkpoint.ts",
 ];
 
 /** Where the binary goes unless `--output` says otherwise. */

@@ -5,8 +5,8 @@
  * - `SqlStore` (`store.ts`) runs each round inside `SqlDatabase.transaction`,
  *   the round's statements asked together (PostgreSQL pipelines them on the
  *   transaction's connection);
- * - SQLite's worker (`sqlite_worker.ts`) runs all of it where its connection
- *   is, from `BEGIN IMMEDIATE` to `COMMIT`, in one message each way.
+ * - SQLite's engine (`sqlite_engine.ts`) runs all of it as one op of a batch,
+ *   from `BEGIN IMMEDIATE` to `COMMIT`.
  *
  * Through `transaction`, a SQLite commit took three round trips to the
  * worker (the BEGIN and the reads, the writes, the RELEASE and COMMIT), 0.29
@@ -94,7 +94,7 @@ export interface Statement {
   params: SqlValue[];
 }
 
-/** What one append transaction takes (plain data: it goes to SQLite's worker as JSON). */
+/** What one append transaction takes (plain data, as PostgreSQL and SQLite both take it). */
 export interface AppendInput {
   messages: Array<{
     message: NewMessage;
@@ -107,8 +107,8 @@ export interface AppendInput {
 }
 
 /**
- * What it did, once its statements ran (before COMMIT), in few bytes (it comes
- * back from SQLite's worker as JSON): {@linkcode appendedOf} makes the answers.
+ * What it did, once its statements ran (before COMMIT), in few bytes:
+ * {@linkcode appendedOf} makes the answers.
  */
 export interface AppendOutcome {
   /**

@@ -95,7 +95,7 @@ export interface SqlDatabase extends Queryable {
   /**
    * Runs the append transaction (`append.ts`) in one go and commits it,
    * where the engine can do that cheaper than statement by statement
-   * (SQLite: in its worker, one round trip instead of three). Without it,
+   * (SQLite: one op of a batch instead of three batches). Without it,
    * `SqlStore` runs the rounds through {@linkcode transaction}.
    */
   append?(input: AppendInput): Promise<AppendOutcome>;

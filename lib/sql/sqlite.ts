@@ -3,22 +3,32 @@
  * no flag, works in the compiled binary).
  *
  * - WAL journal: readers never block the writer, a crash never corrupts.
- * - `synchronous=FULL` by default: every commit is fsync'ed to the WAL before
- *   it is acknowledged, so an acknowledged message survives a SIGKILL, an OS
- *   crash and power loss. `NORMAL` (`--sqlite-synchronous normal`) still
- *   survives a SIGKILL of the server (the WAL is in the OS cache) but may lose
- *   the last commits on power loss or an OS crash; it never corrupts the file.
- * - `busy_timeout`: another process holding the write lock is waited for (up
- *   to 5 s) rather than failing at once.
+ * - `full` by default: every batch that wrote is synced to disk (`fdatasync`
+ *   of the WAL) before any of its answers, so an acknowledged message
+ *   survives a SIGKILL, an OS crash and power loss. `normal`
+ *   (`--sqlite-synchronous normal`) still survives a SIGKILL of the server
+ *   (the WAL is in the OS cache) but may lose the last commits on power loss
+ *   or an OS crash; it never corrupts the file.
+ * - Another connection holding the write lock (another process on the file)
+ *   is waited for, up to `busyTimeoutMs` (5 s), rather than failing at once.
  * - One connection per process, so one writer; every statement takes turns
  *   on it, and a transaction holds it from `BEGIN IMMEDIATE` to `COMMIT`, so no
  *   other statement sees its writes before they are committed.
  *
- * `node:sqlite` is synchronous, and a `synchronous=FULL` commit waits for an
- * fsync: on the event loop that stalled every other user (p99 35–39 ms with
- * 20 senders, `tools/store_cost.ts`). So the connection lives in a worker
- * (`sqlite_worker.ts`) and the loop only posts statements to it; group commit
- * keeps it to one fsync per batch.
+ * `node:sqlite` is synchronous, and a commit of SQLite's own `synchronous=FULL`
+ * waits for an fsync: on the event loop that stalled every other user (p99
+ * 35–39 ms with 20 senders, `tools/store_cost.ts`). Until `sqlite_engine.ts`,
+ * the connection lived in a worker for that; a round trip to it cost more
+ * than the statements (a new user's arrival took 450 µs of CPU, 245 of them
+ * the worker's, against 245–275 in all now, `tools/store_path.ts`). Now the
+ * connection is on the loop with SQLite's `synchronous=NORMAL`, which syncs
+ * the log before each checkpoint and the file after it but not at a commit;
+ * the commit's own sync is this module's: `Deno.FsFile.syncData` on the log,
+ * which runs on Deno's blocking-task threads, and the batch's answers wait
+ * for it. Statements run on the loop: each batch is one group of indexed
+ * statements (a commit of a few dozen DMs, ~0.2–0.5 ms). The lock is never
+ * waited for on the loop either (`busy_timeout` 0): a batch that finds it
+ * held is run again after a wait (see `#busy`).
  *
  * @module
  */
@@ -26,6 +36,16 @@
 import { setImmediate } from "node:timers";
 import type { AppendInput, AppendOutcome } from "./append.ts";
 import { type Queryable, type SqlDatabase, SQLITE, type SqlValue } from "./dialect.ts";
+import {
+  type BatchOp,
+  Op,
+  type OpKind,
+  type OpResult,
+  SqliteEngine,
+  toSqlite,
+} from "./sqlite_engine.ts";
+
+export { type BatchOp, Op, type OpKind, toSqlite };
 
 /** How SQLite syncs commits to disk. */
 export type SqliteSynchronous = "full" | "normal";
@@ -37,39 +57,6 @@ export interface SqliteOptions {
   /** How long to wait for another process's write lock, in milliseconds (default 5000). */
   busyTimeoutMs?: number;
 }
-
-/**
- * What each op of a batch to the worker does (see `sqlite_worker.ts`): a
- * statement, or a transaction's begin and end, or forgetting every prepared
- * statement.
- */
-export const Op = {
-  query: 0,
-  begin: 1,
-  commit: 2,
-  rollback: 3,
-  reset: 4,
-  /** `SAVEPOINT`, `RELEASE` and `ROLLBACK TO` of one transaction of a group (see `#transact`). */
-  savepoint: 5,
-  release: 6,
-  rollbackTo: 7,
-  /** The append transaction of `append.ts`, begun and committed in the worker. */
-  append: 8,
-} as const;
-/** One of {@linkcode Op}. */
-export type OpKind = typeof Op[keyof typeof Op];
-/**
- * One op of a batch: its kind, its transaction's number (0: none), its
- * statement's number, the statement's text the first time it is sent (then
- * `null`), and its parameters (for `append`, its input alone).
- */
-export type BatchOp = [
-  OpKind,
-  number,
-  number,
-  string | null,
-  readonly SqlValue[] | readonly [AppendInput],
-];
 
 /** An op waiting to be sent, or for its answer. */
 interface Pending {
@@ -93,31 +80,64 @@ interface Group {
   fail(error: unknown): void;
 }
 
-/** The most statements the worker keeps prepared; beyond it both sides forget them all. */
+/**
+ * The log's frames (pages, 4 KiB each) past which the next batch waits for a
+ * checkpoint that catches up with all of them, so that the log starts over
+ * from its beginning: checkpoints that run while batches commit never catch
+ * up with a writer that never stops, and the log would only grow.
+ */
+const RESTART_FRAMES = 1000;
+/** The least time between two checkpoints while batches write (ms). */
+const CHECKPOINT_EVERY_MS = 50;
+
+/** The checkpointing worker (`sqlite_checkpoint.ts`), its requests answered in order. */
+class Checkpointer {
+  #worker: Worker;
+  #answers: Array<(answer: { log?: number; checkpointed?: number; error?: string }) => void> = [];
+
+  constructor(path: string) {
+    this.#worker = new Worker(new URL("./sqlite_checkpoint.ts", import.meta.url), {
+      type: "module",
+    });
+    this.#worker.onmessage = (e) => this.#answers.shift()?.(e.data);
+    this.#worker.onerror = (e) => {
+      e.preventDefault();
+      for (const answer of this.#answers.splice(0)) answer({ error: e.message });
+    };
+    this.#ask({ open: path });
+  }
+
+  #ask(request: unknown): Promise<{ log?: number; checkpointed?: number; error?: string }> {
+    return new Promise((resolve) => {
+      this.#answers.push(resolve);
+      this.#worker.postMessage(request);
+    });
+  }
+
+  /** A `PASSIVE` checkpoint: the log's frames and how many are in the file; undefined if it failed. */
+  async checkpoint(): Promise<{ log: number; checkpointed: number } | undefined> {
+    const { log, checkpointed } = await this.#ask("checkpoint");
+    return log === undefined || checkpointed === undefined ? undefined : { log, checkpointed };
+  }
+
+  async close(): Promise<void> {
+    await this.#ask({ close: true });
+    this.#worker.terminate();
+  }
+}
+
+/** The most statements the engine keeps prepared; beyond it both sides forget them all. */
 const MAX_STATEMENTS = 4096;
 
 /**
- * PostgreSQL's `$n` placeholders in SQLite's syntax: plain `?` when they run
- * `$1, $2, …` in order, as most statements do (node:sqlite binds numbered
- * `?NNN` parameters about 20 times slower: 265 against 15 µs a row in a
- * 500-row INSERT), and `?n` where a statement reuses one. Run once per
- * statement text (the worker keeps it prepared; see `#statement`).
- */
-export function toSqlite(text: string): string {
-  const numbers = [...text.matchAll(/\$(\d+)/g)].map((m) => Number(m[1]));
-  const inOrder = numbers.every((n, i) => n === i + 1);
-  return text.replace(/\$(\d+)/g, inOrder ? "?" : "?$1");
-}
-
-/**
- * A SQLite database file (or `:memory:`), its connection held by a worker.
+ * A SQLite database file (or `:memory:`), its connection on the event loop.
  *
- * Every statement asked for in one turn of the event loop goes to the worker
- * in one message, and the next message leaves only when the answer to the
- * previous one is back: what was asked meanwhile waits in `#outbox` and goes
- * together (a round trip costs far more than a statement). A transaction's
+ * Every statement asked for in one turn of the event loop runs in one batch,
+ * after the turn, and the next batch runs only once the previous one is
+ * answered (synced): what was asked meanwhile waits in `#outbox` and goes
+ * together, so that one sync serves them all (group commit). A transaction's
  * BEGIN goes with its first statements, and its COMMIT with whatever was
- * waiting for it to end. The worker runs them all in order, one connection:
+ * waiting for it to end. The engine runs them all in order, one connection:
  * while a transaction is open, statements outside it wait here (in
  * `#waiting`, in the order they were asked, with the transactions after it),
  * so that none sees its writes before the commit or becomes part of it.
@@ -125,13 +145,18 @@ export function toSqlite(text: string): string {
 export class SqliteDatabase implements SqlDatabase {
   readonly dialect = SQLITE;
   readonly description: string;
-  #worker: Worker;
-  /** Ops to send in the next message. */
+  #engine: SqliteEngine;
+  /**
+   * The write-ahead log, synced here after each batch that wrote, before its
+   * answers (`synchronous=full`); undefined where no sync is asked for.
+   */
+  #log: Deno.FsFile | undefined;
+  /** Ops to run in the next batch. */
   #outbox: Pending[] = [];
-  /** The ops of the message the worker has now, in order. */
+  /** The ops of the batch run now, or waiting for its sync, in order. */
   #inFlight: Pending[] | undefined;
   #scheduled = false;
-  /** Statement numbers by text (the worker prepares each once). */
+  /** Statement numbers by text (the engine prepares each once). */
   #statements = new Map<string, number>();
   #nextStatement = 1;
   /** The open transaction's number (0: none), and the next one's. */
@@ -142,85 +167,89 @@ export class SqliteDatabase implements SqlDatabase {
   /** The SQLite transaction open now, with the transactions it holds. */
   #group: Group | undefined;
   #nextMember = 1;
-  /** The answer to an `open` or `close` message. */
-  #control: { resolve(rows: unknown[]): void; reject(error: Error): void } | undefined;
   #closing: Promise<void> | undefined;
-  /** Why the worker is gone, once it is: every later statement fails at once instead of hanging. */
+  /** The wait before the lock is tried again. */
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  /** Why the database is unusable, once it is: every later statement fails at once. */
   #broken: Error | undefined;
 
-  private constructor(worker: Worker, description: string) {
-    this.#worker = worker;
+  /** How long ops wait for another connection's write lock before they fail (ms). */
+  #busyTimeoutMs: number;
+  /** The checkpoints' worker (a file's log only). */
+  #checkpointer: Checkpointer | undefined;
+  /** Whether a checkpoint runs now, and when the last one ended. */
+  #checkpointing = false;
+  #checkpointed = 0;
+  /** The log needs a checkpoint that catches up: 1 once no batch is in flight, 2 while it runs. */
+  #catchUp: 0 | 1 | 2 = 0;
+  /** Since when the op at the batch's head has found the lock held (0: it has not). */
+  #busySince = 0;
+  /** How long the next wait for the lock is. */
+  #busyDelay = 0;
+
+  private constructor(
+    engine: SqliteEngine,
+    description: string,
+    log: Deno.FsFile | undefined,
+    busyTimeoutMs: number,
+    checkpointer: Checkpointer | undefined,
+  ) {
+    this.#engine = engine;
     this.description = description;
-    worker.onmessage = (e: MessageEvent<string | { rows?: unknown[]; error?: string }>) => {
-      if (typeof e.data !== "string") {
-        const waiter = this.#control;
-        this.#control = undefined;
-        if (e.data.error !== undefined) waiter?.reject(new Error(e.data.error));
-        else waiter?.resolve(e.data.rows ?? []);
-        return;
-      }
-      const results = JSON.parse(e.data) as Array<unknown[] | { e: string }>;
-      const batch = this.#inFlight ?? [];
-      this.#inFlight = undefined;
-      batch.forEach((pending, i) => {
-        const result = results[i];
-        if (Array.isArray(result)) pending.resolve(result);
-        else pending.reject(new Error(result?.e ?? "the SQLite worker gave no answer"));
-      });
-      // What the answers' callers ask next joins what waited meanwhile.
-      if (this.#outbox.length > 0) this.#schedule();
-    };
-    worker.onerror = (e) => {
-      e.preventDefault();
-      this.#fail(new Error(`the SQLite worker failed: ${e.message}`));
-    };
+    this.#log = log;
+    this.#busyTimeoutMs = busyTimeoutMs;
+    this.#checkpointer = checkpointer;
   }
 
   /** Opens (creating if needed) a database file, or `:memory:`. */
   static async open(path: string, options: SqliteOptions = {}): Promise<SqliteDatabase> {
-    const worker = new Worker(new URL("./sqlite_worker.ts", import.meta.url), { type: "module" });
-    const db = new SqliteDatabase(
-      worker,
-      path === ":memory:" ? "SQLite in memory" : `SQLite ${path}`,
-    );
+    const file = path !== ":memory:";
+    const full = options.synchronous !== "normal";
     const pragmas = [
-      `PRAGMA busy_timeout = ${Math.trunc(options.busyTimeoutMs ?? 5000)}`,
-      ...(path === ":memory:" ? [] : ["PRAGMA journal_mode = WAL"]),
-      `PRAGMA synchronous = ${options.synchronous === "normal" ? "NORMAL" : "FULL"}`,
+      // Another connection's lock is waited for here, off the loop (see `#busy`).
+      "PRAGMA busy_timeout = 0",
+      ...(file ? ["PRAGMA journal_mode = WAL"] : []),
+      // Checkpoints copy the log into the file and sync both: never here, on the event loop,
+      // but in a worker's connection (`sqlite_checkpoint.ts`).
+      ...(file ? ["PRAGMA wal_autocheckpoint = 0"] : []),
+      // SQLite syncs the log before each checkpoint and the file after it; with `full`, every
+      // batch that wrote is synced here too, off the event loop, before it is answered.
+      "PRAGMA synchronous = NORMAL",
     ];
+    const { engine, rows } = SqliteEngine.open(path, pragmas);
+    let log: Deno.FsFile | undefined;
     try {
-      const answers = await db.#ask({ open: path, pragmas }) as Array<
-        Array<Record<string, string>>
-      >;
-      if (path !== ":memory:" && answers[1]?.[0]?.journal_mode !== "wal") {
+      const answers = rows as Array<Array<Record<string, string>>>;
+      if (file && answers[1]?.[0]?.journal_mode !== "wal") {
         throw new Error(`${path}: cannot use WAL mode`);
       }
+      // SQLite makes the log at its first write; an empty one is a log with nothing in it.
+      if (file && full) {
+        log = await Deno.open(`${path}-wal`, { read: true, write: true, create: true });
+      }
     } catch (error) {
-      worker.terminate();
+      engine.close();
       throw error;
     }
-    return db;
+    return new SqliteDatabase(
+      engine,
+      file ? `SQLite ${path}` : "SQLite in memory",
+      log,
+      options.busyTimeoutMs ?? 5000,
+      file ? new Checkpointer(path) : undefined,
+    );
   }
 
   #fail(error: Error): void {
     this.#broken = error;
+    clearTimeout(this.#retry);
+    this.#retry = undefined;
     const pending = [...this.#inFlight ?? [], ...this.#outbox];
     this.#inFlight = undefined;
     this.#outbox = [];
     for (const p of pending) p.reject(error);
-    this.#control?.reject(error);
-    this.#control = undefined;
     // Each of them now fails at once, on #broken.
     for (const { go } of this.#waiting.splice(0)) go();
-  }
-
-  /** An `open` or `close` message (sent only when no batch is in flight). */
-  #ask(request: Record<string, unknown>): Promise<unknown[]> {
-    if (this.#broken) return Promise.reject(this.#broken);
-    return new Promise((resolve, reject) => {
-      this.#control = { resolve, reject };
-      this.#worker.postMessage(request);
-    });
   }
 
   /** Queues one op for the next message. */
@@ -232,7 +261,7 @@ export class SqliteDatabase implements SqlDatabase {
       id = this.#statements.get(text) ?? 0;
       if (id === 0) {
         if (this.#statements.size >= MAX_STATEMENTS) {
-          // Ops already queued name statements the worker knows; the reset runs after them.
+          // Ops already queued name statements the engine knows; the reset runs after them.
           this.#statements.clear();
           this.#outbox.push({ op: [Op.reset, 0, 0, null, []], resolve() {}, reject() {} });
         }
@@ -250,15 +279,111 @@ export class SqliteDatabase implements SqlDatabase {
   #schedule(): void {
     if (this.#scheduled || this.#inFlight) return;
     this.#scheduled = true;
-    // After this turn's microtasks, so that everything asked in this turn goes in one message
+    // After this turn's microtasks, so that everything asked in this turn goes in one batch
     // (setTimeout(0) would wait about 2 ms here).
     setImmediate(() => {
       this.#scheduled = false;
-      if (this.#inFlight || this.#outbox.length === 0 || this.#broken) return;
-      const batch = this.#outbox;
-      this.#outbox = [];
+      if (this.#inFlight || this.#outbox.length === 0 || this.#broken || this.#catchUp) return;
+      this.#run();
+    });
+  }
+
+  /** Runs what the outbox holds, as one batch. */
+  #run(): void {
+    let batch = this.#outbox;
+    this.#outbox = [];
+    this.#inFlight = batch;
+    const { results, busy } = this.#engine.batch(batch.map((p) => p.op));
+    if (busy) {
+      // What did not run goes first in the next batch, after a wait for the lock.
+      this.#outbox = [...batch.slice(results.length), ...this.#outbox];
+      batch = batch.slice(0, results.length);
       this.#inFlight = batch;
-      this.#worker.postMessage(JSON.stringify(batch.map((p) => p.op)));
+      this.#busy();
+    } else {
+      this.#busySince = 0;
+    }
+    const wrote = this.#engine.takeWritten();
+    if (wrote) this.#mayCheckpoint();
+    if (this.#log === undefined || !wrote) {
+      this.#settle(batch, results);
+      return;
+    }
+    // Answered once on disk: what is asked meanwhile waits, and goes in the next batch.
+    this.#log.syncData().then(
+      () => this.#settle(batch, results),
+      (error) => this.#fail(new Error(`SQLite's log could not be synced: ${error}`)),
+    );
+  }
+
+  /**
+   * Another connection (another process, or another database object of this
+   * one) holds the write lock: the op at the outbox's head is asked again
+   * after a wait, growing from 1 ms to 20, or fails as SQLite's own busy
+   * timeout would have failed it, and what follows it runs.
+   */
+  #busy(): void {
+    const now = performance.now();
+    if (this.#busySince === 0) {
+      this.#busySince = now;
+      this.#busyDelay = 1;
+    }
+    if (now - this.#busySince >= this.#busyTimeoutMs) {
+      this.#busySince = 0;
+      this.#outbox.shift()!.reject(new Error("database is locked"));
+      return;
+    }
+    this.#retry ??= setTimeout(() => {
+      this.#retry = undefined;
+      if (this.#outbox.length > 0) this.#schedule();
+    }, this.#busyDelay);
+    this.#busyDelay = Math.min(this.#busyDelay * 2, 20);
+  }
+
+  /** A batch's answers, once it ran (and was synced). */
+  #settle(batch: Pending[], results: OpResult[]): void {
+    if (this.#inFlight !== batch) return;
+    this.#inFlight = undefined;
+    batch.forEach((pending, i) => {
+      const result = results[i];
+      if (Array.isArray(result)) pending.resolve(result);
+      else pending.reject(new Error(result?.e ?? "SQLite gave no answer"));
+    });
+    if (this.#catchUp === 1) this.#checkpoint(true);
+    // What the answers' callers ask next joins what waited meanwhile.
+    else if (this.#outbox.length > 0 && this.#retry === undefined) this.#schedule();
+  }
+
+  /** A batch wrote: a checkpoint, if none ran in the last `CHECKPOINT_EVERY_MS`. */
+  #mayCheckpoint(): void {
+    if (!this.#checkpointer || this.#checkpointing || this.#catchUp) return;
+    if (performance.now() - this.#checkpointed < CHECKPOINT_EVERY_MS) return;
+    this.#checkpoint(false);
+  }
+
+  /**
+   * Checkpoints in the worker, while batches go on; or, to catch up, while
+   * none runs (they wait for it). A log grown past `RESTART_FRAMES` calls for
+   * a catch-up, after which the next batch starts the log over; it is short,
+   * as the checkpoint before it copied most of the log.
+   */
+  #checkpoint(catchUp: boolean): void {
+    this.#checkpointing = true;
+    if (catchUp) this.#catchUp = 2;
+    this.#checkpointer!.checkpoint().then((done) => {
+      this.#checkpointing = false;
+      this.#checkpointed = performance.now();
+      if (catchUp) {
+        this.#catchUp = 0;
+        if (this.#outbox.length > 0 && this.#retry === undefined) this.#schedule();
+      } else if (done && done.log >= RESTART_FRAMES && !this.#closing) {
+        // `log` is where the log ended when the checkpoint began: batches may have written
+        // more since, which only a checkpoint while none runs is sure to take in. A failed
+        // checkpoint (`done` undefined: an I/O error, say) leaves the log as it is; the next
+        // batch that writes tries again.
+        this.#catchUp = 1;
+        if (!this.#inFlight) this.#checkpoint(true);
+      }
     });
   }
 
@@ -293,7 +418,7 @@ export class SqliteDatabase implements SqlDatabase {
   }
 
   /**
-   * The append transaction in one op: the worker begins it, runs its rounds
+   * The append transaction in one op: the engine begins it, runs its rounds
    * and commits it (or rolls it back and answers the error). It takes turns
    * as a statement does, after the open transaction, and is one of its own:
    * a group of `transaction`s never holds it.
@@ -352,8 +477,8 @@ export class SqliteDatabase implements SqlDatabase {
     // Called now, so that its first statements go with the BEGIN.
     const running = (async () => await fn(tx))();
     const ran = running.then((value) => ({ value }), (error) => ({ error, value: undefined }));
-    // A BEGIN that failed (the file locked by another process past busy_timeout) is the cause
-    // of whatever its statements answered, and ends the transaction at once: the worker
+    // A BEGIN that failed (the file locked by another process past the busy timeout) is the
+    // cause of whatever its statements answered, and ends the transaction at once: the engine
     // refuses its statements, and those asked later are refused here.
     const began = Promise.all([begun, saved]).then(
       () => undefined,
@@ -404,9 +529,10 @@ export class SqliteDatabase implements SqlDatabase {
           this.#push(Op.query, 0, "SELECT 1", []).then(() => resolve(), () => resolve())
         )
       );
-      if (!this.#broken) await this.#ask({ close: true }).catch(() => {});
       this.#broken ??= new Error("the database is closed");
-      this.#worker.terminate();
+      await this.#checkpointer?.close();
+      this.#log?.close();
+      this.#engine.close();
     })();
     return this.#closing;
   }
