@@ -1,6 +1,7 @@
 /**
  * What one round trip to a worker costs, by two transports (short, bounded):
- * `postMessage` of JSON text each way, as `lib/sql/sqlite.ts` does, against a
+ * `postMessage` of JSON text each way, as `lib/sql/sqlite.ts` did until its
+ * connection moved to the event loop (`557534b`), against a
  * `SharedArrayBuffer` channel (UTF-8 JSON written with
  * `TextEncoder.encodeInto`, an Int32 state word flipped with `Atomics.store`
  * + `Atomics.notify`; the worker blocks in `Atomics.wait`, the main thread

@@ -105,6 +105,8 @@ function isDenoKvFile(path: string): boolean {
 export interface OpenOptions {
   /** SQLite's `synchronous` level. */
   sqliteSynchronous?: SqliteSynchronous;
+  /** SQLite's log pages past which it starts over (`SqliteOptions.walRestartPages`). */
+  sqliteWalPages?: number;
   /** PostgreSQL pool size. */
   postgresMax?: number;
 }
@@ -121,7 +123,10 @@ export async function openDatabase(
     mkdirSync(dirname(target.path), { recursive: true });
     if (isDenoKvFile(target.path)) throw new DataError(migrateHint(target.path));
   }
-  return SqliteDatabase.open(target.path, { synchronous: options.sqliteSynchronous });
+  return SqliteDatabase.open(target.path, {
+    synchronous: options.sqliteSynchronous,
+    walRestartPages: options.sqliteWalPages,
+  });
 }
 
 /**

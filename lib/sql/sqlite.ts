@@ -56,6 +56,14 @@ export interface SqliteOptions {
   synchronous?: SqliteSynchronous;
   /** How long to wait for another process's write lock, in milliseconds (default 5000). */
   busyTimeoutMs?: number;
+  /**
+   * The log's pages (4 KiB each) past which the next batch waits for a
+   * checkpoint that catches up with all of them, so that the log starts over
+   * from its beginning (default {@linkcode WAL_RESTART_PAGES}): checkpoints
+   * that run while batches commit never catch up with a writer that never
+   * stops, and the log would only grow.
+   */
+  walRestartPages?: number;
 }
 
 /** An op waiting to be sent, or for its answer. */
@@ -81,14 +89,15 @@ interface Group {
 }
 
 /**
- * The log's frames (pages, 4 KiB each) past which the next batch waits for a
- * checkpoint that catches up with all of them, so that the log starts over
- * from its beginning: checkpoints that run while batches commit never catch
- * up with a writer that never stops, and the log would only grow.
+ * The default of {@linkcode SqliteOptions.walRestartPages}: 16 MB of log. At
+ * 1,000 pages (SQLite's own checkpoint point) with a checkpoint every 50 ms,
+ * a saturated DM cost 24.6 and 26.6 µs against 20.1 and 23.9 at 4,000 and
+ * 200 ms (`deno task bench --only dm,latency`, interleaved): fewer checkpoints
+ * copy the pages written over and over (heads, read marks) fewer times.
  */
-const RESTART_FRAMES = 1000;
+export const WAL_RESTART_PAGES = 4000;
 /** The least time between two checkpoints while batches write (ms). */
-const CHECKPOINT_EVERY_MS = 50;
+const CHECKPOINT_EVERY_MS = 200;
 
 /** The checkpointing worker (`sqlite_checkpoint.ts`), its requests answered in order. */
 class Checkpointer {
@@ -175,6 +184,8 @@ export class SqliteDatabase implements SqlDatabase {
 
   /** How long ops wait for another connection's write lock before they fail (ms). */
   #busyTimeoutMs: number;
+  /** See {@linkcode SqliteOptions.walRestartPages}. */
+  #walRestartPages: number;
   /** The checkpoints' worker (a file's log only). */
   #checkpointer: Checkpointer | undefined;
   /** Whether a checkpoint runs now, and when the last one ended. */
@@ -192,8 +203,10 @@ export class SqliteDatabase implements SqlDatabase {
     description: string,
     log: Deno.FsFile | undefined,
     busyTimeoutMs: number,
+    walRestartPages: number,
     checkpointer: Checkpointer | undefined,
   ) {
+    this.#walRestartPages = walRestartPages;
     this.#engine = engine;
     this.description = description;
     this.#log = log;
@@ -236,6 +249,7 @@ export class SqliteDatabase implements SqlDatabase {
       file ? `SQLite ${path}` : "SQLite in memory",
       log,
       options.busyTimeoutMs ?? 5000,
+      options.walRestartPages ?? WAL_RESTART_PAGES,
       file ? new Checkpointer(path) : undefined,
     );
   }
@@ -363,7 +377,7 @@ export class SqliteDatabase implements SqlDatabase {
 
   /**
    * Checkpoints in the worker, while batches go on; or, to catch up, while
-   * none runs (they wait for it). A log grown past `RESTART_FRAMES` calls for
+   * none runs (they wait for it). A log grown past `walRestartPages` calls for
    * a catch-up, after which the next batch starts the log over; it is short,
    * as the checkpoint before it copied most of the log.
    */
@@ -376,7 +390,7 @@ export class SqliteDatabase implements SqlDatabase {
       if (catchUp) {
         this.#catchUp = 0;
         if (this.#outbox.length > 0 && this.#retry === undefined) this.#schedule();
-      } else if (done && done.log >= RESTART_FRAMES && !this.#closing) {
+      } else if (done && done.log >= this.#walRestartPages && !this.#closing) {
         // `log` is where the log ended when the checkpoint began: batches may have written
         // more since, which only a checkpoint while none runs is sure to take in. A failed
         // checkpoint (`done` undefined: an I/O error, say) leaves the log as it is; the next
