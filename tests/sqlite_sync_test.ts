@@ -69,7 +69,8 @@ function events(trace: string, log: string): Event[] {
 }
 
 Deno.test({
-  name: "every answer that follows a write to SQLite's log follows a sync of that write",
+  name: "every answer that follows a write to SQLite's log follows a sync of that write" +
+    (skip ? " (ignored: needs strace, apt-get install strace)" : ""),
   ignore: skip,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "chat-sqlite-sync-" });
