@@ -20,6 +20,8 @@ Deno.test({
   async fn() {
     const seed = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
     const rand = random(seed);
+    // First, so that a run that fails (a timeout, say) can be replayed with CHAOS_SEED.
+    console.log(`chaos on PostgreSQL: seed ${seed}`);
     await using pg = await startPostgres();
     const USERS = 6, MESSAGES_PER_USER = 100, INSTANCE_KILLS = 3, PG_CRASHES = 2;
     // A short TTL, so killed instances' entries do not linger through the test.
