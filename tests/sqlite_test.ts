@@ -35,6 +35,24 @@ function gate(): { opened: Promise<void>; open(): void } {
   return { opened, open };
 }
 
+/**
+ * Opens a transaction on `holder` that has written (so holds SQLite's write
+ * lock) and stays open until `hold` opens; `holding` is its outcome.
+ */
+async function holdLock(
+  holder: SqliteDatabase,
+): Promise<{ hold: { open(): void }; holding: Promise<void> }> {
+  const hold = gate();
+  const locked = gate();
+  const holding = holder.transaction(async (tx) => {
+    await tx.query(`INSERT INTO t (k, v) VALUES ('holder', 1)`);
+    locked.open();
+    await hold.opened;
+  });
+  await locked.opened;
+  return { hold, holding };
+}
+
 async function withTable(path: string, options = {}): Promise<SqliteDatabase> {
   const db = await SqliteDatabase.open(path, options);
   await db.query(`CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)`);
@@ -104,14 +122,7 @@ Deno.test("a transaction that could not begin writes nothing, even once the lock
   const holder = await withTable(file.path);
   const other = await withTable(file.path, { busyTimeoutMs: 50 });
   try {
-    const hold = gate();
-    const locked = gate();
-    const holding = holder.transaction(async (tx) => {
-      await tx.query(`INSERT INTO t (k, v) VALUES ('holder', 1)`);
-      locked.open();
-      await hold.opened;
-    });
-    await locked.opened;
+    const { hold, holding } = await holdLock(holder);
     const free = gate();
     const refused = other.transaction(async (tx) => {
       // Its BEGIN is on its way with this statement, and fails after the busy timeout ...
@@ -138,14 +149,7 @@ Deno.test("a transaction waiting for another connection's lock leaves the event 
   const holder = await withTable(file.path);
   const other = await withTable(file.path);
   try {
-    const locked = gate();
-    const hold = gate();
-    const holding = holder.transaction(async (tx) => {
-      await tx.query(`INSERT INTO t (k, v) VALUES ('holder', 1)`);
-      locked.open();
-      await hold.opened;
-    });
-    await locked.opened;
+    const { hold, holding } = await holdLock(holder);
     const waiting = other.transaction(async (tx) => {
       await tx.query(`INSERT INTO t (k, v) VALUES ('other', 2)`);
     });

@@ -118,8 +118,8 @@ export const KNOWN_BUGS: KnownBug[] = [
     name:
       "SQLite's log is checkpointed beside the writes but never caught up with, so it only grows",
     file: "lib/sql/sqlite.ts",
-    search: "} else if (done && done.log >= this.#walRestartPages && !this.#closing) {",
-    replace: "} else if (done && done.log < 0) {",
+    search: "} else if (log !== undefined && log >= this.#walRestartPages && !this.#closing) {",
+    replace: "} else if (log !== undefined && log < 0) {",
     tests: ["tests/sqlite_test.ts"],
   },
   {

@@ -45,8 +45,6 @@ import {
   toSqlite,
 } from "./sqlite_engine.ts";
 
-export { type BatchOp, Op, type OpKind, toSqlite };
-
 /** How SQLite syncs commits to disk. */
 export type SqliteSynchronous = "full" | "normal";
 
@@ -102,7 +100,7 @@ const CHECKPOINT_EVERY_MS = 200;
 /** The checkpointing worker (`sqlite_checkpoint.ts`), its requests answered in order. */
 class Checkpointer {
   #worker: Worker;
-  #answers: Array<(answer: { log?: number; checkpointed?: number; error?: string }) => void> = [];
+  #answers: Array<(answer: { log?: number; error?: string }) => void> = [];
 
   constructor(path: string) {
     this.#worker = new Worker(new URL("./sqlite_checkpoint.ts", import.meta.url), {
@@ -116,17 +114,19 @@ class Checkpointer {
     this.#ask({ open: path });
   }
 
-  #ask(request: unknown): Promise<{ log?: number; checkpointed?: number; error?: string }> {
+  #ask(request: unknown): Promise<{ log?: number; error?: string }> {
     return new Promise((resolve) => {
       this.#answers.push(resolve);
       this.#worker.postMessage(request);
     });
   }
 
-  /** A `PASSIVE` checkpoint: the log's frames and how many are in the file; undefined if it failed. */
-  async checkpoint(): Promise<{ log: number; checkpointed: number } | undefined> {
-    const { log, checkpointed } = await this.#ask("checkpoint");
-    return log === undefined || checkpointed === undefined ? undefined : { log, checkpointed };
+  /**
+   * A `PASSIVE` checkpoint: the log's frames when it began (it took them all,
+   * no reader holding any back); undefined if it failed.
+   */
+  async checkpoint(): Promise<number | undefined> {
+    return (await this.#ask("checkpoint")).log;
   }
 
   async close(): Promise<void> {
@@ -266,7 +266,7 @@ export class SqliteDatabase implements SqlDatabase {
     for (const { go } of this.#waiting.splice(0)) go();
   }
 
-  /** Queues one op for the next message. */
+  /** Queues one op for the next batch. */
   #push(kind: OpKind, tx: number, text: string | null, params: BatchOp[4]) {
     if (this.#broken) return Promise.reject(this.#broken);
     let id = 0;
@@ -384,16 +384,16 @@ export class SqliteDatabase implements SqlDatabase {
   #checkpoint(catchUp: boolean): void {
     this.#checkpointing = true;
     if (catchUp) this.#catchUp = 2;
-    this.#checkpointer!.checkpoint().then((done) => {
+    this.#checkpointer!.checkpoint().then((log) => {
       this.#checkpointing = false;
       this.#checkpointed = performance.now();
       if (catchUp) {
         this.#catchUp = 0;
         if (this.#outbox.length > 0 && this.#retry === undefined) this.#schedule();
-      } else if (done && done.log >= this.#walRestartPages && !this.#closing) {
+      } else if (log !== undefined && log >= this.#walRestartPages && !this.#closing) {
         // `log` is where the log ended when the checkpoint began: batches may have written
         // more since, which only a checkpoint while none runs is sure to take in. A failed
-        // checkpoint (`done` undefined: an I/O error, say) leaves the log as it is; the next
+        // checkpoint (`log` undefined: an I/O error, say) leaves the log as it is; the next
         // batch that writes tries again.
         this.#catchUp = 1;
         if (!this.#inFlight) this.#checkpoint(true);

@@ -7,9 +7,9 @@
  *
  * Messages: `{ open: path }`, then `"checkpoint"` as often as asked (a
  * `PASSIVE` checkpoint: it copies what it can without waiting for anyone,
- * and never holds the writer), then `{ close: true }`. Each is answered with
- * `{ log, checkpointed }` (the log's frames, and how many of them are in the
- * file now; -1 each when another checkpoint ran meanwhile) or `{ error }`.
+ * and never holds the writer), then `{ close: true }`. A checkpoint is
+ * answered with `{ log }` (the log's frames when it began; -1 when another
+ * checkpoint ran meanwhile), the others with `{}`, a failure with `{ error }`.
  *
  * @module
  */
@@ -21,10 +21,8 @@ let db: DatabaseSync | undefined;
 function handle(request: string | { open?: string; close?: true }): unknown {
   if (typeof request === "string") {
     if (!db) throw new Error("the database is not open");
-    const [row] = db.prepare("PRAGMA wal_checkpoint(PASSIVE)").all() as Array<
-      { busy: number; log: number; checkpointed: number }
-    >;
-    return { log: Number(row.log), checkpointed: Number(row.checkpointed) };
+    const [row] = db.prepare("PRAGMA wal_checkpoint(PASSIVE)").all() as Array<{ log: number }>;
+    return { log: Number(row.log) };
   }
   if (request.open !== undefined) {
     db = new DatabaseSync(request.open);
