@@ -229,15 +229,28 @@ export async function tally(
     }
     return out;
   };
-  await Promise.all(clients.map((c) => {
+  await Promise.all(clients.map(async (c) => {
     const expected = expectedFor(c);
-    return c.until(
-      () =>
-        [...expected].every(([conv, msgs]) =>
-          (c.views.get(conv)?.at(-1)?.id ?? 0) >= msgs.at(-1)!.id
-        ),
-      "catching up",
-    );
+    const behind = () =>
+      [...expected].filter(([conv, msgs]) =>
+        (c.views.get(conv)?.at(-1)?.id ?? 0) < msgs.at(-1)!.id
+      );
+    try {
+      await c.until(() => behind().length === 0, "catching up");
+    } catch (error) {
+      // Which conversations, and where the view stops: what a replay (by seed) should look at.
+      const where = behind().map(([conv, msgs]) => {
+        const view = c.views.get(conv) ?? [];
+        const seen = new Set(view.map((m) => m.id));
+        const missing = msgs.filter((m) => !seen.has(m.id)).map((m) => m.id);
+        return `${conv}: view ends at ${view.at(-1)?.id ?? 0} (${view.length} seen), stored ${
+          msgs.at(-1)!.id
+        }, missing ${missing.slice(0, 10).join(",")}${missing.length > 10 ? ",…" : ""}`;
+      });
+      throw new Error(
+        `${(error as Error).message} (${c.reconnects} reconnects): ${where.join("; ")}`,
+      );
+    }
   }));
   const counts: Tally = {
     acked: 0,
