@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import postgres from "npm:postgres@^3.4.9";
 import { Accounts } from "../lib/accounts.ts";
 import { openStore } from "../lib/sql/open.ts";
-import type { SqlStore } from "../lib/sql/store.ts";
+import { DM_SUMMARY_PAGE, type SqlStore } from "../lib/sql/store.ts";
 import { dmKey, roomKey } from "../lib/store.ts";
 import { type Frame, TestClient } from "./_client.ts";
 import { ignoreWithoutPostgres, startPostgres, type TestPostgres } from "./_pg.ts";
@@ -315,6 +315,38 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         await closeAll(a === b ? [a] : [a, b]);
       }
     },
+
+  "lists every DM partner with its read state, however many pages of them": async (
+    backend,
+    data,
+  ) => {
+    const [a, b = a] = await stores(backend, data, 2);
+    try {
+      // Partners on both sides of a page's end; names that sort apart from their numbers.
+      const partners = Array.from({ length: DM_SUMMARY_PAGE * 2 + 3 }, (_, i) => `p${i}`);
+      await Promise.all(partners.map((from) => a.append({ to: "hub", from, text: "hi" })));
+      await Promise.all(
+        ["p0", "p3"].map((from) => b.append({ to: "hub", from, text: "again" })),
+      );
+      await b.markRead("hub", dmKey("hub", "p3"), 2);
+      await b.append({ to: "p7", from: "hub", text: "back" });
+      const dms = (await b.conversations("hub", ["lobby"])).slice(1);
+      assert.equal(dms.length, partners.length);
+      assert.deepEqual(dms.map((c) => c.with).sort(), [...partners].sort());
+      const of = (peer: string) => dms.find((c) => c.with === peer);
+      assert.deepEqual(of("p0"), { with: "p0", last: 2, read: 0, unread: 2 });
+      assert.deepEqual(of("p3"), { with: "p3", last: 2, read: 2, unread: 0 });
+      assert.deepEqual(of("p7"), { with: "p7", last: 2, read: 2, unread: 0 });
+      assert.deepEqual(of(partners.at(-1)!), {
+        with: partners.at(-1),
+        last: 1,
+        read: 0,
+        unread: 1,
+      });
+    } finally {
+      await closeAll(a === b ? [a] : [a, b]);
+    }
+  },
 
   "finds messages by any substring, Chinese included, only in the conversations asked for": async (
     _backend,
