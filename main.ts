@@ -71,6 +71,7 @@ const target = (() => {
 })();
 const db = await openDatabase(target, {
   sqliteSynchronous: settings.sqliteSynchronous as SqliteSynchronous,
+  sqliteWalPages: settings.sqliteWalPages,
 }).catch((e) => fatal(`cannot open ${settings.data}`, e));
 const store = await SqlStore.open(db, { searchIndex: settings.searchIndex === "on" })
   .catch((e) => fatal(`cannot use ${db.description}`, e));

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { WAL_RESTART_PAGES } from "./sql/sqlite.ts";
+
 /** Everything the server can be told. */
 export interface Settings {
   /** TCP port to listen on (`--port`, `PORT`). */
@@ -19,6 +21,8 @@ export interface Settings {
   data: string;
   /** SQLite's `synchronous` level, `full` or `normal` (`--sqlite-synchronous`). */
   sqliteSynchronous: string;
+  /** SQLite log pages (4 KiB) past which the log starts over (`--sqlite-wal-pages`). */
+  sqliteWalPages: number;
   /** Whether SQLite keeps its search index, `on` or `off` (`--search-index`). */
   searchIndex: string;
   /** Largest frame a client may send, in bytes (`--max-frame-bytes`, `CHAT_MAX_FRAME_BYTES`). */
@@ -109,6 +113,15 @@ const SPECS: Spec[] = [
     kind: "string",
     help:
       "full: an acknowledged message survives power loss; normal: faster commits that survive a crash of the server but maybe not of the machine",
+  },
+  {
+    key: "sqliteWalPages",
+    flag: "sqlite-wal-pages",
+    env: "CHAT_SQLITE_WAL_PAGES",
+    kind: "int",
+    min: 100,
+    help:
+      "SQLite log pages (4 KiB each) past which the next commit waits for a checkpoint that lets the log start over: the log's size on disk while writes never stop",
   },
   {
     key: "searchIndex",
@@ -342,6 +355,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   hostname: "0.0.0.0",
   data: "./data/chat.db",
   sqliteSynchronous: "full",
+  sqliteWalPages: WAL_RESTART_PAGES,
   searchIndex: "off",
   maxFrameBytes: 64 * 1024,
   maxTextLength: 4000,
