@@ -17,7 +17,7 @@ import { PgInstance, type Sql } from "./pg_instance.ts";
 import { PgUserLimits } from "./pg_limits.ts";
 import { PgPresence } from "./pg_presence.ts";
 import { connectPostgres } from "./sql/postgres.ts";
-import type { ChatStore } from "./store.ts";
+import type { SqlStore } from "./sql/store.ts";
 import type { UserLimitSettings } from "./user_limits.ts";
 
 /** Options of {@linkcode openPgBackend}. */
@@ -26,8 +26,8 @@ export interface PgBackendOptions {
   url?: string;
   /** Where the data lives, for the start-up line (no password). */
   where: string;
-  /** The store on that database; closed with the backend. */
-  store: ChatStore;
+  /** The store on that database; closed with the backend. Its appends announce themselves. */
+  store: SqlStore;
   /** The accounts on that database. */
   accounts: Accounts;
   /** Per-user limits. */
@@ -53,6 +53,8 @@ export async function openPgBackend(options: PgBackendOptions): Promise<Backend>
       instance: instance.id,
       pollMs: options.pollMs,
     });
+    // What an append stores and its announcement to the other instances commit together.
+    options.store.announceWith(bus.announceAtCommit());
     const presence = new PgPresence(instance, bus);
     const userLimits = new PgUserLimits(instance, options.limits);
     return {

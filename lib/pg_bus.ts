@@ -5,10 +5,12 @@
  * only says "conversation X has reached N". So:
  *
  * - A message the hub publishes is stored (committed) already. Its own
- *   instance delivers it at once; other instances learn of it from one
- *   `NOTIFY` per tick that names every conversation that moved (with its
- *   first and last new id), written in the same statement as the
- *   conversation's row in `chat_positions`.
+ *   instance delivers it at once; other instances learn of it from the
+ *   `NOTIFY` its append transaction sent (one per batch, naming every
+ *   conversation that moved, with its first and last new id), written in the
+ *   same statement as the conversations' rows in `chat_positions`, and
+ *   committed with the messages: nothing is stored unannounced
+ *   ({@linkcode PgBus.announceAtCommit}).
  * - An instance that hears of a conversation it has members of reads the new
  *   rows from the messages table and hands them to its hub in order; the
  *   gaps of every conversation heard of in one turn of the loop are read in
@@ -40,6 +42,8 @@
 import type { Bus, BusEvent, BusHandler, BusInterest } from "./bus.ts";
 import type { Sql } from "./pg_instance.ts";
 import type { ChatMessage } from "./protocol.ts";
+import type { AnnounceWith } from "./sql/append.ts";
+import type { SqlValue } from "./sql/dialect.ts";
 import { MESSAGE_COLUMNS, type MessageRow, toMessage } from "./sql/store.ts";
 import { type ConversationKey, conversationOf } from "./store.ts";
 
@@ -151,6 +155,8 @@ export class PgBus implements Bus {
   /** Retries waiting to run, cleared by {@linkcode PgBus.close}; one catch-up retry at a time. */
   #retries = new Set<ReturnType<typeof setTimeout>>();
   #catchUpRetry = false;
+  /** Own messages are announced by their commits ({@linkcode announceAtCommit}). */
+  #atCommit = false;
   #log: (line: string) => void;
 
   private constructor(options: PgBusOptions) {
@@ -217,8 +223,45 @@ export class PgBus implements Bus {
     return { [Symbol.dispose]: () => void this.#subs.delete(sub) };
   }
 
+  /**
+   * From now on, every message this instance stores is announced by its own
+   * commit: the store runs the returned statement among the append's writes
+   * (`SqlStore.announceWith`), and the tick announces only events and
+   * {@linkcode reached} messages. Announced after the commit, a message
+   * whose instance died first (or whose database went away and came back)
+   * reached no member elsewhere until something newer came in its
+   * conversation (`tests/pg_announce_test.ts`).
+   */
+  announceAtCommit(): AnnounceWith {
+    this.#atCommit = true;
+    return (moved) => {
+      const payloads = pack(this.#me, moved, []);
+      const params = [
+        moved.map(([key]) => key),
+        moved.map(([, , last]) => last),
+        this.#pollMs > 0 ? this.#me : this.#channel,
+        payloads,
+      ] as unknown as SqlValue[];
+      // clock_timestamp(), not now(): the moment of the writes, which may come long after the
+      // transaction's start (it waited for the heads' locks), for the catch-up's window.
+      const up = `WITH up AS (
+          INSERT INTO chat_positions (conversation, last, updated_at)
+          SELECT k, l, clock_timestamp() FROM unnest($1::text[], $2::bigint[]) AS t(k, l)
+          ON CONFLICT (conversation) DO UPDATE
+            SET last = greatest(chat_positions.last, excluded.last), updated_at = excluded.updated_at
+          RETURNING 1)`;
+      return {
+        text: this.#pollMs > 0
+          ? `${up} INSERT INTO chat_events (origin, payload)
+             SELECT $3, x FROM unnest($4::text[]) AS x`
+          : `${up} SELECT pg_notify($3, x) FROM unnest($4::text[]) AS x`,
+        params,
+      };
+    };
+  }
+
   publish(event: BusEvent): void {
-    if (event.kind === "message") return this.#own(event.message);
+    if (event.kind === "message") return this.#own(event.message, !this.#atCommit);
     this.#deliver(event);
     if (this.#closed) return;
     for (const part of split(event)) this.#events.push(part);
@@ -227,21 +270,26 @@ export class PgBus implements Bus {
   }
 
   reached(message: ChatMessage): void {
-    this.#own(message);
+    this.#own(message, true);
   }
 
-  /** A message stored by this instance: delivered here now (after any gap), announced at the tick. */
-  #own(message: ChatMessage): void {
+  /**
+   * A message stored by this instance: delivered here now (after any gap),
+   * and announced at the tick unless its commit announced it.
+   */
+  #own(message: ChatMessage, announce: boolean): void {
     const key = conversationOf(message);
-    const pos = this.#positions.get(key);
-    this.#positions.set(
-      key,
-      pos ? [Math.min(pos[0], message.id), Math.max(pos[1], message.id)] : [
-        message.id,
-        message.id,
-      ],
-    );
-    this.#scheduleFlush(0);
+    if (announce) {
+      const pos = this.#positions.get(key);
+      this.#positions.set(
+        key,
+        pos ? [Math.min(pos[0], message.id), Math.max(pos[1], message.id)] : [
+          message.id,
+          message.id,
+        ],
+      );
+      this.#scheduleFlush(0);
+    }
     let conv = this.#conversations.get(key);
     if (!conv) {
       conv = this.#fresh(message.id - 1);

@@ -325,4 +325,12 @@ export const KNOWN_BUGS: KnownBug[] = [
     replace: "      return out;",
     tests: ["tests/conformance_test.ts"],
   },
+  {
+    name: "an instance announces what it stored after the commit, so one that dies in between " +
+      "leaves the message undelivered on the others",
+    file: "lib/pg_backend.ts",
+    search: "    options.store.announceWith(bus.announceAtCommit());\n",
+    replace: "",
+    tests: ["tests/pg_announce_test.ts"],
+  },
 ];

@@ -122,15 +122,25 @@ export interface AppendOutcome {
   probe?: MessageRow;
 }
 
+/** What an append moved: per conversation, its first and last new id. */
+export type Moved = Array<[ConversationKey, number, number]>;
+
+/**
+ * A statement the append runs with its writes, so that it commits with them
+ * (on PostgreSQL, the fan-out's announcement: `PgBus.announcement`).
+ */
+export type AnnounceWith = (moved: Moved) => Statement;
+
 /**
  * The append transaction: yields each round's statements, is resumed with
  * their rows (one array per statement, in order), and returns its outcome.
  * Every statement runs inside one transaction, and the outcome holds only once
- * it commits.
+ * it commits. `announce`, when given, adds its statement to the writes.
  */
 export function* appendRounds(
   input: AppendInput,
   dialect: Dialect,
+  announce?: AnnounceWith,
 ): Generator<Statement[], AppendOutcome, unknown[][]> {
   const batch = input.messages;
   const postgres = dialect.name === "postgres";
@@ -261,6 +271,9 @@ export function* appendRounds(
       params: part.flat(),
     })),
   ];
+  if (announce && heads.length > 0) {
+    writes.push(announce(heads.map(([conv, id]) => [conv, (last.get(conv) ?? 0) + 1, id])));
+  }
   if (writes.length > 0) yield writes;
   return { ids, newPairs, probe: fresh[0] };
 }

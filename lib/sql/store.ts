@@ -41,6 +41,7 @@ import {
 } from "../store.ts";
 import type { Queryable, SqlDatabase } from "./dialect.ts";
 import {
+  type AnnounceWith,
   appendedOf,
   type AppendInput,
   appendRounds,
@@ -141,6 +142,8 @@ export class SqlStore implements ChatStore, AsyncDisposable {
   #unindexed = 0;
   #indexing: Promise<void> | undefined;
   #indexTimer: ReturnType<typeof setTimeout> | undefined;
+  /** What each append commits with, besides its rows (see {@linkcode announceWith}). */
+  #announce: AnnounceWith | undefined;
 
   private constructor(db: SqlDatabase, options: SqlStoreOptions) {
     this.#db = db;
@@ -156,6 +159,19 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     // What an earlier run appended and did not index (it stopped, or crashed) goes in now.
     if (store.#searchIndex) store.#searchIndexDue(SEARCH_INDEX_BATCH);
     return store;
+  }
+
+  /**
+   * Makes every append run `announce`'s statement among its writes, so that
+   * what an append stored and its announcement commit together: announced
+   * after the commit instead, an instance that died in between (or whose
+   * database went away) left the others' members without the message for as
+   * long as nothing newer came in its conversation. Not for SQLite's engine,
+   * which runs the append by itself.
+   */
+  announceWith(announce: AnnounceWith): void {
+    if (this.#db.append) throw new Error(`${this.#db.description} runs its appends by itself`);
+    this.#announce = announce;
   }
 
   /** The database, for services that share it (accounts, the fan-out bus). */
@@ -265,7 +281,7 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     const db = this.#db;
     // SQLite's engine runs the whole transaction as one op of a batch.
     const outcome = db.append ? await db.append(input) : await db.transaction(async (tx) => {
-      const rounds = appendRounds(input, db.dialect);
+      const rounds = appendRounds(input, db.dialect, this.#announce);
       let step = rounds.next();
       while (!step.done) {
         // A round's statements asked together: PostgreSQL pipelines them, in this order.
