@@ -42,7 +42,7 @@
 import type { Bus, BusEvent, BusHandler, BusInterest } from "./bus.ts";
 import type { Sql } from "./pg_instance.ts";
 import type { ChatMessage } from "./protocol.ts";
-import type { AnnounceWith } from "./sql/append.ts";
+import type { AnnounceWith, Moved, Statement } from "./sql/append.ts";
 import type { SqlValue } from "./sql/dialect.ts";
 import { MESSAGE_COLUMNS, type MessageRow, toMessage } from "./sql/store.ts";
 import { type ConversationKey, conversationOf } from "./store.ts";
@@ -81,7 +81,7 @@ interface Payload {
   /** The instance that sent it. */
   o: string;
   /** Conversations that moved: key, first new id, last new id. */
-  p?: Array<[ConversationKey, number, number]>;
+  p?: Moved;
   /** Ephemeral events. */
   e?: BusEvent[];
   /** A watchdog ping: the database's time when sent, in ms. */
@@ -234,29 +234,36 @@ export class PgBus implements Bus {
    */
   announceAtCommit(): AnnounceWith {
     this.#atCommit = true;
-    return (moved) => {
-      const payloads = pack(this.#me, moved, []);
-      const params = [
-        moved.map(([key]) => key),
-        moved.map(([, , last]) => last),
-        this.#pollMs > 0 ? this.#me : this.#channel,
-        payloads,
-      ] as unknown as SqlValue[];
-      // clock_timestamp(), not now(): the moment of the writes, which may come long after the
-      // transaction's start (it waited for the heads' locks), for the catch-up's window.
-      const up = `WITH up AS (
-          INSERT INTO chat_positions (conversation, last, updated_at)
-          SELECT k, l, clock_timestamp() FROM unnest($1::text[], $2::bigint[]) AS t(k, l)
-          ON CONFLICT (conversation) DO UPDATE
-            SET last = greatest(chat_positions.last, excluded.last), updated_at = excluded.updated_at
-          RETURNING 1)`;
-      return {
-        text: this.#pollMs > 0
-          ? `${up} INSERT INTO chat_events (origin, payload)
-             SELECT $3, x FROM unnest($4::text[]) AS x`
-          : `${up} SELECT pg_notify($3, x) FROM unnest($4::text[]) AS x`,
-        params,
-      };
+    return (moved) => this.#announcement(moved, []);
+  }
+
+  /**
+   * The one statement that announces: moves the conversations' rows in
+   * `chat_positions` (`moved` sorted by key, so that two instances take
+   * those rows' locks in one order) and sends the notifications (or, when
+   * polling, writes them to `chat_events`). Run inside an append's
+   * transaction, or on its own by the tick.
+   */
+  #announcement(moved: Moved, events: BusEvent[]): Statement {
+    const params = [
+      moved.map(([key]) => key),
+      moved.map(([, , last]) => last),
+      this.#pollMs > 0 ? this.#me : this.#channel,
+      pack(this.#me, moved, events),
+    ] as unknown as SqlValue[];
+    // clock_timestamp(), not now(): in an append's transaction, the moment of its writes, which
+    // may come long after its start (it waited for the heads' locks), for the catch-up's window.
+    const up = `WITH up AS (
+        INSERT INTO chat_positions (conversation, last, updated_at)
+        SELECT k, l, clock_timestamp() FROM unnest($1::text[], $2::bigint[]) AS t(k, l)
+        ON CONFLICT (conversation) DO UPDATE
+          SET last = greatest(chat_positions.last, excluded.last), updated_at = excluded.updated_at
+        RETURNING 1)`;
+    return {
+      text: this.#pollMs > 0
+        ? `${up} INSERT INTO chat_events (origin, payload) SELECT $3, x FROM unnest($4::text[]) AS x`
+        : `${up} SELECT pg_notify($3, x) FROM unnest($4::text[]) AS x`,
+      params,
     };
   }
 
@@ -660,21 +667,10 @@ export class PgBus implements Bus {
     if (positions.size === 0 && events.length === 0) return;
     this.#positions = new Map();
     this.#events = [];
-    // Sorted, so two instances upserting the same rows take their locks in one order.
-    const keys = [...positions.keys()].sort();
-    const lasts = keys.map((k) => positions.get(k)![1]);
-    const payloads = pack(this.#me, keys.map((k) => [k, ...positions.get(k)!]), events);
+    const moved: Moved = [...positions.keys()].sort().map((k) => [k, ...positions.get(k)!]);
+    const { text, params } = this.#announcement(moved, events);
     try {
-      if (this.#pollMs > 0) {
-        await this.#sql`
-          WITH up AS (${upsert(this.#sql, keys, lasts)})
-          INSERT INTO chat_events (origin, payload)
-          SELECT ${this.#me}, x FROM unnest(${payloads}::text[]) AS x`;
-      } else {
-        await this.#sql`
-          WITH up AS (${upsert(this.#sql, keys, lasts)})
-          SELECT pg_notify(${this.#channel}, x) FROM unnest(${payloads}::text[]) AS x`;
-      }
+      await this.#sql.unsafe(text, params as never);
       this.#cleared("announce");
     } catch (error) {
       // Put them back (merged with any newer ones) and try again shortly.
@@ -716,16 +712,6 @@ export class PgBus implements Bus {
   }
 }
 
-/** The upsert of conversation positions, as a fragment for a `WITH`. */
-function upsert(sql: Sql, keys: string[], lasts: number[]) {
-  return sql`
-    INSERT INTO chat_positions (conversation, last, updated_at)
-    SELECT k, l, now() FROM unnest(${keys}::text[], ${lasts}::bigint[]) AS t(k, l)
-    ON CONFLICT (conversation) DO UPDATE
-      SET last = greatest(chat_positions.last, excluded.last), updated_at = now()
-    RETURNING 1`;
-}
-
 /** An event cut into parts that fit a notification (only a revocation's session list can be long). */
 function split(event: BusEvent): BusEvent[] {
   if (event.kind !== "revoked" || event.sessions === "all" || event.sessions.length <= 100) {
@@ -741,7 +727,7 @@ function split(event: BusEvent): BusEvent[] {
 /** Packs positions and events into as few payloads under the limit as it can. */
 function pack(
   me: string,
-  positions: Array<[ConversationKey, number, number]>,
+  positions: Moved,
   events: BusEvent[],
 ): string[] {
   const out: string[] = [];

@@ -127,7 +127,7 @@ export type Moved = Array<[ConversationKey, number, number]>;
 
 /**
  * A statement the append runs with its writes, so that it commits with them
- * (on PostgreSQL, the fan-out's announcement: `PgBus.announcement`).
+ * (on PostgreSQL, the fan-out's announcement: `PgBus.announceAtCommit`).
  */
 export type AnnounceWith = (moved: Moved) => Statement;
 
