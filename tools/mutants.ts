@@ -102,6 +102,14 @@ export const KNOWN_BUGS: KnownBug[] = [
     tests: ["tests/conformance_test.ts", "tests/delivery_test.ts"],
   },
   {
+    name: "a re-sent cid refused by SQLite's unique index fails its whole batch, instead of " +
+      "the batch being run again and the re-send answered with the first message",
+    file: "lib/sql/sqlite_engine.ts",
+    search: "      if (!isStoredCid(error)) throw error;\n",
+    replace: "      throw error;\n",
+    tests: ["tests/conformance_test.ts", "tests/delivery_test.ts"],
+  },
+  {
     name: "an append that fails in SQLite is left open, and its first writes join the " +
       "next append's transaction",
     file: "lib/sql/sqlite_engine.ts",

@@ -14,7 +14,7 @@
  */
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { type AppendInput, appendRounds } from "./append.ts";
+import { type AppendInput, appendRounds, isStoredCid } from "./append.ts";
 import { SQLITE, type SqlValue } from "./dialect.ts";
 
 /**
@@ -162,14 +162,28 @@ export class SqliteEngine {
     return found;
   }
 
-  /** Runs the append transaction of `append.ts`, from BEGIN to COMMIT; its outcome, as a row. */
+  /**
+   * Runs the append transaction of `append.ts`, from BEGIN to COMMIT; its
+   * outcome, as a row. First without reading what is stored under the
+   * batch's client ids; if the unique index refuses one (a resend), rolled
+   * back and run again with them read, to answer those with what was stored.
+   */
   #append(input: AppendInput): unknown[] {
     if (this.#open !== 0) throw new Error("a transaction is already open");
+    try {
+      return this.#appendOnce(input, true);
+    } catch (error) {
+      if (!isStoredCid(error)) throw error;
+    }
+    return this.#appendOnce(input, false);
+  }
+
+  #appendOnce(input: AppendInput, optimistic: boolean): unknown[] {
     const db = this.#db;
     db.exec("BEGIN IMMEDIATE");
     this.#written = true;
     try {
-      const rounds = appendRounds(input, SQLITE);
+      const rounds = appendRounds(input, SQLITE, { optimistic });
       let step = rounds.next();
       while (!step.done) {
         const rows = step.value.map((s) => this.#prepared(s.text).all(...s.params));

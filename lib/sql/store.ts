@@ -293,7 +293,7 @@ export class SqlStore implements ChatStore, AsyncDisposable {
     const db = this.#db;
     // SQLite's engine runs the whole transaction as one op of a batch.
     const outcome = db.append ? await db.append(input) : await db.transaction(async (tx) => {
-      const rounds = appendRounds(input, db.dialect, this.#announce);
+      const rounds = appendRounds(input, db.dialect, { announce: this.#announce });
       let step = rounds.next();
       while (!step.done) {
         // A round's statements asked together: PostgreSQL pipelines them, in this order.
