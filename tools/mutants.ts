@@ -110,6 +110,14 @@ export const KNOWN_BUGS: KnownBug[] = [
     tests: ["tests/conformance_test.ts", "tests/delivery_test.ts"],
   },
   {
+    name: "a batch's ids start past its own messages, where the head it moved at once stands, " +
+      "leaving a gap in the conversation before them",
+    file: "lib/sql/append.ts",
+    search: "Number(row.last_id) - (optimistic ? counts.get(row.conv)! : 0)",
+    replace: "Number(row.last_id)",
+    tests: ["tests/conformance_test.ts"],
+  },
+  {
     name: "an append that fails in SQLite is left open, and its first writes join the " +
       "next append's transaction",
     file: "lib/sql/sqlite_engine.ts",

@@ -146,7 +146,9 @@ export interface AppendRoundsOptions {
    * 14.3–14.8). A second copy within the batch is refused the same way. A
    * client that re-sends on purpose makes the batches its copies land in run
    * twice, no more often than `--send-rate` lets it send. PostgreSQL would
-   * abort the transaction at the refusal.
+   * abort the transaction at the refusal. With every message new, each
+   * conversation's head is also taken and moved by its count in one
+   * statement: three statements an append instead of five.
    */
   optimistic?: boolean;
 }
@@ -177,14 +179,27 @@ export function* appendRounds(
   // 1. Lock the conversations' heads, in sorted order, and read where each stands; and
   // 2. the messages already stored under their (from, cid): committed by now, as their
   // heads are locked first. Asked together.
-  const conversations = [...new Set(batch.map((p) => p.conversation))].sort();
+  // Optimistic, every message is new: each head moves by its conversation's count at once,
+  // taken and moved in one statement, and the writes need not move it again.
+  const counts = new Map<ConversationKey, number>();
+  for (const p of batch) counts.set(p.conversation, (counts.get(p.conversation) ?? 0) + 1);
+  const conversations = [...counts.keys()].sort();
   const withCid = optimistic ? [] : batch.filter((p) => p.message.cid !== undefined);
-  const headReads = chunks(conversations, ROWS_PER_INSERT).map((part): Statement => ({
-    text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 1, 1, ", 0")}
+  const headReads = chunks(conversations, ROWS_PER_INSERT).map((part): Statement =>
+    optimistic
+      ? {
+        text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
+             ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id + excluded.last_id
+             RETURNING conv, last_id`,
+        params: part.flatMap((conv) => [conv, counts.get(conv)!]),
+      }
+      : {
+        text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 1, 1, ", 0")}
              ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
              RETURNING conv, last_id`,
-    params: part,
-  }));
+        params: part,
+      }
+  );
   const cidReads: Statement[] = withCid.length === 0 ? [] : postgres
     // On PostgreSQL, as two arrays and with `cid = ANY`: one text whatever the batch, and
     // an index lookup however it is planned. The pairs as VALUES were planned as a
@@ -208,7 +223,8 @@ export function* appendRounds(
   const last = new Map<ConversationKey, number>();
   for (const rows of read.slice(0, headReads.length)) {
     for (const row of rows as Array<{ conv: string; last_id: number }>) {
-      last.set(row.conv, Number(row.last_id));
+      // Where the head stood before this batch.
+      last.set(row.conv, Number(row.last_id) - (optimistic ? counts.get(row.conv)! : 0));
     }
   }
   // Rows, made messages only for the duplicates that are answered with them.
@@ -288,7 +304,7 @@ export function* appendRounds(
       text: `INSERT INTO messages (${MESSAGE_COLUMNS}) VALUES ${placeholders(part.length, 8)}`,
       params: rowValues(part),
     })),
-    ...chunks(heads, ROWS_PER_INSERT).map((part) => ({
+    ...chunks(optimistic ? [] : heads, ROWS_PER_INSERT).map((part) => ({
       text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
              ON CONFLICT (conv) DO UPDATE SET last_id = excluded.last_id`,
       params: part.flat(),
