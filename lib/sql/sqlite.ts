@@ -87,13 +87,20 @@ interface Group {
 }
 
 /**
- * The default of {@linkcode SqliteOptions.walRestartPages}: 16 MB of log. At
+ * The default of {@linkcode SqliteOptions.walRestartPages}: 64 MB of log. At
  * 1,000 pages (SQLite's own checkpoint point) with a checkpoint every 50 ms,
  * a saturated DM cost 24.6 and 26.6 µs against 20.1 and 23.9 at 4,000 and
  * 200 ms (`deno task bench --only dm,latency`, interleaved): fewer checkpoints
- * copy the pages written over and over (heads, read marks) fewer times.
+ * copy the pages written over and over (heads, read marks) fewer times. At
+ * 5,000 DMs/s a batch writes ~11 pages, ~1,000 batches a second: at 4,000
+ * pages the log started over ~3 times a second, each time holding the
+ * batches for its catch-up (1–2 ms; a trace of one run). At 16,000 the p99
+ * was lower in each of six interleaved runs (4.14–4.54 ms against 4.43–5.18,
+ * medians 4.41 and 4.84; the saturated DM unchanged). At 200,000 it was
+ * worse (5.3–5.7 ms): the log grew through the whole run, and a sync of a
+ * file that grows costs more than one of a file rewritten in place.
  */
-export const WAL_RESTART_PAGES = 4000;
+export const WAL_RESTART_PAGES = 16_000;
 /** The least time between two checkpoints while batches write (ms). */
 const CHECKPOINT_EVERY_MS = 200;
 
