@@ -113,7 +113,7 @@ export const KNOWN_BUGS: KnownBug[] = [
     name: "a batch's ids start past its own messages, where the head it moved at once stands, " +
       "leaving a gap in the conversation before them",
     file: "lib/sql/append.ts",
-    search: "Number(row.last_id) - (optimistic ? counts.get(row.conv)! : 0)",
+    search: "Number(row.last_id) - moveBy(row.conv)",
     replace: "Number(row.last_id)",
     tests: ["tests/conformance_test.ts"],
   },

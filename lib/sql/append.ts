@@ -138,7 +138,7 @@ export interface AppendRoundsOptions {
   /**
    * Whether the messages already stored under the batch's client ids are
    * left unread (default false). The unique index on `(cid, sender)` then
-   * refuses the insert of any of them ({@linkcode isStoredCid}), and the
+   * refuses the insert of any of them, and the
    * caller rolls back and runs the append again with them read: SQLite's
    * engine does, where a client id seen before comes only with a client's
    * resend after a reconnect, and the read cost a saturated DM ~0.5 µs of
@@ -151,16 +151,6 @@ export interface AppendRoundsOptions {
    * statement: three statements an append instead of five.
    */
   optimistic?: boolean;
-}
-
-/**
- * Whether `error` is SQLite refusing a message whose `(cid, sender)` is
- * stored already (`SQLITE_CONSTRAINT_UNIQUE` on `messages_by_cid`): what an
- * {@linkcode AppendRoundsOptions.optimistic} append meets at a resend.
- */
-export function isStoredCid(error: unknown): boolean {
-  return error instanceof Error && (error as { errcode?: number }).errcode === 2067 &&
-    error.message.includes("messages.cid");
 }
 
 /**
@@ -179,27 +169,19 @@ export function* appendRounds(
   // 1. Lock the conversations' heads, in sorted order, and read where each stands; and
   // 2. the messages already stored under their (from, cid): committed by now, as their
   // heads are locked first. Asked together.
-  // Optimistic, every message is new: each head moves by its conversation's count at once,
-  // taken and moved in one statement, and the writes need not move it again.
+  // Each head is taken with one statement that also moves it by `moveBy`: by 0 (the writes
+  // move it), or, optimistic, where every message is new, by its conversation's count at once.
   const counts = new Map<ConversationKey, number>();
   for (const p of batch) counts.set(p.conversation, (counts.get(p.conversation) ?? 0) + 1);
   const conversations = [...counts.keys()].sort();
   const withCid = optimistic ? [] : batch.filter((p) => p.message.cid !== undefined);
-  const headReads = chunks(conversations, ROWS_PER_INSERT).map((part): Statement =>
-    optimistic
-      ? {
-        text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
+  const moveBy = (conv: ConversationKey) => optimistic ? counts.get(conv)! : 0;
+  const headReads = chunks(conversations, ROWS_PER_INSERT).map((part): Statement => ({
+    text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 2)}
              ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id + excluded.last_id
              RETURNING conv, last_id`,
-        params: part.flatMap((conv) => [conv, counts.get(conv)!]),
-      }
-      : {
-        text: `INSERT INTO heads (conv, last_id) VALUES ${placeholders(part.length, 1, 1, ", 0")}
-             ON CONFLICT (conv) DO UPDATE SET last_id = heads.last_id
-             RETURNING conv, last_id`,
-        params: part,
-      }
-  );
+    params: part.flatMap((conv) => [conv, moveBy(conv)]),
+  }));
   const cidReads: Statement[] = withCid.length === 0 ? [] : postgres
     // On PostgreSQL, as two arrays and with `cid = ANY`: one text whatever the batch, and
     // an index lookup however it is planned. The pairs as VALUES were planned as a
@@ -224,7 +206,7 @@ export function* appendRounds(
   for (const rows of read.slice(0, headReads.length)) {
     for (const row of rows as Array<{ conv: string; last_id: number }>) {
       // Where the head stood before this batch.
-      last.set(row.conv, Number(row.last_id) - (optimistic ? counts.get(row.conv)! : 0));
+      last.set(row.conv, Number(row.last_id) - moveBy(row.conv));
     }
   }
   // Rows, made messages only for the duplicates that are answered with them.

@@ -14,7 +14,7 @@
  */
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
-import { type AppendInput, appendRounds, isStoredCid } from "./append.ts";
+import { type AppendInput, appendRounds } from "./append.ts";
 import { SQLITE, type SqlValue } from "./dialect.ts";
 
 /**
@@ -282,4 +282,14 @@ export class SqliteEngine {
         throw new Error(`unknown op ${kind}`);
     }
   }
+}
+
+/**
+ * Whether `error` is SQLite refusing a message whose `(cid, sender)` is
+ * stored already (`SQLITE_CONSTRAINT_UNIQUE` on `messages_by_cid`): what an
+ * optimistic append meets at a resend.
+ */
+function isStoredCid(error: unknown): boolean {
+  return error instanceof Error && (error as { errcode?: number }).errcode === 2067 &&
+    error.message.includes("messages.cid");
 }
