@@ -284,6 +284,8 @@ export class Connection implements Member {
         return this.#answer(await hub.publicRooms(this));
       case "online":
         return this.#answer(await hub.onlinePage(this, frame));
+      case "dms":
+        return this.#answer(await hub.dmPage(this, frame));
       case "set_password":
         return this.#answer(await hub.setPassword(this, frame.password));
       case "logout":

@@ -20,6 +20,7 @@ import { type Bus, type BusEvent, LocalBus } from "./bus.ts";
 import {
   type ChatMessage,
   type ConversationRef,
+  DMS_PAGE_DEFAULT,
   type ErrorCode,
   HISTORY_DEFAULT,
   LOBBY,
@@ -367,8 +368,8 @@ export class ChatHub implements HubPort {
     }
     const [stored, invites, password] = await reads!;
     const rooms = [LOBBY, ...stored.filter((r) => r !== LOBBY)];
-    const [conversations, infos] = await Promise.all([
-      this.#store.conversations(user, rooms),
+    const [{ conversations, dmsMore }, infos] = await Promise.all([
+      this.#store.conversations(user, rooms, this.limits.welcomeDms ?? DMS_PAGE_DEFAULT),
       Promise.all(rooms.map((r) => this.#isPrivate(r))),
     ]);
     if (conn.closed) return;
@@ -399,6 +400,8 @@ export class ChatHub implements HubPort {
         user,
         rooms: first ? rooms : this.#roomsOf(user),
         conversations,
+        dmsMore,
+        ...(dmsMore ? { dmsAfter: conversations.at(-1)?.with } : {}),
         privateRooms: rooms.filter((_, i) => infos[i]),
         invites,
         ...(conn.token === undefined ? {} : { token: conn.token }),
@@ -764,6 +767,19 @@ export class ChatHub implements HubPort {
       };
     } catch (error) {
       return storeFailed(error, { type: "online" });
+    }
+  }
+
+  /** A page of the connection's user's DMs (after `after`, in partner order): a `dms` frame. */
+  async dmPage(conn: Member, query: { after?: string; limit: number }): Promise<Result> {
+    try {
+      const page = await this.#store.dms(conn.user, query);
+      return {
+        ok: true,
+        reply: JSON.stringify({ type: "dms", ...page } satisfies ServerFrame),
+      };
+    } catch (error) {
+      return storeFailed(error, { type: "dms" });
     }
   }
 

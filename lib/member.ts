@@ -40,6 +40,8 @@ export interface HubLimits {
   fanoutIntervalMs?: number;
   /** The most users a `welcome` lists as online; more are paged with `online` (200). */
   welcomeOnline?: number;
+  /** The most DMs a `welcome` lists; more are paged with `dms` (200). */
+  welcomeDms?: number;
   /** Bytes of frames one connection may have waiting to be handled; beyond, it closes with 1008 (1 MiB). */
   maxQueuedBytes?: number;
   /** Pending invitations one user may hold; more are refused (100). */
@@ -179,6 +181,8 @@ export interface HubPort {
   publicRooms(member: Member): Promise<Result>;
   /** A page of who is online (after `after`, in name order); the reply is an `online` frame. */
   onlinePage(member: Member, query: { after?: string; limit: number }): Promise<Result>;
+  /** A page of the member's DMs (after `after`, in partner order); the reply is a `dms` frame. */
+  dmPage(member: Member, query: { after?: string; limit: number }): Promise<Result>;
   /** Sets the password of the member's (claimed) name; the reply is `password_set`. */
   setPassword(member: Member, password: string): Promise<Result>;
   /** Revokes the member's token, or all of the user's, closing their sockets. */

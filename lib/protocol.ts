@@ -87,6 +87,7 @@ export type ClientFrame =
   | { type: "set_password"; password: string }
   | { type: "logout"; everywhere: boolean }
   | { type: "online"; after?: string; limit: number }
+  | { type: "dms"; after?: string; limit: number }
   | { type: "ping" };
 
 /** Where a client stands in one conversation: it has every message up to `after`. */
@@ -137,7 +138,12 @@ export type ServerFrame =
      * is in `online` (absent: page from the first).
      */
     onlineAfter?: string;
+    /** The rooms', then the first `--welcome-dms` DMs in partner order (the store's order of names). */
     conversations: ConversationSummary[];
+    /** Whether the user has more DMs than listed: page on with `{"type":"dms","after":dmsAfter}`. */
+    dmsMore: boolean;
+    /** The last DM partner listed, when more follow. */
+    dmsAfter?: string;
     /** The user's private rooms (a subset of `rooms`). */
     privateRooms: string[];
     /** Invitations to private rooms not yet accepted. */
@@ -171,6 +177,8 @@ export type ServerFrame =
   }
   /** A page of who is online, in name order, after the `after` the client asked from. */
   | { type: "online"; users: readonly string[]; more: boolean }
+  /** A page of the user's DMs, in partner order, after the `after` the client asked from. */
+  | { type: "dms"; conversations: ConversationSummary[]; more: boolean }
   | { type: "pong" }
   | {
     type: "error";
@@ -216,6 +224,8 @@ export const PRESENCE_BATCH_MAX = 500;
 
 /** The default and the largest page of `{"type":"online"}`. */
 export const ONLINE_PAGE_DEFAULT = 200, ONLINE_PAGE_MAX = 1000;
+/** The default and the largest page of `{"type":"dms"}`. */
+export const DMS_PAGE_DEFAULT = 200, DMS_PAGE_MAX = 500;
 
 /** The longest `cid` a client may attach. */
 export const MAX_CID_LENGTH = 64;
@@ -346,7 +356,8 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
       }
       return { ok: true, frame: { type, everywhere: everywhere === true } };
     }
-    case "online": {
+    case "online":
+    case "dms": {
       const after = own(obj, "after");
       // A cursor, compared by code units: any string as long as a name may be (in UTF-16).
       if (
@@ -358,9 +369,12 @@ export function parseClientFrame(raw: string, limits: ParseLimits): Parsed<Clien
       if (limit !== undefined && !positiveInt(limit)) {
         return fail("bad_frame", "limit must be a positive integer");
       }
-      const frame: ClientFrame = {
+      const [byDefault, most] = type === "online"
+        ? [ONLINE_PAGE_DEFAULT, ONLINE_PAGE_MAX]
+        : [DMS_PAGE_DEFAULT, DMS_PAGE_MAX];
+      const frame: Extract<ClientFrame, { type: "online" | "dms" }> = {
         type,
-        limit: Math.min((limit as number | undefined) ?? ONLINE_PAGE_DEFAULT, ONLINE_PAGE_MAX),
+        limit: Math.min((limit as number | undefined) ?? byDefault, most),
       };
       if (after !== undefined) frame.after = after as string;
       return { ok: true, frame };

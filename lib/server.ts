@@ -463,6 +463,7 @@ export async function startChatServer(options: ChatServerOptions): Promise<ChatS
       sendBurst: settings.sendBurst,
       fanoutIntervalMs: settings.fanoutInterval * 1000,
       welcomeOnline: settings.welcomeOnline,
+      welcomeDms: settings.welcomeDms,
       maxQueuedBytes: settings.maxQueuedBytes,
       maxInvitesPerUser: settings.maxInvitesPerUser,
       maxRoomsCreatedPerUser: settings.maxRoomsCreatedPerUser,

@@ -7,6 +7,7 @@
  */
 
 import { WAL_RESTART_PAGES } from "./sql/sqlite.ts";
+import { DMS_PAGE_DEFAULT, DMS_PAGE_MAX } from "./protocol.ts";
 
 /** Everything the server can be told. */
 export interface Settings {
@@ -63,6 +64,8 @@ export interface Settings {
   fanoutInterval: number;
   /** Users online a `welcome` lists at most; the rest are paged (`--welcome-online`). */
   welcomeOnline: number;
+  /** DMs a `welcome` lists at most; the rest are paged (`--welcome-dms`). */
+  welcomeDms: number;
   /** Bytes of frames one connection may have waiting to be handled (`--max-queued-bytes`). */
   maxQueuedBytes: number;
   /** Largest body of `POST /api/login`, in bytes (`--max-login-bytes`). */
@@ -86,6 +89,8 @@ interface Spec {
   kind: "int" | "number" | "string";
   help: string;
   min?: number;
+  /** The largest value allowed, where there is one. */
+  max?: number;
 }
 
 const SPECS: Spec[] = [
@@ -291,6 +296,16 @@ const SPECS: Spec[] = [
       "users online a welcome lists at most (DM partners and room-mates first), with the count; clients page through the rest with {type: online}",
   },
   {
+    key: "welcomeDms",
+    flag: "welcome-dms",
+    env: "CHAT_WELCOME_DMS",
+    kind: "int",
+    min: 0,
+    max: DMS_PAGE_MAX,
+    help:
+      "DM conversations a welcome lists at most, in partner order, with their read state; clients page through the rest with {type: dms}",
+  },
+  {
     key: "maxQueuedBytes",
     flag: "max-queued-bytes",
     env: "CHAT_MAX_QUEUED_BYTES",
@@ -376,6 +391,7 @@ export const DEFAULT_SETTINGS: Readonly<Settings> = {
   handshakeTimeout: 10,
   fanoutInterval: 2,
   welcomeOnline: 200,
+  welcomeDms: DMS_PAGE_DEFAULT,
   maxQueuedBytes: 1024 * 1024,
   maxLoginBytes: 4096,
   maxConcurrentHashes: 2,
@@ -475,14 +491,15 @@ export function parseSettings(
     const shape = spec.kind === "int" ? /^\d+$/ : /^\d+(\.\d+)?$/;
     if (
       !shape.test(raw.trim()) || !Number.isFinite(n) || n > Number.MAX_SAFE_INTEGER ||
-      n < (spec.min ?? 0)
+      n < (spec.min ?? 0) || n > (spec.max ?? Infinity)
     ) {
       const what = spec.kind === "int" ? "a whole number" : "a number";
+      const range = spec.max === undefined
+        ? `of at least ${spec.min ?? 0}`
+        : `from ${spec.min ?? 0} to ${spec.max}`;
       return {
         ok: false,
-        error: `--${spec.flag} (${spec.env}) must be ${what} of at least ${
-          spec.min ?? 0
-        }, not ${raw}`,
+        error: `--${spec.flag} (${spec.env}) must be ${what} ${range}, not ${raw}`,
       };
     }
     (settings[spec.key] as number) = n;

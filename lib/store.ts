@@ -104,6 +104,20 @@ export interface AppendListener {
   failed(error: StoreError): void;
 }
 
+/** What {@linkcode ChatStore.conversations} finds: the rooms' summaries, then a page of DMs. */
+export interface Conversations {
+  conversations: ConversationSummary[];
+  /** Whether the user has more DMs than those listed. */
+  dmsMore: boolean;
+}
+
+/** A page of a user's DMs, in the store's order of partner names. */
+export interface DmPage {
+  conversations: ConversationSummary[];
+  /** Whether more follow the last one. */
+  more: boolean;
+}
+
 /**
  * Durable storage for the chat.
  *
@@ -181,10 +195,14 @@ export interface ChatStore {
   /** Public rooms with their member counts, most members first. */
   publicRooms(limit: number): Promise<Array<{ room: string; members: number }>>;
   /**
-   * A user's conversations (the given rooms and every DM) with read state; a
-   * room the user has no read position in gets one at its latest message.
+   * A user's conversations with read state: the given rooms (a room the user
+   * has no read position in gets one at its latest message), then the first
+   * `dmLimit` of their DMs in partner order; `dmsMore` says whether more DMs
+   * follow, paged with {@linkcode ChatStore.dms} from the last one listed.
    */
-  conversations(user: string, rooms: string[]): Promise<ConversationSummary[]>;
+  conversations(user: string, rooms: string[], dmLimit: number): Promise<Conversations>;
+  /** A page of a user's DMs with read state, in partner order after `after`. */
+  dms(user: string, query: { after?: string; limit: number }): Promise<DmPage>;
   /**
    * Records that a user has read a conversation up to an id, never moving
    * backwards; resolves with the read id now stored.

@@ -757,6 +757,8 @@ function handle(f) {
       return onPresence(f);
     case "online":
       return onOnline(f);
+    case "dms":
+      return onDms(f);
     case "invited":
       return onInvited(f);
     case "rooms":
@@ -800,16 +802,7 @@ function onWelcome(f) {
   crowd.after = typeof f.onlineAfter === "string" ? f.onlineAfter : undefined;
   crowd.asked = false;
   const summaries = Array.isArray(f.conversations) ? f.conversations : [];
-  for (const s of summaries) {
-    const c = conv(keyOf(s));
-    c.last = Math.max(c.last, s.last ?? 0);
-    c.read = s.read ?? 0;
-    c.unread = s.unread ?? 0;
-    if (s.with !== undefined) {
-      dms.add(s.with);
-      known.add(s.with);
-    }
-  }
+  for (const s of summaries) summarize(s);
   if (isRoom(current) && !rooms.includes(nameOf(current))) current = "r:" + LOBBY;
 
   // Live messages are held until `resume`: send it first. It names every conversation:
@@ -832,6 +825,8 @@ function onWelcome(f) {
   for (const s of summaries) add(keyOf(s));
   for (const [key, c] of convs) if (!isRoom(key) && c.order.length) add(key);
   send({ type: "resume", conversations: points });
+  // A welcome lists a page of DMs; the others come page by page (their messages when opened).
+  if (f.dmsMore === true) moreDms(typeof f.dmsAfter === "string" ? f.dmsAfter : undefined);
 
   clearInterval(pingTimer);
   pingTimer = setInterval(() => {
@@ -850,6 +845,32 @@ function onWelcome(f) {
   for (const p of pending) if (!p.failed) transmit(p);
   open(current, first);
   if (first) askNotify();
+}
+
+// What a welcome or a `dms` page says of one conversation: where it stands, and who it is with.
+function summarize(s) {
+  const c = conv(keyOf(s));
+  c.last = Math.max(c.last, s.last ?? 0);
+  c.read = s.read ?? 0;
+  c.unread = s.unread ?? 0;
+  if (s.with !== undefined) {
+    dms.add(s.with);
+    known.add(s.with);
+  }
+}
+
+// Asks for the DMs after `after` (in the server's order of names), a page of its default size.
+function moreDms(after) {
+  send(after === undefined ? { type: "dms" } : { type: "dms", after });
+}
+
+function onDms(f) {
+  const page = (Array.isArray(f.conversations) ? f.conversations : []).filter((s) =>
+    typeof s?.with === "string"
+  );
+  for (const s of page) summarize(s);
+  if (f.more === true && page.length) moreDms(page.at(-1).with);
+  renderSidebar();
 }
 
 function addMsg(c, m) {

@@ -85,6 +85,11 @@ async function stores(backend: Backend, data: string, count = 3): Promise<SqlSto
   return out;
 }
 
+/** A user's conversations, rooms and DMs, as a welcome lists them (at most 100 DMs). */
+async function summaries(store: SqlStore, user: string, rooms: string[]) {
+  return (await store.conversations(user, rooms, 100)).conversations;
+}
+
 async function closeAll(list: SqlStore[]): Promise<void> {
   for (const s of list) await s.close();
 }
@@ -201,19 +206,19 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         const accounts = new Accounts(b.db, { iterations: 1000 });
         assert.deepEqual(await accounts.register("dora"), { ok: true, user: "dora", known: true });
         await b.join("dora", "dev");
-        assert.deepEqual(await a.conversations("dora", ["lobby", "dev"]), [
+        assert.deepEqual(await summaries(a, "dora", ["lobby", "dev"]), [
           { room: "lobby", last: 5, read: 5, unread: 0 },
           { room: "dev", last: 3, read: 3, unread: 0 },
         ]);
         await a.append({ room: "dev", from: "alice", text: "after" });
         await b.append({ to: "dora", from: "alice", text: "psst" });
-        assert.deepEqual(await b.conversations("dora", ["lobby", "dev"]), [
+        assert.deepEqual(await summaries(b, "dora", ["lobby", "dev"]), [
           { room: "lobby", last: 5, read: 5, unread: 0 },
           { room: "dev", last: 4, read: 3, unread: 1 },
           { with: "alice", last: 1, read: 0, unread: 1 },
         ]);
         // The sender has read what it sent.
-        assert.deepEqual((await a.conversations("alice", ["dev"]))[0], {
+        assert.deepEqual((await summaries(a, "alice", ["dev"]))[0], {
           room: "dev",
           last: 4,
           read: 4,
@@ -304,11 +309,11 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         }
         // A room a user has no read mark in (the lobby at their first welcome) starts at its newest.
         await a.append({ room: "lobby", from: "alice", text: "before erin" });
-        assert.deepEqual(await b.conversations("erin", ["lobby"]), [
+        assert.deepEqual(await summaries(b, "erin", ["lobby"]), [
           { room: "lobby", last: 1, read: 1, unread: 0 },
         ]);
         await b.append({ room: "lobby", from: "alice", text: "after erin" });
-        assert.deepEqual(await a.conversations("erin", ["lobby"]), [
+        assert.deepEqual(await summaries(a, "erin", ["lobby"]), [
           { room: "lobby", last: 2, read: 1, unread: 1 },
         ]);
       } finally {
@@ -316,13 +321,13 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
       }
     },
 
-  "lists every DM partner with its read state, however many pages of them": async (
+  "pages a user's DM partners in name order with their read state, a welcome's worth first": async (
     backend,
     data,
   ) => {
     const [a, b = a] = await stores(backend, data, 2);
     try {
-      // Partners on both sides of a page's end; names that sort apart from their numbers.
+      // Partners on both sides of a statement's end; names that sort apart from their numbers.
       const partners = Array.from({ length: DM_SUMMARY_PAGE * 2 + 3 }, (_, i) => `p${i}`);
       await Promise.all(partners.map((from) => a.append({ to: "hub", from, text: "hi" })));
       await Promise.all(
@@ -330,9 +335,21 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
       );
       await b.markRead("hub", dmKey("hub", "p3"), 2);
       await b.append({ to: "p7", from: "hub", text: "back" });
-      const dms = (await b.conversations("hub", ["lobby"])).slice(1);
-      assert.equal(dms.length, partners.length);
-      assert.deepEqual(dms.map((c) => c.with).sort(), [...partners].sort());
+      const sorted = [...partners].sort();
+      const first = await b.conversations("hub", ["lobby"], 200);
+      assert.equal(first.dmsMore, true);
+      assert.deepEqual(first.conversations[0], { room: "lobby", last: 0, read: 0, unread: 0 });
+      const dms = first.conversations.slice(1);
+      assert.deepEqual(dms.map((c) => c.with), sorted.slice(0, 200));
+      // The rest, in pages of every size up to the largest, each from the last one listed.
+      for (const limit of [1, 7, 500, 500, 500]) {
+        const page = await a.dms("hub", { after: dms.at(-1)!.with, limit });
+        dms.push(...page.conversations);
+        assert.equal(page.more, dms.length < partners.length, `after ${dms.length}`);
+        if (page.more) assert.equal(page.conversations.length, limit);
+        if (!page.more) break;
+      }
+      assert.deepEqual(dms.map((c) => c.with), sorted);
       const of = (peer: string) => dms.find((c) => c.with === peer);
       assert.deepEqual(of("p0"), { with: "p0", last: 2, read: 0, unread: 2 });
       assert.deepEqual(of("p3"), { with: "p3", last: 2, read: 2, unread: 0 });
@@ -343,6 +360,13 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
         read: 0,
         unread: 1,
       });
+      // Exactly a page's worth left: no `more` after it; none listed: no DMs, but more.
+      assert.deepEqual(await b.dms("hub", { after: sorted.at(-3), limit: 2 }), {
+        conversations: [of(sorted.at(-2)!), of(sorted.at(-1)!)],
+        more: false,
+      });
+      assert.deepEqual(await b.conversations("hub", [], 0), { conversations: [], dmsMore: true });
+      assert.deepEqual(await b.dms("nobody", { limit: 200 }), { conversations: [], more: false });
     } finally {
       await closeAll(a === b ? [a] : [a, b]);
     }

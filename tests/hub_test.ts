@@ -397,7 +397,8 @@ class FailingStore implements ChatStore {
   invite: ChatStore["invite"] = (u, r, b) => this.#inner.invite(u, r, b);
   invites: ChatStore["invites"] = (u) => this.#inner.invites(u);
   publicRooms: ChatStore["publicRooms"] = (l) => this.#inner.publicRooms(l);
-  conversations: ChatStore["conversations"] = (u, r) => this.#inner.conversations(u, r);
+  conversations: ChatStore["conversations"] = (u, r, n) => this.#inner.conversations(u, r, n);
+  dms: ChatStore["dms"] = (u, q) => this.#inner.dms(u, q);
   markRead: ChatStore["markRead"] = (u, c, i) => this.#inner.markRead(u, c, i);
   healthy = () => Promise.resolve(false);
   close = () => this.#inner.close();

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import type { WebSocketRoute } from "npm:playwright-core@1";
 import { startServer } from "./_server.ts";
+import { openStore } from "../lib/sql/open.ts";
 import { TestClient } from "./_client.ts";
 import {
   badge,
@@ -242,6 +243,27 @@ browserTest(
       await list.locator(`.msg[data-id="${oldest - 1}"]`).waitFor({ state: "attached" });
     }
     assert.deepEqual(await ids(), Array.from({ length: 65 }, (_, i) => i + 1));
+    assert.deepEqual(realProblems(h.problems), []);
+  },
+);
+
+browserTest(
+  "DMs past the welcome's first page are listed with their unread badges, and open with their messages",
+  async (h) => {
+    await using store = await openStore(":memory:");
+    // Two DMs a welcome: the five come as the welcome's two, then pages of the rest.
+    await using server = await startServer({ store, settings: { welcomeDms: 2 } });
+    const partners = ["p1", "p2", "p3", "p4", "p5"];
+    for (const [i, from] of partners.entries()) {
+      for (let n = 0; n <= i; n++) await store.append({ to: "alice", from, text: `${from} #${n}` });
+    }
+    const [alice] = await h.people(server.origin, ["alice"]);
+    for (const [i, p] of partners.entries()) {
+      await badge(alice, "dm", p).filter({ hasText: String(i + 1) }).waitFor();
+    }
+    await openConversation(alice, "dm", "p5");
+    await seeOnce(alice, "p5 #4");
+    await badge(alice, "dm", "p5").waitFor({ state: "hidden" });
     assert.deepEqual(realProblems(h.problems), []);
   },
 );

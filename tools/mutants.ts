@@ -335,11 +335,18 @@ export const KNOWN_BUGS: KnownBug[] = [
     tests: ["tests/pg_sweep_test.ts"],
   },
   {
-    name: "a welcome lists only the first page of a user's DM partners",
+    name: "a page of a user's DM partners ends at one statement's rows, and says no more follow",
     file: "lib/sql/store.ts",
     search: "      after = rows[rows.length - 1].peer;",
-    replace: "      return out;",
+    replace: "      return { conversations: out, more: false };",
     tests: ["tests/conformance_test.ts"],
+  },
+  {
+    name: "a welcome lists every DM, however many (no --welcome-dms bound)",
+    file: "lib/sql/store.ts",
+    search: "        if (out.length === want) return { conversations: out, more: true };\n",
+    replace: "",
+    tests: ["tests/welcome_dms_test.ts"],
   },
   {
     name: "an instance announces what it stored after the commit, so one that dies in between " +

@@ -78,7 +78,7 @@ try {
     await accounts.register(resolved.user);
     const rooms = ["lobby", ...(await store.rooms(name)).filter((r: string) => r !== "lobby")];
     await Promise.all([
-      store.conversations(name, rooms),
+      store.conversations(name, rooms, 200),
       store.invites(name),
       accounts.hasPassword(name),
       Promise.all(rooms.map((r: string) => store.room(r))),

@@ -31,6 +31,8 @@ import {
   type ChatStore,
   type ConversationKey,
   conversationOf,
+  type Conversations,
+  type DmPage,
   type HistoryOptions,
   type HistoryPage,
   type JoinOutcome,
@@ -79,11 +81,13 @@ const DEFAULT_MAX_BATCH = 500;
  */
 const SEARCH_INDEX_BATCH = 100;
 /**
- * DM summaries read per statement for a welcome (see `#dmSummaries`): a page
+ * DM summaries read per statement at most (see `dms`): a page
  * of 500 takes ~0.5 ms of SQLite on the loop (2 × Intel Xeon, pinned), where
  * 5,000 in one statement took 4.5–4.9 ms there and 20 on the AMD machine.
  */
 export const DM_SUMMARY_PAGE = 500;
+/** The row limits a read of DM summaries is written with (a welcome's 200, plus one, is one). */
+const DM_READ_SIZES = [11, 51, 201, DM_SUMMARY_PAGE];
 /**
  * A row limit as SQL text. Limits are written into the statement, not bound:
  * on SQLite here a bound `LIMIT $n` cost 10–15 µs more per execution (a
@@ -437,39 +441,45 @@ export class SqlStore implements ChatStore, AsyncDisposable {
       .sort((a, b) => b.members - a.members || (a.room < b.room ? -1 : a.room > b.room ? 1 : 0));
   }
 
-  async conversations(user: string, rooms: string[]): Promise<ConversationSummary[]> {
+  async conversations(user: string, rooms: string[], dmLimit: number): Promise<Conversations> {
     // The rooms and the first page of DMs asked at once: one batch on SQLite.
     const [summaries, dms] = await Promise.all([
       Promise.all(chunks(rooms, ROWS_PER_INSERT).map((part) => this.#roomSummaries(user, part))),
-      this.#dmSummaries(user),
+      this.dms(user, { limit: dmLimit }),
     ]);
-    return [...summaries.flat(), ...dms];
+    return { conversations: [...summaries.flat(), ...dms.conversations], dmsMore: dms.more };
   }
 
   /**
-   * Every DM of `user` with its read state, in partner order, read in pages
-   * of {@linkcode DM_SUMMARY_PAGE} along the `(name, peer)` key: on SQLite
-   * each page is one statement on the event loop, and a user with 5,000
-   * partners read at once held it for 20 ms, every other user waiting.
+   * DMs of `user` with their read state, in partner order after `after`, read
+   * in statements of at most {@linkcode DM_SUMMARY_PAGE} along the
+   * `(name, peer)` key (one more row than asked tells whether more follow): on
+   * SQLite each statement is on the event loop, and 5,000 partners read at
+   * once held it for 20 ms, every other user waiting.
    */
-  async #dmSummaries(user: string): Promise<ConversationSummary[]> {
+  async dms(user: string, query: { after?: string; limit: number }): Promise<DmPage> {
     const out: ConversationSummary[] = [];
-    for (let after = "";;) {
+    const want = Math.max(0, Math.trunc(query.limit));
+    for (let after = query.after ?? "";;) {
+      // Rows read: the next of a few sizes, each one prepared statement, whatever limit is asked.
+      const need = want + 1 - out.length;
+      const take = DM_READ_SIZES.find((n) => n >= need) ?? DM_SUMMARY_PAGE;
       const rows = await this.#db.query<
         { peer: string; last_id: number | null; id: number | null }
       >(
         `SELECT d.peer, h.last_id, r.id FROM dms d
          LEFT JOIN heads h ON h.conv = d.conv
          LEFT JOIN reads r ON r.name = d.name AND r.conv = d.conv
-         WHERE d.name = $1 AND d.peer > $2 ORDER BY d.peer LIMIT ${DM_SUMMARY_PAGE}`,
+         WHERE d.name = $1 AND d.peer > $2 ORDER BY d.peer LIMIT ${limitOf(take)}`,
         [user, after],
       );
       for (const row of rows) {
+        if (out.length === want) return { conversations: out, more: true };
         const last = Number(row.last_id ?? 0);
         const read = Math.min(Number(row.id ?? 0), last);
         out.push({ with: row.peer, last, read, unread: last - read });
       }
-      if (rows.length < DM_SUMMARY_PAGE) return out;
+      if (rows.length < take) return { conversations: out, more: false };
       after = rows[rows.length - 1].peer;
     }
   }
