@@ -192,6 +192,57 @@ const CASES: Record<string, (backend: Backend, data: string) => Promise<void>> =
     });
   },
 
+  "pages every message of a conversation in id order from any store, after 2,123 appends at once":
+    async (backend, data) => {
+      const all = await stores(backend, data);
+      try {
+        const targets = [{ room: "lobby" }, { room: "dev" }, { room: "ops" }, { to: "bob" }];
+        const total = 2123;
+        const results = await Promise.all(
+          Array.from(
+            { length: total },
+            (_, i) =>
+              all[i % all.length].append({
+                ...targets[i % targets.length],
+                from: "alice",
+                text: `m${i}`,
+              }),
+          ),
+        );
+        const texts = new Map<string, string[]>();
+        for (const r of results) {
+          const key = r.message.room !== undefined
+            ? roomKey(r.message.room)
+            : dmKey("alice", "bob");
+          texts.set(key, [...(texts.get(key) ?? []), r.message.text]);
+        }
+        for (const [key, sent] of texts) {
+          // Newest page first, from another store than most of them came through.
+          const got: string[] = [];
+          let before: number | undefined;
+          for (let pages = 0; pages < 100; pages++) {
+            const page = await all[1 % all.length].history(key, { before, limit: 200 });
+            got.unshift(...page.messages.map((m) => m.text));
+            if (!page.more) break;
+            before = page.messages[0].id;
+          }
+          // Ids 1, 2, 3, … in the order they were numbered: the texts in that order.
+          const byId = results.filter((r) =>
+            (r.message.room !== undefined ? roomKey(r.message.room) : dmKey("alice", "bob")) === key
+          ).sort((a, b) => a.message.id - b.message.id).map((r) => r.message.text);
+          assert.deepEqual(got, byId, key);
+          assert.equal(got.length, sent.length, key);
+          // Short windows all through it.
+          for (let id = 2; id < sent.length; id += 37) {
+            const page = await all[0].history(key, { after: id - 2, before: id + 2, limit: 10 });
+            assert.deepEqual(page.messages.map((m) => m.id), [id - 1, id, id + 1], `${key} ${id}`);
+          }
+        }
+      } finally {
+        await closeAll(all);
+      }
+    },
+
   "keeps read state monotonic and below the newest id; new members and new users start at the newest":
     async (backend, data) => {
       const [a, b = a] = await stores(backend, data, 2);
