@@ -46,6 +46,8 @@ export class ResilientClient {
   duplicates = 0;
   outOfOrder = 0;
   reconnects = 0;
+  /** Close events and frames of a socket that was no longer this client's (ignored). */
+  stray = 0;
   /** Sends refused with store_failed (and re-sent). */
   storeFailures = 0;
   #origin: () => string;
@@ -102,8 +104,16 @@ export class ResilientClient {
     );
     this.#socket = socket;
     this.#ready = false;
-    socket.onmessage = (e) => this.#onFrame(JSON.parse(e.data));
+    // Only the current socket counts, as in the page (static/app.js): a second close event of
+    // one socket, or a late one, must not open a second socket beside it, which would deliver
+    // every later message into the same view twice.
+    socket.onmessage = (e) => {
+      if (this.#socket === socket) this.#onFrame(JSON.parse(e.data));
+      else this.stray++;
+    };
     socket.onclose = () => {
+      if (this.#socket !== socket) return void this.stray++;
+      this.#socket = undefined;
       this.#ready = false;
       if (this.#stopped) return this.#closed.resolve();
       this.reconnects++;
@@ -208,6 +218,8 @@ export interface Tally {
   duplicated: number;
   outOfOrder: number;
   reconnects: number;
+  /** Events of sockets the clients had already left (see `ResilientClient.stray`). */
+  stray: number;
 }
 
 /**
@@ -259,12 +271,14 @@ export async function tally(
     duplicated: 0,
     outOfOrder: 0,
     reconnects: 0,
+    stray: 0,
   };
   for (const c of clients) {
     counts.duplicated += c.duplicates;
     counts.outOfOrder += c.outOfOrder;
     counts.acked += c.acked.size;
     counts.reconnects += c.reconnects;
+    counts.stray += c.stray;
     for (const [conv, msgs] of expectedFor(c)) {
       const seen = new Set((c.views.get(conv) ?? []).map((m) => m.id));
       counts.lost += msgs.filter((m) => !seen.has(m.id)).length;

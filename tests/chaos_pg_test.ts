@@ -88,14 +88,15 @@ Deno.test({
 
       await Promise.all(clients.map((c) => c.until(() => c.pending.size === 0, "all acks")));
       const stored = await storedHistory(pg.url);
-      const { acked, stored: storedCount, lost, duplicated, outOfOrder, reconnects } = await tally(
-        clients,
-        stored,
-      );
+      const { acked, stored: storedCount, lost, duplicated, outOfOrder, reconnects, stray } =
+        await tally(
+          clients,
+          stored,
+        );
       const refused = clients.reduce((n, c) => n + c.storeFailures, 0);
       console.log(
         `chaos on PostgreSQL, 3 instances (seed ${seed}): ${acked} acknowledged, ${storedCount} stored, ` +
-          `${kills} instance SIGKILLs, ${crashes} PostgreSQL SIGKILLs, ${reconnects} reconnects, ` +
+          `${kills} instance SIGKILLs, ${crashes} PostgreSQL SIGKILLs, ${reconnects} reconnects (${stray} stray socket events), ` +
           `${refused} store_failed re-sent: lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
       );
       assert.equal(kills, INSTANCE_KILLS);

@@ -55,13 +55,14 @@ Deno.test("chaos: SIGKILL restarts and random drops lose, repeat and reorder no 
     server = await spawnServer({ data, port });
 
     // Every client catches up to the stored history of each of its conversations.
-    const { acked, stored: storedCount, lost, duplicated, outOfOrder, reconnects } = await tally(
-      clients,
-      stored,
-    );
+    const { acked, stored: storedCount, lost, duplicated, outOfOrder, reconnects, stray } =
+      await tally(
+        clients,
+        stored,
+      );
     console.log(
       `chaos (seed ${seed}): ${acked} acknowledged, ${storedCount} stored, ${kills} SIGKILLs, ` +
-        `${reconnects} reconnects: lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
+        `${reconnects} reconnects (${stray} stray socket events): lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
     );
     assert.equal(acked, total + USERS);
     assert.equal(storedCount, acked);
