@@ -28,9 +28,13 @@ interface Box {
  * The visible controls of the header, with their boxes, and the status they were measured in:
  * read together, in one turn of the page (run in the page, as a string: no DOM types here).
  */
-function headerBoxes(page: Page): Promise<{ status: string; boxes: Box[] }> {
+function headerBoxes(page: Page, widest?: string): Promise<{ status: string; boxes: Box[] }> {
+  // With `widest`, the status first shows it (the countdown's longest text), as the page would.
+  const set = widest === undefined
+    ? ""
+    : `document.getElementById("status").textContent = ${JSON.stringify(widest)},`;
   return page.evaluate(`({
-    status: document.getElementById("status").textContent,
+    status: (${set} document.getElementById("status").textContent),
     boxes: ["menu", "status", "reconnect", "lang", "me"].flatMap((id) => {
       const e = document.getElementById(id);
       const r = e.getBoundingClientRect();
@@ -48,8 +52,14 @@ class NotInState extends Error {}
  * Asserts the header fits `width`: inside the screen, nothing overlapping, nothing cut; throws
  * {@linkcode NotInState} if the status did not match `state` when it was measured.
  */
-async function assertFits(page: Page, width: number, label: string, state: RegExp): Promise<void> {
-  const { status, boxes } = await headerBoxes(page);
+async function assertFits(
+  page: Page,
+  width: number,
+  label: string,
+  state: RegExp,
+  widest?: string,
+): Promise<void> {
+  const { status, boxes } = await headerBoxes(page, widest);
   if (!state.test(status)) throw new NotInState(`${label}: measured in "${status}"`);
   const ids = boxes.map((b) => b.id);
   for (const id of ["menu", "status", "reconnect", "lang", "me"]) {
@@ -94,8 +104,10 @@ browserTest(
     await waitStatus(en, /^reconnecting in \d+s…$/);
     await waitStatus(zh, /^\d+ 秒后重新连接…$/);
     const counting = { en: /^reconnecting in \d+s…$/, zh: /^\d+ 秒后重新连接…$/ };
+    // The countdown runs up to 15 s (BACKOFF_MAX): its two digits are the widest state.
+    const widest = { en: "reconnecting in 15s…", zh: "15 秒后重新连接…" };
     for (const [page, lang] of [[en, "en"], [zh, "zh"]] as const) {
-      for (const width of [320, 360, 390, 480, 540, 720]) {
+      for (const width of [320, 360, 390, 480, 540, 600, 720]) {
         await page.setViewportSize({ width, height: 640 });
         // The page retries while it is measured, and Chromium holds a retry to a refused port
         // for a while ("connecting", no Reconnect button): a measurement taken outside the
@@ -104,6 +116,13 @@ browserTest(
           await waitStatus(page, counting[lang]);
           try {
             await assertFits(page, width, `${lang} at ${width}px`, counting[lang]);
+            await assertFits(
+              page,
+              width,
+              `${lang} at ${width}px, 15 s`,
+              counting[lang],
+              widest[lang],
+            );
             break;
           } catch (error) {
             if (!(error instanceof NotInState) || attempt >= 20) throw error;
