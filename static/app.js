@@ -516,6 +516,9 @@ const crowd = {
   after: /** @type {string | undefined} */ (undefined),
   asked: false,
 };
+// The page of DMs last asked for (after which partner), and how many times its answer was
+// refused: a refused page is asked again later, until it comes or the socket goes.
+const dmsAsk = { after: /** @type {string | undefined} */ (undefined), tries: 0, timer: 0 };
 /** @type {Map<string, Conv>} key "r:<room>" or "d:<peer>" */
 const convs = new Map();
 let current = "r:" + LOBBY;
@@ -826,6 +829,8 @@ function onWelcome(f) {
   for (const [key, c] of convs) if (!isRoom(key) && c.order.length) add(key);
   send({ type: "resume", conversations: points });
   // A welcome lists a page of DMs; the others come page by page (their messages when opened).
+  clearTimeout(dmsAsk.timer);
+  dmsAsk.tries = 0;
   if (f.dmsMore === true) moreDms(typeof f.dmsAfter === "string" ? f.dmsAfter : undefined);
 
   clearInterval(pingTimer);
@@ -861,7 +866,19 @@ function summarize(s) {
 
 // Asks for the DMs after `after` (in the server's order of names), a page of its default size.
 function moreDms(after) {
+  dmsAsk.after = after;
   send(after === undefined ? { type: "dms" } : { type: "dms", after });
+}
+
+// The server could not give that page (its store did not answer): the same page again, after
+// 1 s, 2 s, 4 s… (at most BACKOFF_MAX), on this socket only: a new one's welcome starts over.
+function retryDms() {
+  const socket = ws;
+  const delay = Math.min(BACKOFF_MAX, 1000 * 2 ** dmsAsk.tries++);
+  clearTimeout(dmsAsk.timer);
+  dmsAsk.timer = setTimeout(() => {
+    if (ws === socket && welcomed) moreDms(dmsAsk.after);
+  }, delay);
 }
 
 function onDms(f) {
@@ -869,6 +886,7 @@ function onDms(f) {
     typeof s?.with === "string"
   );
   for (const s of page) summarize(s);
+  dmsAsk.tries = 0;
   if (f.more === true && page.length) moreDms(page.at(-1).with);
   renderSidebar();
 }
@@ -1148,6 +1166,8 @@ function onError(f) {
     return;
   }
   if (type === "logout") return;
+  // A page of DMs the page asked for by itself is asked again.
+  if (type === "dms" && f.code === "store_failed") return retryDms();
   if (type === "resume" || type === "history" || type === "read") {
     // A room left in another tab while this one was away: forget it quietly.
     if (r.room !== undefined && f.code === "not_member") {
@@ -1294,6 +1314,7 @@ function endSession(message = "") {
   ws = null;
   if (sock) detach(sock);
   clearTimeout(retryTimer);
+  clearTimeout(dmsAsk.timer);
   for (const timer of [tickTimer, pingTimer]) clearInterval(timer);
   for (const c of convs.values()) {
     clearTimeout(c.readTimer);
