@@ -9,8 +9,10 @@
  * statements and the COMMIT.
  *
  * `deno run -A tools/sqlite_floor.ts` (env `SYNC=NORMAL`, `N`: DMs a commit,
- * a list, default `19,100`; `MESSAGES`: DMs stored for each size, default 12,000). Pin it
- * with `taskset -c 1` to see it as the benchmark's server does.
+ * a list, default `19,100`; `MESSAGES`: DMs stored for each size, default 12,000; `PAIRS`:
+ * conversations, default 20, the saturated phase has 50; `PAGE`: SQLite's page size, default
+ * 4096; `CLUSTERED=1`: the messages table `WITHOUT ROWID`, its rows in `(conv, id)` order).
+ * Pin it with `taskset -c 1` to see it as the benchmark's server does.
  *
  * Measured here (2026-12-01, FULL, pinned, two runs): 41.8 and 47.8 µs a DM at
  * 19 a commit (the size of the 5,000/s phase's batches; COMMIT 1.0–1.1 ms of
@@ -28,7 +30,9 @@ import { DatabaseSync } from "node:sqlite";
 const SYNC = Deno.env.get("SYNC") ?? "FULL";
 const SIZES = (Deno.env.get("N") ?? "19,100").split(",").map(Number);
 const MESSAGES = Number(Deno.env.get("MESSAGES") ?? 12_000);
-const PAIRS = 20;
+const PAIRS = Number(Deno.env.get("PAIRS") ?? 20);
+const PAGE = Number(Deno.env.get("PAGE") ?? 4096);
+const CLUSTERED = Deno.env.get("CLUSTERED") === "1";
 
 /** `(?, ?, …), …`: `rows` rows of `cols` plain placeholders, as `toSqlite` makes them. */
 function rows(count: number, cols: number, extra = ""): string {
@@ -40,12 +44,14 @@ function measure(n: number): string {
   const dir = Deno.makeTempDirSync({ prefix: "chat-sqlite-floor-" });
   const db = new DatabaseSync(`${dir}/floor.db`);
   try {
-    db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${SYNC}; PRAGMA temp_store = MEMORY`);
+    db.exec(
+      `PRAGMA page_size = ${PAGE}; PRAGMA journal_mode = WAL; PRAGMA synchronous = ${SYNC}; PRAGMA temp_store = MEMORY`,
+    );
     db.exec(`
       CREATE TABLE heads (conv TEXT PRIMARY KEY, last_id BIGINT NOT NULL);
       CREATE TABLE messages (conv TEXT NOT NULL, id BIGINT NOT NULL, sender TEXT NOT NULL,
         room TEXT, recipient TEXT, body TEXT NOT NULL, ts BIGINT NOT NULL, cid TEXT,
-        PRIMARY KEY (conv, id));
+        PRIMARY KEY (conv, id)) ${CLUSTERED ? "WITHOUT ROWID" : ""};
       CREATE UNIQUE INDEX messages_by_cid ON messages (cid, sender) WHERE cid IS NOT NULL;
       CREATE TABLE reads (name TEXT NOT NULL, conv TEXT NOT NULL, id BIGINT NOT NULL,
         PRIMARY KEY (name, conv));`);
@@ -123,5 +129,9 @@ function measure(n: number): string {
   }
 }
 
-console.log(`SQLite alone, synchronous=${SYNC}, ${PAIRS} conversations:`);
+console.log(
+  `SQLite alone, synchronous=${SYNC}, ${PAIRS} conversations, pages of ${PAGE} bytes${
+    CLUSTERED ? ", messages WITHOUT ROWID" : ""
+  }:`,
+);
 for (const n of SIZES) console.log(`  ${measure(n)}`);
