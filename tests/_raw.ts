@@ -261,8 +261,12 @@ export class FrameReader {
     const deadline = Date.now() + this.timeoutMs;
     for (;;) {
       const d = this.#data;
-      if (d.length >= 2) {
-        let length = d[1] & 0x7f, offset = 2;
+      // A header cut short by a read (2 bytes, 4 with a 16-bit length, 10 with a 64-bit one)
+      // waits for the rest, as a payload does.
+      const short = d.length >= 2 ? d[1] & 0x7f : 0;
+      const headSize = short === 126 ? 4 : short === 127 ? 10 : 2;
+      if (d.length >= headSize) {
+        let length = short, offset = 2;
         if (length === 126) [length, offset] = [(d[2] << 8) | d[3], 4];
         else if (length === 127) {
           length = Number(new DataView(d.buffer, d.byteOffset).getBigUint64(2));

@@ -396,3 +396,32 @@ Deno.test("a handshake with two Hosts, a body, or a malformed header is refused 
   }
   assert.equal(await statusOf(port, valid), 101);
 });
+
+Deno.test("the tests' frame reader waits for a header that comes in pieces, whatever its length's size", async () => {
+  // The reader's connection hands out what was "sent" piece by piece, one piece a read: the
+  // parsing is what is tested here, so no socket decides where the pieces end.
+  const pieces: Uint8Array[] = [];
+  const conn = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      const piece = pieces.shift();
+      if (!piece) return Promise.resolve(null);
+      buffer.set(piece);
+      return Promise.resolve(piece.length);
+    },
+  } as unknown as Deno.TcpConn;
+  const frames = new FrameReader(conn);
+  // Unmasked text frames with a 7-bit, a 16-bit and a 64-bit length, each split inside its header
+  // (the 64-bit form for a short payload, so that it fits one read of the reader's).
+  const heads: Array<[number, number[]]> = [
+    [5, [0x81, 5]],
+    [300, [0x81, 126, 300 >> 8, 300 & 0xff]],
+    [10_000, [0x81, 127, 0, 0, 0, 0, 0, 0, 10_000 >> 8, 10_000 & 0xff]],
+  ];
+  for (const [size, head] of heads) {
+    const bytes = new Uint8Array([...head, ...new Uint8Array(size).fill(0x61)]);
+    pieces.push(bytes.subarray(0, 3), bytes.subarray(3));
+    const frame = await frames.next();
+    assert.equal(frame?.opcode, 1);
+    assert.equal(frame?.payload.length, size, `a frame of ${size} bytes`);
+  }
+});
