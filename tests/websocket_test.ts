@@ -257,6 +257,12 @@ Deno.test("text the server sends arrives whole in each length form, in ASCII, Ch
       "好".repeat(21_845) + "a",
       "x".repeat(100) + "😀",
       "😀".repeat(16_384),
+      // Frames sent in one turn share an array: three fill all of one but 116 bytes, and the
+      // next (300 bytes in 100 UTF-16 units) does not fit in them.
+      "x".repeat(600),
+      "y".repeat(600),
+      "z".repeat(720),
+      "好".repeat(100),
     ];
     for (const t of texts) socket.send(t);
     const frames = new FrameReader(conn);
